@@ -1,0 +1,261 @@
+//! The request pipeline: route → authenticate → resolve the target (with the access check) → the method's
+//! handler. Reading this file shows every entry point there is.
+
+use crate::auth::{self, AuthState};
+use crate::body::{self, Body};
+use crate::config::Config;
+use crate::error::{Condition, DavError, DavResult};
+use crate::router::{self, Route, RouteError};
+use crate::store::{self, BookView, SharedStore};
+use crate::{admin, methods};
+use hyper::body::Incoming;
+use hyper::{HeaderMap, Request, Response, StatusCode, header};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub const DAV_CLASSES: &str = "1, 3, access-control, addressbook, extended-mkcol";
+
+pub struct App {
+    pub config: Config,
+    pub store: SharedStore,
+    pub auth: AuthState,
+    /// The base URL clients reach us at (no trailing slash), for absolute URLs in API answers.
+    pub public_url: String,
+    /// Argon2 hash that unknown logins are verified against, so timing does not tell which logins exist.
+    dummy_hash: String,
+}
+
+/// The authenticated person making a request.
+#[derive(Debug, Clone)]
+pub struct AuthUser {
+    pub username: String,
+    pub display_name: String,
+    /// Set for a `user+book` login: this connection sees only that one book (for macOS, which syncs one).
+    pub scope: Option<String>,
+}
+
+/// What a DAV path resolved to, after the access check.
+pub enum Target {
+    Root,
+    PrincipalCollection,
+    Principal { user: String, display_name: String },
+    HomeCollection,
+    Home { user: String },
+    Book(BookView),
+    /// A book path in the user's own home where no book exists (MKCOL creates it).
+    MissingBook { user: String, segment: String },
+    Card { book: BookView, name: String },
+}
+
+/// Everything a method handler gets.
+pub struct Ctx {
+    pub app: Arc<App>,
+    pub user: AuthUser,
+    pub method: String,
+    pub path: String,
+    pub headers: HeaderMap,
+}
+
+impl Ctx {
+    pub fn store(&self) -> &SharedStore {
+        &self.app.store
+    }
+
+    pub fn user_agent(&self) -> &str {
+        self.headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("")
+    }
+
+    /// Apple's Contacts (macOS) and iOS read only vCard 3.0 (see shared/clients/ios-macos.md).
+    pub fn is_apple(&self) -> bool {
+        let ua = self.user_agent();
+        ["iOS/", "macOS/", "Mac OS X/", "Mac_OS_X/", "dataaccessd", "AddressBook/", "CFNetwork/"].iter().any(|m| ua.contains(m))
+    }
+}
+
+impl App {
+    pub fn new(config: Config, store: SharedStore, bound: Option<SocketAddr>) -> Self {
+        let auth = AuthState::new(
+            Duration::from_secs(config.auth.cache_secs),
+            config.auth.throttle_failures,
+            Duration::from_secs(config.auth.throttle_window_secs),
+        );
+        let dummy_hash = auth::hash_password(&auth::generate_password()).unwrap_or_default();
+        let public_url = config.public_url(bound);
+        App { config, store, auth, public_url, dummy_hash }
+    }
+
+    pub async fn handle(self: Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+        let method = req.method().as_str().to_string();
+        let path = req.uri().path().to_string();
+        let started = Instant::now();
+        let response = match self.dispatch(req, peer).await {
+            Ok(r) => r,
+            Err(e) => e.into_response(&method, &path),
+        };
+        tracing::debug!(%method, %path, status = response.status().as_u16(), micros = started.elapsed().as_micros() as u64, "request");
+        response
+    }
+
+    async fn dispatch(self: Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> DavResult<Response<Body>> {
+        let route = match router::parse(req.uri().path()) {
+            Ok(r) => r,
+            Err(RouteError::BadPath(why)) => return Err(DavError::bad_request(why)),
+            Err(RouteError::NotFound) => return Err(DavError::not_found()),
+        };
+        match route {
+            // RFC 6764 §5: a permanent redirect to the context path, whatever the method and credentials.
+            Route::WellKnown => Ok(Response::builder()
+                .status(StatusCode::MOVED_PERMANENTLY)
+                .header(header::LOCATION, router::DAV_ROOT)
+                .body(body::empty())
+                .map_err(|e| DavError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?),
+            Route::Admin(segments) => admin::handle_admin(self, segments, req).await,
+            Route::Account(segments) => {
+                let user = self.authenticate(req.headers(), peer).await?;
+                admin::handle_account(self, user, segments, req).await
+            }
+            dav_route => {
+                if req.method() == hyper::Method::OPTIONS {
+                    return Ok(methods::options());
+                }
+                let user = self.authenticate(req.headers(), peer).await?;
+                let target = self.resolve(&user, dav_route).await?;
+                let (parts, incoming) = req.into_parts();
+                let ctx = Ctx { app: self.clone(), user, method: parts.method.as_str().to_string(), path: parts.uri.path().to_string(), headers: parts.headers };
+                methods::dispatch(ctx, target, incoming).await
+            }
+        }
+    }
+
+    fn challenge(&self, message: &'static str) -> DavError {
+        DavError::new(StatusCode::UNAUTHORIZED, message)
+            .with_header(header::WWW_AUTHENTICATE, "Basic realm=\"kartei\", charset=\"UTF-8\"")
+    }
+
+    /// HTTP Basic on every request, with the verification cache and failure throttling.
+    pub async fn authenticate(&self, headers: &HeaderMap, peer: SocketAddr) -> DavResult<AuthUser> {
+        let ip_key = auth::ip_key(peer.ip());
+        if let Some(wait) = self.auth.throttled(&ip_key) {
+            return Err(too_many(wait));
+        }
+        let Some((login, password)) =
+            headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(auth::parse_basic)
+        else {
+            return Err(self.challenge("authentication required"));
+        };
+        let (username, scope) = split_scoped_login(&login);
+        let lookup = username.clone();
+        let user = store::blocking(&self.store, move |s| s.user(&lookup)).await?;
+        let login_key = auth::login_key(&username);
+        if let Some(u) = &user
+            && !u.disabled
+            && self.auth.cached(&u.username, &password, u.credential_generation)
+        {
+            return self.authorize_scope(u, scope).await;
+        }
+        if let Some(wait) = self.auth.throttled(&login_key) {
+            tracing::warn!(login = %username, client = %peer.ip(), "login throttled after repeated failures");
+            return Err(too_many(wait));
+        }
+        let hash = user.as_ref().filter(|u| !u.disabled).map(|u| u.password_hash.clone()).unwrap_or_else(|| self.dummy_hash.clone());
+        let candidate = password.clone();
+        let verified = tokio::task::spawn_blocking(move || auth::verify_password(&candidate, &hash)).await.unwrap_or(false);
+        match user {
+            Some(u) if verified && !u.disabled => {
+                self.auth.remember(&u.username, &password, u.credential_generation);
+                self.auth.clear_failures(&login_key);
+                self.authorize_scope(&u, scope).await
+            }
+            _ => {
+                self.auth.record_failure(&login_key);
+                self.auth.record_failure(&ip_key);
+                tracing::warn!(login = %username, client = %peer.ip(), "authentication failed");
+                Err(self.challenge("wrong user name or password"))
+            }
+        }
+    }
+
+    async fn authorize_scope(&self, user: &store::User, scope: Option<String>) -> DavResult<AuthUser> {
+        if let Some(segment) = &scope {
+            let (name, seg) = (user.username.clone(), segment.clone());
+            let book = store::blocking(&self.store, move |s| s.book_in_home(&name, &seg)).await?;
+            if book.is_none() {
+                return Err(self.challenge("wrong user name or password"));
+            }
+        }
+        Ok(AuthUser { username: user.username.clone(), display_name: user.display_name.clone(), scope })
+    }
+
+    /// Maps a DAV route to what it names for this user; foreign homes and books are 404 (their existence is
+    /// not revealed), foreign principals 403.
+    pub async fn resolve(&self, me: &AuthUser, route: Route) -> DavResult<Target> {
+        let mine = |user: &str| user == me.username;
+        match route {
+            Route::Root => Ok(Target::Root),
+            Route::PrincipalCollection => Ok(Target::PrincipalCollection),
+            Route::HomeCollection => Ok(Target::HomeCollection),
+            Route::Principal { user } if mine(&user) => {
+                Ok(Target::Principal { user, display_name: me.display_name.clone() })
+            }
+            Route::Principal { .. } => Err(DavError::forbidden("this is another user's principal")),
+            Route::Home { user } if mine(&user) => Ok(Target::Home { user }),
+            Route::AddressBook { user, book } if mine(&user) => {
+                if me.scope.as_ref().is_some_and(|s| *s != book) {
+                    return Err(DavError::not_found());
+                }
+                let (name, seg) = (user.clone(), book.clone());
+                match store::blocking(&self.store, move |s| s.book_in_home(&name, &seg)).await? {
+                    Some(view) => Ok(Target::Book(view)),
+                    None => Ok(Target::MissingBook { user, segment: book }),
+                }
+            }
+            Route::Card { user, book, name } if mine(&user) => {
+                if me.scope.as_ref().is_some_and(|s| *s != book) {
+                    return Err(DavError::not_found());
+                }
+                let (u, seg) = (user.clone(), book.clone());
+                match store::blocking(&self.store, move |s| s.book_in_home(&u, &seg)).await? {
+                    Some(view) => Ok(Target::Card { book: view, name }),
+                    None => Err(DavError::not_found()),
+                }
+            }
+            Route::Home { .. } | Route::AddressBook { .. } | Route::Card { .. } => Err(DavError::not_found()),
+            Route::WellKnown | Route::Admin(_) | Route::Account(_) => Err(DavError::not_found()),
+        }
+    }
+
+    /// Refuses writes to a book shared read-only with this user.
+    pub fn require_writable(book: &BookView) -> DavResult<()> {
+        if book.writable {
+            Ok(())
+        } else {
+            Err(DavError::new(StatusCode::FORBIDDEN, "this address book is shared with you read-only")
+                .with_condition(Condition::NeedPrivileges))
+        }
+    }
+}
+
+fn too_many(wait: u64) -> DavError {
+    DavError::new(StatusCode::TOO_MANY_REQUESTS, "too many failed logins; try again later")
+        .with_header(header::RETRY_AFTER, wait.to_string())
+}
+
+/// `alice+work@example.org` (or `alice+work`) logs in as `alice@example.org` scoped to the book `work`;
+/// usernames never contain `+` (user creation refuses it), so the split is unambiguous.
+pub fn split_scoped_login(login: &str) -> (String, Option<String>) {
+    let (local, domain) = match login.rsplit_once('@') {
+        Some((l, d)) => (l, Some(d)),
+        None => (login, None),
+    };
+    match local.rsplit_once('+') {
+        Some((user, book)) if !user.is_empty() && !book.is_empty() => {
+            let username = match domain {
+                Some(d) => format!("{user}@{d}"),
+                None => user.to_string(),
+            };
+            (username, Some(book.to_string()))
+        }
+        _ => (login.to_string(), None),
+    }
+}

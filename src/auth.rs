@@ -1,0 +1,257 @@
+//! Credentials: generated logins and passwords, Argon2id hashes, HTTP Basic parsing, a short cache of
+//! successful verifications (Argon2 costs ~45 ms; a sync sends credentials with every request), and
+//! throttling of repeated failures.
+
+use argon2::Argon2;
+use argon2::password_hash::{PasswordHasher, PasswordVerifier, phc::PasswordHash};
+use base64::Engine as _;
+use rand::Rng as _;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use subtle::ConstantTimeEq;
+
+/// Letters and digits without look-alikes (0/O/o, 1/l/I).
+const PASSWORD_ALPHABET: &[u8] = b"23456789abcdefghijkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ";
+const PASSWORD_LEN: usize = 24; // 24 × log2(56) ≈ 139 bits
+const LOGIN_ALPHABET: &[u8] = b"23456789abcdefghijkmnpqrstuvwxyz";
+const LOGIN_ID_LEN: usize = 10;
+
+/// Uniform random characters from `alphabet`, by rejection sampling over OS randomness.
+fn random_string(alphabet: &[u8], len: usize) -> String {
+    let limit = 256 - (256 % alphabet.len());
+    let mut out = String::with_capacity(len);
+    let mut rng = rand::rng();
+    while out.len() < len {
+        let mut buf = [0u8; 64];
+        rng.fill_bytes(&mut buf);
+        for b in buf {
+            if (b as usize) < limit && out.len() < len {
+                out.push(alphabet[b as usize % alphabet.len()] as char);
+            }
+        }
+    }
+    out
+}
+
+pub fn generate_password() -> String {
+    random_string(PASSWORD_ALPHABET, PASSWORD_LEN)
+}
+
+pub fn generate_login(domain: &str) -> String {
+    format!("{}@{}", random_string(LOGIN_ALPHABET, LOGIN_ID_LEN), domain)
+}
+
+/// A random secret for tokens (admin, integrations): 32 bytes, URL-safe base64.
+pub fn generate_token(prefix: &str) -> String {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    format!("{prefix}{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+}
+
+/// Tokens are high-entropy, so a plain SHA-256 is a safe stored form (no need for a slow hash).
+pub fn token_hash(token: &str) -> String {
+    Sha256::digest(token.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub fn token_matches(token: &str, stored_hash: &str) -> bool {
+    token_hash(token).as_bytes().ct_eq(stored_hash.as_bytes()).into()
+}
+
+pub fn hash_password(password: &str) -> Result<String, String> {
+    Argon2::default().hash_password(password.as_bytes()).map(|h| h.to_string()).map_err(|e| e.to_string())
+}
+
+pub fn verify_password(password: &str, stored: &str) -> bool {
+    match PasswordHash::new(stored) {
+        Ok(hash) => Argon2::default().verify_password(password.as_bytes(), &hash).is_ok(),
+        Err(_) => false,
+    }
+}
+
+/// The user name and password of an `Authorization: Basic` header (RFC 7617), if well-formed.
+pub fn parse_basic(header: &str) -> Option<(String, String)> {
+    let (scheme, encoded) = header.trim().split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD.decode(encoded.trim()).ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (user, password) = text.split_once(':')?;
+    if user.is_empty() {
+        return None;
+    }
+    Some((user.to_string(), password.to_string()))
+}
+
+pub fn parse_bearer(header: &str) -> Option<&str> {
+    let (scheme, token) = header.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+struct CachedLogin {
+    username: String,
+    generation: i64,
+    expires: Instant,
+}
+
+struct Failures {
+    count: u32,
+    window_start: Instant,
+}
+
+/// In-memory authentication state: the verification cache and the failure counters.
+pub struct AuthState {
+    /// Keyed by SHA-256(secret ‖ user ‖ password): a memory dump does not reveal passwords.
+    cache: Mutex<HashMap<[u8; 32], CachedLogin>>,
+    failures: Mutex<HashMap<String, Failures>>,
+    secret: [u8; 32],
+    cache_ttl: Duration,
+    max_failures: u32,
+    window: Duration,
+}
+
+impl AuthState {
+    pub fn new(cache_ttl: Duration, max_failures: u32, window: Duration) -> Self {
+        let mut secret = [0u8; 32];
+        rand::rng().fill_bytes(&mut secret);
+        AuthState {
+            cache: Mutex::new(HashMap::new()),
+            failures: Mutex::new(HashMap::new()),
+            secret,
+            cache_ttl,
+            max_failures,
+            window,
+        }
+    }
+
+    fn cache_key(&self, user: &str, password: &str) -> [u8; 32] {
+        let mut h = Sha256::new();
+        h.update(self.secret);
+        h.update((user.len() as u64).to_le_bytes());
+        h.update(user.as_bytes());
+        h.update(password.as_bytes());
+        h.finalize().into()
+    }
+
+    /// Was this exact login verified recently, for the user's current credential generation?
+    pub fn cached(&self, user: &str, password: &str, generation: i64) -> bool {
+        let key = self.cache_key(user, password);
+        let Ok(cache) = self.cache.lock() else { return false };
+        cache.get(&key).is_some_and(|c| c.username == user && c.generation == generation && c.expires > Instant::now())
+    }
+
+    pub fn remember(&self, user: &str, password: &str, generation: i64) {
+        let key = self.cache_key(user, password);
+        if let Ok(mut cache) = self.cache.lock() {
+            let now = Instant::now();
+            if cache.len() > 10_000 {
+                cache.retain(|_, c| c.expires > now);
+            }
+            cache.insert(key, CachedLogin { username: user.to_string(), generation, expires: now + self.cache_ttl });
+        }
+    }
+
+    /// Drops every cached login of a user (credential reset, disable, delete).
+    pub fn forget(&self, user: &str) {
+        if let Ok(mut cache) = self.cache.lock() {
+            cache.retain(|_, c| c.username != user);
+        }
+    }
+
+    /// Seconds to wait when `key` (a login or an address) failed too often recently.
+    pub fn throttled(&self, key: &str) -> Option<u64> {
+        let failures = self.failures.lock().ok()?;
+        let f = failures.get(key)?;
+        let elapsed = f.window_start.elapsed();
+        (f.count >= self.max_failures && elapsed < self.window).then(|| (self.window - elapsed).as_secs().max(1))
+    }
+
+    pub fn record_failure(&self, key: &str) {
+        if let Ok(mut failures) = self.failures.lock() {
+            let now = Instant::now();
+            if failures.len() > 100_000 {
+                failures.retain(|_, f| now.duration_since(f.window_start) < self.window);
+            }
+            let entry = failures.entry(key.to_string()).or_insert(Failures { count: 0, window_start: now });
+            if now.duration_since(entry.window_start) >= self.window {
+                *entry = Failures { count: 0, window_start: now };
+            }
+            entry.count += 1;
+        }
+    }
+
+    pub fn clear_failures(&self, key: &str) {
+        if let Ok(mut failures) = self.failures.lock() {
+            failures.remove(key);
+        }
+    }
+}
+
+pub fn ip_key(ip: IpAddr) -> String {
+    format!("ip:{ip}")
+}
+
+pub fn login_key(user: &str) -> String {
+    format!("login:{}", user.to_lowercase())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_long_and_from_the_alphabet() {
+        let p = generate_password();
+        assert_eq!(p.len(), PASSWORD_LEN);
+        assert!(p.bytes().all(|b| PASSWORD_ALPHABET.contains(&b)));
+        assert_ne!(p, generate_password());
+        let login = generate_login("example.org");
+        assert!(login.ends_with("@example.org") && login.len() == LOGIN_ID_LEN + 12);
+    }
+
+    #[test]
+    fn basic_header_parsing() {
+        let h = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("ann@x.org:pa:ss"));
+        assert_eq!(parse_basic(&h), Some(("ann@x.org".into(), "pa:ss".into())));
+        assert_eq!(parse_basic("Basic !!!"), None);
+        assert_eq!(parse_basic("Bearer abc"), None);
+        assert_eq!(parse_basic(&format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(":pw"))), None);
+        assert_eq!(parse_basic(&format!("Basic {}", base64::engine::general_purpose::STANDARD.encode([0xff, b':', b'a']))), None);
+    }
+
+    #[test]
+    fn cache_respects_generation_and_forget() {
+        let a = AuthState::new(Duration::from_secs(60), 3, Duration::from_secs(60));
+        a.remember("u", "pw", 1);
+        assert!(a.cached("u", "pw", 1));
+        assert!(!a.cached("u", "pw", 2));
+        assert!(!a.cached("u", "other", 1));
+        a.forget("u");
+        assert!(!a.cached("u", "pw", 1));
+    }
+
+    #[test]
+    fn throttle_after_repeated_failures() {
+        let a = AuthState::new(Duration::from_secs(60), 3, Duration::from_secs(60));
+        for _ in 0..2 {
+            a.record_failure("k");
+        }
+        assert!(a.throttled("k").is_none());
+        a.record_failure("k");
+        assert!(a.throttled("k").is_some());
+        a.clear_failures("k");
+        assert!(a.throttled("k").is_none());
+    }
+
+    #[test]
+    fn hashes_verify() {
+        let h = hash_password("secret").expect("hash");
+        assert!(h.starts_with("$argon2id$"));
+        assert!(verify_password("secret", &h));
+        assert!(!verify_password("Secret", &h));
+        assert!(token_matches("t", &token_hash("t")));
+    }
+}

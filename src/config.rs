@@ -1,0 +1,186 @@
+//! Configuration: every key, its default and its meaning in one place. `config.example.toml` documents the
+//! same keys for people; a missing file means the embedded default (SQLite in ./kartei-data, self-signed
+//! HTTPS on 127.0.0.1:8443).
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub tls: TlsConfig,
+    pub storage: StorageConfig,
+    pub limits: LimitsConfig,
+    pub auth: AuthConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address and port to listen on.
+    pub listen: String,
+    /// The URL clients use to reach kartei (behind a proxy); by default derived from `listen` and TLS mode.
+    pub public_url: Option<String>,
+    /// Plain HTTP on a non-loopback address is refused unless this is set (for a TLS-terminating proxy).
+    pub allow_insecure_public: bool,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig { listen: "127.0.0.1:8443".into(), public_url: None, allow_insecure_public: false }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum TlsMode {
+    SelfSigned,
+    Files,
+    Off,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    pub mode: TlsMode,
+    /// PEM certificate chain (mode "files"; for "self-signed" where the generated one is kept).
+    pub cert: Option<PathBuf>,
+    /// PEM private key.
+    pub key: Option<PathBuf>,
+    /// Host names and IP addresses a generated certificate is valid for.
+    pub hostnames: Vec<String>,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            mode: TlsMode::SelfSigned,
+            cert: None,
+            key: None,
+            hostnames: vec!["localhost".into(), "127.0.0.1".into(), "::1".into()],
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    pub data_dir: PathBuf,
+    /// "normal" survives a process crash; "full" also survives power loss, at the cost of an fsync per write.
+    pub synchronous: String,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig { data_dir: PathBuf::from("kartei-data"), synchronous: "normal".into() }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest request body for XML requests (PROPFIND, REPORT, PROPPATCH, MKCOL).
+    pub max_xml_body: usize,
+    /// Largest vCard accepted by PUT (advertised as CARD:max-resource-size).
+    pub max_resource_size: usize,
+    /// Most hrefs in one addressbook-multiget.
+    pub max_multiget_hrefs: usize,
+    /// Seconds a request (headers and body) may take before the connection is closed.
+    pub request_timeout_secs: u64,
+    /// Seconds an idle keep-alive connection stays open.
+    pub idle_timeout_secs: u64,
+    /// Most connections served at once; further ones wait in the accept queue.
+    pub max_connections: usize,
+    /// Largest request head (request line and headers), in bytes.
+    pub max_header_bytes: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_xml_body: 1024 * 1024,
+            max_resource_size: 10 * 1024 * 1024,
+            max_multiget_hrefs: 10_000,
+            request_timeout_secs: 60,
+            idle_timeout_secs: 120,
+            max_connections: 1024,
+            max_header_bytes: 64 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Domain of generated logins (`<id>@<domain>`); by default the host of the public URL.
+    pub login_domain: Option<String>,
+    /// Seconds a successful password verification is remembered (so syncs do not pay Argon2 per request).
+    pub cache_secs: u64,
+    /// Failed logins per user name or client address within `throttle_window_secs` before 429.
+    pub throttle_failures: u32,
+    pub throttle_window_secs: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig { login_domain: None, cache_secs: 300, throttle_failures: 10, throttle_window_secs: 60 }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A tracing filter: "info", "kartei=debug", ... (RUST_LOG overrides it).
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { level: "info".into() }
+    }
+}
+
+impl Config {
+    /// Reads a config file; `None` gives the embedded default.
+    pub fn load(path: Option<&Path>) -> Result<Config, String> {
+        let Some(path) = path else { return Ok(Config::default()) };
+        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        toml::from_str(&text).map_err(|e| format!("invalid config {}: {e}", path.display()))
+    }
+
+    pub fn listen_addr(&self) -> Result<SocketAddr, String> {
+        self.server.listen.parse().map_err(|e| format!("[server] listen = {:?} is not an address: {e}", self.server.listen))
+    }
+
+    pub fn database_path(&self) -> PathBuf {
+        self.storage.data_dir.join("kartei.sqlite3")
+    }
+
+    /// The base URL clients use, without a trailing slash.
+    pub fn public_url(&self, bound: Option<SocketAddr>) -> String {
+        if let Some(url) = &self.server.public_url {
+            return url.trim_end_matches('/').to_string();
+        }
+        let scheme = if self.tls.mode == TlsMode::Off { "http" } else { "https" };
+        let addr = bound.map(|a| a.to_string()).unwrap_or_else(|| self.server.listen.clone());
+        format!("{scheme}://{addr}")
+    }
+
+    /// The domain part of generated logins.
+    pub fn login_domain(&self) -> String {
+        if let Some(d) = &self.auth.login_domain {
+            return d.clone();
+        }
+        let url = self.public_url(None);
+        let host = url.split("://").nth(1).unwrap_or(&url).split('/').next().unwrap_or("localhost");
+        let host = if host.starts_with('[') {
+            host.split(']').next().unwrap_or(host).trim_start_matches('[')
+        } else {
+            host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host)
+        };
+        if host.parse::<std::net::IpAddr>().is_ok() || host.is_empty() { "localhost".into() } else { host.to_string() }
+    }
+}

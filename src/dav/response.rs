@@ -1,0 +1,224 @@
+//! Writing multistatus bodies and DAV:error bodies.
+//!
+//! The writer appends to any `io::Write`, so a large listing can be streamed chunk by chunk (see
+//! `body::stream_body`). Namespaces are declared once on the root with fixed prefixes; status lines are
+//! written exactly as `HTTP/1.1 200 OK` (Thunderbird compares the string).
+
+use super::{NS_CALSERVER, NS_CARDDAV, NS_DAV, PropName};
+use quick_xml::escape::escape;
+use std::io::{self, Write};
+
+pub const XML_CONTENT_TYPE: &str = "application/xml; charset=utf-8";
+
+/// A property's value as it goes into a propstat.
+#[derive(Debug, Clone)]
+pub enum Value {
+    Empty,
+    Text(String),
+    /// Inner XML written verbatim (already escaped; uses the root's prefixes).
+    Xml(String),
+    /// One or more hrefs, each wrapped in `<d:href>` (and escaped).
+    Hrefs(Vec<String>),
+    /// A whole stored element (a dead property), written verbatim instead of the element itself.
+    Raw(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct Prop {
+    pub name: PropName,
+    pub value: Value,
+}
+
+pub fn status_line(code: u16) -> &'static str {
+    match code {
+        200 => "HTTP/1.1 200 OK",
+        403 => "HTTP/1.1 403 Forbidden",
+        404 => "HTTP/1.1 404 Not Found",
+        409 => "HTTP/1.1 409 Conflict",
+        424 => "HTTP/1.1 424 Failed Dependency",
+        507 => "HTTP/1.1 507 Insufficient Storage",
+        _ => "HTTP/1.1 500 Internal Server Error",
+    }
+}
+
+fn prefix_of(ns: &str) -> Option<&'static str> {
+    match ns {
+        NS_DAV => Some("d"),
+        NS_CARDDAV => Some("card"),
+        NS_CALSERVER => Some("cs"),
+        _ => None,
+    }
+}
+
+/// Writes `<prefix:name ...>` with a local declaration for namespaces the root does not declare.
+fn open_tag(out: &mut Vec<u8>, name: &PropName, empty: bool) {
+    out.push(b'<');
+    match prefix_of(&name.ns) {
+        Some(p) => {
+            out.extend_from_slice(p.as_bytes());
+            out.push(b':');
+            out.extend_from_slice(name.name.as_bytes());
+        }
+        None if name.ns.is_empty() => out.extend_from_slice(name.name.as_bytes()),
+        None => {
+            out.extend_from_slice(b"x:");
+            out.extend_from_slice(name.name.as_bytes());
+            out.extend_from_slice(b" xmlns:x=\"");
+            out.extend_from_slice(escape(name.ns.as_str()).as_bytes());
+            out.push(b'"');
+        }
+    }
+    if empty {
+        out.extend_from_slice(b"/>");
+    } else {
+        out.push(b'>');
+    }
+}
+
+fn close_tag(out: &mut Vec<u8>, name: &PropName) {
+    out.extend_from_slice(b"</");
+    match prefix_of(&name.ns) {
+        Some(p) => {
+            out.extend_from_slice(p.as_bytes());
+            out.push(b':');
+        }
+        None if name.ns.is_empty() => {}
+        None => out.extend_from_slice(b"x:"),
+    }
+    out.extend_from_slice(name.name.as_bytes());
+    out.push(b'>');
+}
+
+pub fn write_prop(out: &mut Vec<u8>, prop: &Prop) {
+    match &prop.value {
+        Value::Empty => open_tag(out, &prop.name, true),
+        Value::Raw(xml) => out.extend_from_slice(xml.as_bytes()),
+        Value::Text(t) => {
+            open_tag(out, &prop.name, false);
+            // Escape CR too, so CRLF in vCards survives the client's XML parser (XML normalizes bare CR).
+            for chunk in escape(t.as_str()).split('\r').enumerate() {
+                if chunk.0 > 0 {
+                    out.extend_from_slice(b"&#13;");
+                }
+                out.extend_from_slice(chunk.1.as_bytes());
+            }
+            close_tag(out, &prop.name);
+        }
+        Value::Xml(x) => {
+            open_tag(out, &prop.name, false);
+            out.extend_from_slice(x.as_bytes());
+            close_tag(out, &prop.name);
+        }
+        Value::Hrefs(hrefs) => {
+            open_tag(out, &prop.name, false);
+            for h in hrefs {
+                out.extend_from_slice(b"<d:href>");
+                out.extend_from_slice(escape(h.as_str()).as_bytes());
+                out.extend_from_slice(b"</d:href>");
+            }
+            close_tag(out, &prop.name);
+        }
+    }
+}
+
+/// Builds a multistatus into a buffer that the caller drains (or keeps) as it goes.
+pub struct Multistatus<W: Write> {
+    out: W,
+    buf: Vec<u8>,
+}
+
+impl<W: Write> Multistatus<W> {
+    pub fn begin(out: W) -> io::Result<Self> {
+        let mut m = Multistatus { out, buf: Vec::with_capacity(16 * 1024) };
+        m.buf.extend_from_slice(
+            br#"<?xml version="1.0" encoding="utf-8"?>
+<d:multistatus xmlns:d="DAV:" xmlns:card="urn:ietf:params:xml:ns:carddav" xmlns:cs="http://calendarserver.org/ns/">"#,
+        );
+        Ok(m)
+    }
+
+    fn flush_if_large(&mut self) -> io::Result<()> {
+        if self.buf.len() >= 32 * 1024 {
+            self.out.write_all(&self.buf)?;
+            self.buf.clear();
+        }
+        Ok(())
+    }
+
+    /// A response with propstats; `found` goes in a 200 propstat, each `(status, props)` after it.
+    pub fn response(&mut self, href: &str, found: &[Prop], others: &[(u16, Vec<PropName>)]) -> io::Result<()> {
+        let b = &mut self.buf;
+        b.extend_from_slice(b"<d:response><d:href>");
+        b.extend_from_slice(escape(href).as_bytes());
+        b.extend_from_slice(b"</d:href>");
+        if !found.is_empty() || others.iter().all(|(_, p)| p.is_empty()) {
+            b.extend_from_slice(b"<d:propstat><d:prop>");
+            for p in found {
+                write_prop(b, p);
+            }
+            b.extend_from_slice(b"</d:prop><d:status>HTTP/1.1 200 OK</d:status></d:propstat>");
+        }
+        for (status, names) in others {
+            if names.is_empty() {
+                continue;
+            }
+            b.extend_from_slice(b"<d:propstat><d:prop>");
+            for n in names {
+                open_tag(b, n, true);
+            }
+            b.extend_from_slice(b"</d:prop><d:status>");
+            b.extend_from_slice(status_line(*status).as_bytes());
+            b.extend_from_slice(b"</d:status></d:propstat>");
+        }
+        b.extend_from_slice(b"</d:response>");
+        self.flush_if_large()
+    }
+
+    /// A response that carries only a status (a deleted member, a missing href, a truncation marker).
+    pub fn status_response(&mut self, href: &str, status: u16, error: Option<&str>) -> io::Result<()> {
+        let b = &mut self.buf;
+        b.extend_from_slice(b"<d:response><d:href>");
+        b.extend_from_slice(escape(href).as_bytes());
+        b.extend_from_slice(b"</d:href><d:status>");
+        b.extend_from_slice(status_line(status).as_bytes());
+        b.extend_from_slice(b"</d:status>");
+        if let Some(e) = error {
+            b.extend_from_slice(b"<d:error>");
+            b.extend_from_slice(e.as_bytes());
+            b.extend_from_slice(b"</d:error>");
+        }
+        b.extend_from_slice(b"</d:response>");
+        self.flush_if_large()
+    }
+
+    pub fn sync_token(&mut self, token: &str) -> io::Result<()> {
+        self.buf.extend_from_slice(b"<d:sync-token>");
+        self.buf.extend_from_slice(escape(token).as_bytes());
+        self.buf.extend_from_slice(b"</d:sync-token>");
+        Ok(())
+    }
+
+    pub fn finish(mut self) -> io::Result<W> {
+        self.buf.extend_from_slice(b"</d:multistatus>\n");
+        self.out.write_all(&self.buf)?;
+        self.out.flush()?;
+        Ok(self.out)
+    }
+}
+
+/// A `DAV:error` body naming one precondition element (e.g. `<card:no-uid-conflict>...`), RFC 4918 §16.
+pub fn error_body(condition_xml: &str, message: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend_from_slice(
+        br#"<?xml version="1.0" encoding="utf-8"?>
+<d:error xmlns:d="DAV:" xmlns:card="urn:ietf:params:xml:ns:carddav" xmlns:cs="http://calendarserver.org/ns/">"#,
+    );
+    out.extend_from_slice(condition_xml.as_bytes());
+    if !message.is_empty() {
+        out.extend_from_slice(b"<d:responsedescription>");
+        out.extend_from_slice(escape(message).as_bytes());
+        out.extend_from_slice(b"</d:responsedescription>");
+    }
+    out.extend_from_slice(b"</d:error>\n");
+    out
+}

@@ -1,0 +1,129 @@
+//! kartei: a CardDAV/WebDAV contacts server.
+//!
+//! A tour, from the socket inwards:
+//! - [`server`] accepts connections (TLS from [`tls`]), speaks HTTP/1.1 and HTTP/2, enforces limits.
+//! - [`app`] is the request pipeline: [`router`] decides what a path means, [`auth`] checks Basic
+//!   credentials, the target is resolved with the access check, and one of [`methods`] answers.
+//! - [`dav`] turns request bodies into typed values and writes multistatus answers; [`props`] computes
+//!   live properties; [`carddav`] holds the addressbook-query filters; [`vcard`] is the only calcard user.
+//! - [`store`] is the storage interface (SQLite today) in domain words, one transaction per operation.
+//! - [`admin`] holds account operations shared by the CLI and the admin HTTP API.
+
+pub mod admin;
+pub mod app;
+pub mod auth;
+pub mod body;
+pub mod carddav;
+pub mod config;
+pub mod dav;
+pub mod error;
+pub mod methods;
+pub mod props;
+pub mod router;
+pub mod server;
+pub mod store;
+pub mod tls;
+pub mod vcard;
+
+use config::{Config, TlsMode};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use store::{SharedStore, SqliteStore};
+use tokio::sync::watch;
+
+/// Opens (creating) the data directory and the database.
+pub fn open_store(config: &Config) -> Result<SharedStore, String> {
+    std::fs::create_dir_all(&config.storage.data_dir)
+        .map_err(|e| format!("cannot create data directory {}: {e}", config.storage.data_dir.display()))?;
+    let full = config.storage.synchronous.eq_ignore_ascii_case("full");
+    let store = SqliteStore::open(&config.database_path(), full).map_err(|e| format!("cannot open the database: {e}"))?;
+    Ok(Arc::new(store))
+}
+
+/// A running server.
+pub struct Server {
+    pub addr: SocketAddr,
+    pub url: String,
+    /// The admin token when this start created it (first start); shown once.
+    pub admin_token: Option<String>,
+    pub store: SharedStore,
+    pub app: Arc<App>,
+    shutdown: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+pub use app::App;
+
+impl Server {
+    /// Stops accepting, lets in-flight requests finish, and checkpoints the WAL.
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.task.await;
+        let store = self.store.clone();
+        let _ = tokio::task::spawn_blocking(move || store.checkpoint()).await;
+    }
+
+    /// Runs until SIGTERM or Ctrl-C (SIGHUP reloads the TLS certificate), then stops gracefully.
+    pub async fn run_until_signal(self, reload: Option<Arc<tls::ReloadableCert>>) {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let (Ok(mut term), Ok(mut hup)) = (signal(SignalKind::terminate()), signal(SignalKind::hangup())) else {
+                tracing::error!("cannot install signal handlers");
+                return self.stop().await;
+            };
+            loop {
+                tokio::select! {
+                    _ = term.recv() => break,
+                    _ = tokio::signal::ctrl_c() => break,
+                    _ = hup.recv() => match &reload {
+                        Some(r) => match r.reload() {
+                            Ok(()) => tracing::info!("reloaded the TLS certificate"),
+                            Err(e) => tracing::error!(error = %e, "TLS certificate reload failed; keeping the old one"),
+                        },
+                        None => tracing::info!("SIGHUP ignored: TLS is off"),
+                    },
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("shutting down");
+        self.stop().await;
+    }
+}
+
+/// Starts serving with `config`: opens the store, makes the admin token on first start, sets up TLS and
+/// binds the listener (port 0 picks a free one; see `Server::addr`).
+pub async fn start(config: Config) -> Result<(Server, Option<Arc<tls::ReloadableCert>>), String> {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let addr = config.listen_addr()?;
+    if config.tls.mode == TlsMode::Off && !addr.ip().is_loopback() && !config.server.allow_insecure_public {
+        return Err(format!(
+            "refusing to serve plain HTTP on {addr}: set [tls] mode to \"self-signed\" or \"files\", or set \
+             [server] allow_insecure_public = true when a TLS proxy is in front"
+        ));
+    }
+    let store = open_store(&config)?;
+    let admin_token = {
+        let s = store.clone();
+        tokio::task::spawn_blocking(move || admin::ensure_admin_token(s.as_ref()))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?
+    };
+    let (acceptor, reload) = match config.tls.mode {
+        TlsMode::Off => (None, None),
+        _ => {
+            let (server_config, reload) = tls::server_config(&config)?;
+            (Some(tokio_rustls::TlsAcceptor::from(server_config)), Some(reload))
+        }
+    };
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    let bound = listener.local_addr().map_err(|e| e.to_string())?;
+    let app = Arc::new(App::new(config, store.clone(), Some(bound)));
+    let url = app.public_url.clone();
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let task = tokio::spawn(server::serve(app.clone(), listener, acceptor, shutdown_rx));
+    Ok((Server { addr: bound, url, admin_token, store, app, shutdown, task }, reload))
+}

@@ -1,0 +1,308 @@
+//! The `kartei` command: `serve`, and account management against the same database (usable while the
+//! server runs: SQLite in WAL mode takes writers from several processes).
+
+use clap::{Parser, Subcommand};
+use kartei::config::Config;
+use kartei::store::Store;
+use kartei::{admin, router, vcard};
+use serde_json::json;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "kartei", version, about = "A self-hosted CardDAV contacts server")]
+struct Cli {
+    /// Configuration file (TOML); without one kartei runs on its embedded default.
+    #[arg(long, global = true, env = "KARTEI_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server.
+    Serve,
+    /// Manage users.
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Manage address books.
+    #[command(subcommand)]
+    Book(BookCommand),
+    /// Share address books with other users.
+    #[command(subcommand)]
+    Share(ShareCommand),
+    /// Manage the admin API token.
+    #[command(subcommand, name = "admin-token")]
+    AdminToken(AdminTokenCommand),
+    /// Write a consistent copy of the database (safe while the server runs).
+    Backup { file: PathBuf },
+    /// Replace the database with a backup (stop the server first).
+    Restore { file: PathBuf },
+    /// Verify the database's integrity and that every stored card parses.
+    Check,
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Create a user with a generated password and a default address book.
+    Add {
+        #[arg(long)]
+        username: Option<String>,
+        #[arg(long)]
+        display_name: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a user and their address books.
+    Delete { username: String },
+    /// Generate a new password; the old one stops working at once.
+    Reset {
+        username: String,
+        #[arg(long)]
+        json: bool,
+    },
+    Disable { username: String },
+    Enable { username: String },
+}
+
+#[derive(Subcommand)]
+enum BookCommand {
+    Add {
+        username: String,
+        book: String,
+        #[arg(long)]
+        display_name: Option<String>,
+    },
+    List {
+        username: String,
+        #[arg(long)]
+        json: bool,
+    },
+    Delete { username: String, book: String },
+}
+
+#[derive(Subcommand)]
+enum ShareCommand {
+    /// Share OWNER's BOOK with USER (read-only unless --read-write).
+    Add {
+        owner: String,
+        book: String,
+        user: String,
+        #[arg(long)]
+        read_write: bool,
+    },
+    Remove { owner: String, book: String, user: String },
+    List { owner: String, book: String },
+}
+
+#[derive(Subcommand)]
+enum AdminTokenCommand {
+    /// Make a new admin token (shown once); the old one stops working.
+    Reset {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn init_logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.level));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::load(cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("kartei: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(&config);
+    let result = match cli.command {
+        Command::Serve => serve(config),
+        other => offline(&config, other),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("kartei: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(config: Config) -> Result<(), String> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| e.to_string())?;
+    runtime.block_on(async move {
+        let (server, reload) = kartei::start(config).await?;
+        println!("kartei listening on {}/ (CardDAV discovery: {}/.well-known/carddav)", server.url, server.url);
+        if let Some(token) = &server.admin_token {
+            println!("admin API token (shown once, store it now): {token}");
+        }
+        server.run_until_signal(reload).await;
+        Ok(())
+    })
+}
+
+fn offline(config: &Config, command: Command) -> Result<(), String> {
+    if let Command::Restore { file } = &command {
+        return restore(config, file);
+    }
+    let store = kartei::open_store(config)?;
+    let store: &dyn Store = store.as_ref();
+    let err = |e: admin::AccountError| e.message;
+    let public_url = config.public_url(None);
+    match command {
+        Command::User(UserCommand::Add { username, display_name, json }) => {
+            let account = admin::create_user(store, config, username.as_deref(), display_name.as_deref()).map_err(err)?;
+            let u = &account.user.username;
+            if json {
+                println!("{}", json!({"username": u, "password": account.password, "carddav_url": format!("{public_url}{}", router::home_href(u))}));
+            } else {
+                println!("login:    {u}\npassword: {}\n(shown once)\nCardDAV:  {public_url}{}", account.password, router::home_href(u));
+            }
+        }
+        Command::User(UserCommand::List { json }) => {
+            let users = store.users().map_err(|e| e.to_string())?;
+            if json {
+                let list: Vec<_> = users.iter().map(|u| json!({"username": u.username, "display_name": u.display_name, "disabled": u.disabled})).collect();
+                println!("{}", json!({ "users": list }));
+            } else {
+                for u in users {
+                    println!("{}\t{}{}", u.username, u.display_name, if u.disabled { "\t(disabled)" } else { "" });
+                }
+            }
+        }
+        Command::User(UserCommand::Delete { username }) => {
+            if !store.delete_user(&username).map_err(|e| e.to_string())? {
+                return Err(format!("no user '{username}'"));
+            }
+            let _ = store.audit("cli", "user.delete", &username, "");
+            println!("deleted {username}");
+        }
+        Command::User(UserCommand::Reset { username, json }) => {
+            let password = admin::reset_password(store, &username).map_err(err)?;
+            if json {
+                println!("{}", json!({"username": username, "password": password}));
+            } else {
+                println!("login:    {username}\npassword: {password}\n(shown once)");
+            }
+        }
+        Command::User(UserCommand::Disable { username }) => {
+            store.set_disabled(&username, true).map_err(|e| e.to_string())?;
+            println!("disabled {username}");
+        }
+        Command::User(UserCommand::Enable { username }) => {
+            store.set_disabled(&username, false).map_err(|e| e.to_string())?;
+            println!("enabled {username}");
+        }
+        Command::Book(BookCommand::Add { username, book, display_name }) => {
+            admin::validate_segment(&book).map_err(err)?;
+            store.create_book(&username, &book, display_name.as_deref(), None, &[], false).map_err(|e| e.to_string())?;
+            println!("{public_url}{}", router::book_href(&username, &book));
+        }
+        Command::Book(BookCommand::List { username, json }) => {
+            let books = store.books_in_home(&username).map_err(|e| e.to_string())?;
+            if json {
+                let list: Vec<_> = books.iter().map(|b| json!({"book": b.segment, "owner": b.owner, "shared": b.shared, "writable": b.writable})).collect();
+                println!("{}", json!({ "books": list }));
+            } else {
+                for b in books {
+                    let kind = if b.shared { format!("shared by {} ({})", b.owner, if b.writable { "read-write" } else { "read-only" }) } else { "own".into() };
+                    println!("{}\t{}\t{public_url}{}", b.segment, kind, router::book_href(&username, &b.segment));
+                }
+            }
+        }
+        Command::Book(BookCommand::Delete { username, book }) => {
+            let view = store.book_in_home(&username, &book).map_err(|e| e.to_string())?.filter(|b| !b.shared).ok_or("no such book")?;
+            store.delete_book(view.id).map_err(|e| e.to_string())?;
+            println!("deleted {username}/{book}");
+        }
+        Command::Share(ShareCommand::Add { owner, book, user, read_write }) => {
+            let view = store.book_in_home(&owner, &book).map_err(|e| e.to_string())?.filter(|b| !b.shared).ok_or("no such book")?;
+            let segment = store.share_book(view.id, &user, read_write).map_err(|e| e.to_string())?;
+            let _ = store.audit("cli", "book.share", &format!("{owner}/{book}"), &format!("with={user} writable={read_write}"));
+            println!("{public_url}{}", router::book_href(&user, &segment));
+        }
+        Command::Share(ShareCommand::Remove { owner, book, user }) => {
+            let view = store.book_in_home(&owner, &book).map_err(|e| e.to_string())?.filter(|b| !b.shared).ok_or("no such book")?;
+            if !store.unshare_book(view.id, &user).map_err(|e| e.to_string())? {
+                return Err("the book is not shared with this user".into());
+            }
+            println!("revoked");
+        }
+        Command::Share(ShareCommand::List { owner, book }) => {
+            let view = store.book_in_home(&owner, &book).map_err(|e| e.to_string())?.filter(|b| !b.shared).ok_or("no such book")?;
+            for s in store.shares(view.id).map_err(|e| e.to_string())? {
+                println!("{}\t{}\t{}", s.username, s.segment, if s.writable { "read-write" } else { "read" });
+            }
+        }
+        Command::AdminToken(AdminTokenCommand::Reset { json }) => {
+            let token = admin::reset_admin_token(store).map_err(err)?;
+            if json {
+                println!("{}", json!({ "token": token }));
+            } else {
+                println!("admin API token (shown once): {token}");
+            }
+        }
+        Command::Backup { file } => {
+            store.backup_to(&file).map_err(|e| e.to_string())?;
+            println!("backup written to {}", file.display());
+        }
+        Command::Check => check(store)?,
+        Command::Serve | Command::Restore { .. } => unreachable!("handled above"),
+    }
+    Ok(())
+}
+
+fn check(store: &dyn Store) -> Result<(), String> {
+    let integrity = store.integrity_check().map_err(|e| e.to_string())?;
+    if integrity != ["ok"] {
+        return Err(format!("integrity check failed: {}", integrity.join("; ")));
+    }
+    let mut cards = 0usize;
+    let mut broken = Vec::new();
+    for user in store.users().map_err(|e| e.to_string())? {
+        for book in store.books_in_home(&user.username).map_err(|e| e.to_string())?.into_iter().filter(|b| !b.shared) {
+            store
+                .for_each_card(book.id, true, &mut |meta, bytes| {
+                    cards += 1;
+                    if bytes.is_none_or(|b| vcard::validate(b).is_err()) {
+                        broken.push(format!("{}/{}/{}", user.username, book.segment, meta.name));
+                    }
+                    true
+                })
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    if !broken.is_empty() {
+        return Err(format!("{} of {cards} cards do not parse: {}", broken.len(), broken.join(", ")));
+    }
+    println!("ok: integrity_check passed, {cards} cards parse");
+    Ok(())
+}
+
+fn restore(config: &Config, file: &std::path::Path) -> Result<(), String> {
+    // Validate the backup by opening it before it replaces anything.
+    let probe = kartei::store::SqliteStore::open(file, false).map_err(|e| format!("{} is not a kartei database: {e}", file.display()))?;
+    let integrity = probe.integrity_check().map_err(|e| e.to_string())?;
+    if integrity != ["ok"] {
+        return Err(format!("the backup fails its integrity check: {}", integrity.join("; ")));
+    }
+    drop(probe);
+    std::fs::create_dir_all(&config.storage.data_dir).map_err(|e| e.to_string())?;
+    let target = config.database_path();
+    for suffix in ["-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", target.display()));
+    }
+    std::fs::copy(file, &target).map_err(|e| format!("cannot copy the backup into place: {e}"))?;
+    println!("restored {} into {}", file.display(), target.display());
+    Ok(())
+}

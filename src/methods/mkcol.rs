@@ -1,0 +1,59 @@
+//! MKCOL and extended MKCOL (RFC 5689): creates an address book in the user's own home.
+
+use super::{empty_response, read_body};
+use crate::app::{Ctx, Target};
+use crate::body::Body;
+use crate::dav::request::{PatchOp, parse_mkcol};
+use crate::dav::{NS_CARDDAV, NS_DAV};
+use crate::error::{Condition, DavError, DavResult};
+use crate::store::{self, BookPatch, DeadProperty};
+use hyper::body::Incoming;
+use hyper::{Response, StatusCode};
+
+pub async fn handle(ctx: Ctx, target: Target, body: Incoming) -> DavResult<Response<Body>> {
+    let (user, segment) = match target {
+        Target::MissingBook { user, segment } => (user, segment),
+        Target::Book(_) => {
+            return Err(DavError::method_not_allowed(super::ALLOW).with_condition(Condition::ResourceMustBeNull));
+        }
+        _ => return Err(DavError::forbidden("address books can only be created inside your address-book home")),
+    };
+    if ctx.user.scope.is_some() {
+        return Err(DavError::forbidden("a login scoped to one book cannot create books"));
+    }
+    let raw = read_body(&ctx.headers, body, ctx.app.config.limits.max_xml_body).await?;
+    let mut display_name = None;
+    let mut description = None;
+    let mut dead = Vec::new();
+    if !raw.iter().all(u8::is_ascii_whitespace) {
+        let mkcol = parse_mkcol(&raw)?;
+        // Inside a home only address books may be made (RFC 5689 valid-resourcetype).
+        let is_book = mkcol.resourcetypes.iter().any(|t| t.is(NS_CARDDAV, "addressbook"));
+        let only_known = mkcol.resourcetypes.iter().all(|t| t.is(NS_CARDDAV, "addressbook") || t.is(NS_DAV, "collection"));
+        if !is_book || !only_known {
+            return Err(DavError::forbidden("only address books (CARD:addressbook) can be created here")
+                .with_condition(Condition::ValidResourceType));
+        }
+        for p in mkcol.props {
+            match super::proppatch::to_patch(&PatchOp::Set(p)) {
+                Some((_, BookPatch::DisplayName(v))) => display_name = v,
+                Some((_, BookPatch::Description(v))) => description = v,
+                Some((_, BookPatch::SetDead(d))) => dead.push(d),
+                _ => return Err(DavError::forbidden("a protected property cannot be set by MKCOL")),
+            }
+        }
+    }
+    // A plain MKCOL (no body) also makes an address book: a home holds nothing else.
+    let dead: Vec<DeadProperty> = dead;
+    let result = store::blocking(ctx.store(), move |s| {
+        s.create_book(&user, &segment, display_name.as_deref(), description.as_deref(), &dead, false)
+    })
+    .await;
+    match result {
+        Ok(_) => Ok(empty_response(StatusCode::CREATED)),
+        Err(store::Error::AlreadyExists) => {
+            Err(DavError::method_not_allowed(super::ALLOW).with_condition(Condition::ResourceMustBeNull))
+        }
+        Err(e) => Err(e.into()),
+    }
+}

@@ -1,0 +1,136 @@
+//! One file per HTTP method. `dispatch` is the one `match` that picks the handler; the helpers here are
+//! what several handlers share (body limits, If-Match parsing, the multistatus response).
+
+mod copymove;
+mod delete;
+mod get;
+mod mkcol;
+mod propfind;
+mod proppatch;
+mod put;
+mod report;
+
+use crate::app::{Ctx, DAV_CLASSES, Target};
+use crate::body::{self, Body};
+use crate::dav::response::XML_CONTENT_TYPE;
+use crate::error::{DavError, DavResult};
+use crate::store::Precondition;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::{HeaderMap, Response, StatusCode, header};
+
+pub const ALLOW: &str = "OPTIONS, GET, HEAD, PUT, DELETE, PROPFIND, PROPPATCH, REPORT, MKCOL, COPY, MOVE";
+
+pub async fn dispatch(ctx: Ctx, target: Target, body: Incoming) -> DavResult<Response<Body>> {
+    match ctx.method.as_str() {
+        "PROPFIND" => propfind::handle(ctx, target, body).await,
+        "PROPPATCH" => proppatch::handle(ctx, target, body).await,
+        "REPORT" => report::handle(ctx, target, body).await,
+        "GET" | "HEAD" => get::handle(ctx, target).await,
+        "PUT" => put::handle(ctx, target, body).await,
+        "DELETE" => delete::handle(ctx, target).await,
+        "MKCOL" => mkcol::handle(ctx, target, body).await,
+        "COPY" | "MOVE" => copymove::handle(ctx, target).await,
+        // LOCK/UNLOCK are class 2, which we do not advertise.
+        _ => Err(DavError::method_not_allowed(ALLOW)),
+    }
+}
+
+/// OPTIONS: 200 (not 204, Thunderbird), no body, our DAV classes.
+pub fn options() -> Response<Body> {
+    Response::builder()
+        .status(StatusCode::OK)
+        .header("DAV", DAV_CLASSES)
+        .header(header::ALLOW, ALLOW)
+        .header(header::CONTENT_LENGTH, "0")
+        .body(body::empty())
+        .unwrap_or_else(|_| Response::new(body::empty()))
+}
+
+/// Reads a request body of at most `limit` bytes: refused by Content-Length before reading, and cut off
+/// while reading when a chunked body grows past it.
+pub async fn read_body(headers: &HeaderMap, body: Incoming, limit: usize) -> DavResult<Bytes> {
+    let too_large = || DavError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("the request body exceeds {limit} bytes"));
+    if let Some(len) = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok())
+        && len > limit as u64
+    {
+        return Err(too_large());
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Err(e) => Err(DavError::bad_request(format!("could not read the request body: {e}"))),
+    }
+}
+
+/// Strips quotes (and the `\"` escapes Evolution sometimes sends) from an entity tag; weak tags never match
+/// a strong comparison, so they keep their `W/` and fail.
+fn clean_etag(tag: &str) -> String {
+    tag.trim().replace("\\\"", "\"").trim_matches('"').to_string()
+}
+
+/// If-Match / If-None-Match (RFC 9110 §13.1) as a store precondition.
+pub fn precondition(headers: &HeaderMap) -> DavResult<Precondition> {
+    let get = |name| headers.get(name).and_then(|v: &header::HeaderValue| v.to_str().ok()).map(str::trim);
+    if let Some(m) = get(header::IF_MATCH) {
+        if m == "*" {
+            return Ok(Precondition::MustExist);
+        }
+        let tags: Vec<String> = m.split(',').map(clean_etag).filter(|t| !t.is_empty()).collect();
+        if tags.is_empty() {
+            return Err(DavError::bad_request("If-Match has no entity tag"));
+        }
+        return Ok(Precondition::EtagIn(tags));
+    }
+    if let Some(m) = get(header::IF_NONE_MATCH) {
+        if m == "*" {
+            return Ok(Precondition::MustNotExist);
+        }
+        // If-None-Match with tags on a write: rarely used; treat "none of these" as unsupported precision.
+        return Err(DavError::new(StatusCode::PRECONDITION_FAILED, "only If-None-Match: * is supported on writes"));
+    }
+    Ok(Precondition::None)
+}
+
+pub fn multistatus_response(body: Body, gzip: bool) -> DavResult<Response<Body>> {
+    let mut builder = Response::builder()
+        .status(StatusCode::MULTI_STATUS)
+        .header(header::CONTENT_TYPE, XML_CONTENT_TYPE)
+        .header(header::VARY, "Accept-Encoding, Brief, Prefer");
+    if gzip {
+        builder = builder.header(header::CONTENT_ENCODING, "gzip");
+    }
+    builder.body(body).map_err(|e| DavError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+}
+
+/// `Brief: t` or `Prefer: return=minimal` (Apple, Evolution): leave out the 404 propstats.
+pub fn wants_minimal(headers: &HeaderMap) -> bool {
+    let brief = headers.get("brief").and_then(|v| v.to_str().ok()).is_some_and(|v| v.trim().eq_ignore_ascii_case("t"));
+    let prefer = headers
+        .get_all("prefer")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.split(',').any(|p| p.trim().eq_ignore_ascii_case("return=minimal")));
+    brief || prefer
+}
+
+pub fn empty_response(status: StatusCode) -> Response<Body> {
+    Response::builder().status(status).body(body::empty()).unwrap_or_else(|_| Response::new(body::empty()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn etag_preconditions() {
+        let mut h = HeaderMap::new();
+        assert_eq!(precondition(&h).ok(), Some(Precondition::None));
+        h.insert(header::IF_MATCH, "\"abc\", \\\"def\\\"".parse().expect("header"));
+        assert_eq!(precondition(&h).ok(), Some(Precondition::EtagIn(vec!["abc".into(), "def".into()])));
+        let mut h = HeaderMap::new();
+        h.insert(header::IF_NONE_MATCH, "*".parse().expect("header"));
+        assert_eq!(precondition(&h).ok(), Some(Precondition::MustNotExist));
+    }
+}

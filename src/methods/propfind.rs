@@ -1,0 +1,160 @@
+//! PROPFIND (RFC 4918 §9.1) on every resource kind; a book's Depth 1 listing is streamed from the store
+//! without reading card bodies unless address-data is asked for.
+
+use super::{multistatus_response, read_body, wants_minimal};
+use crate::app::{Ctx, Target};
+use crate::body::{accepts_gzip, stream_body};
+use crate::dav::request::{PropFind, parse_propfind};
+use crate::dav::response::Multistatus;
+use crate::dav::{Depth, NS_DAV, PropName};
+use crate::error::{Condition, DavError, DavResult};
+use crate::props::{PropContext, Resource, wants_body};
+use crate::router;
+use crate::store::{self, Store};
+use hyper::body::Incoming;
+use hyper::{Response, StatusCode};
+use std::io::{self, Write};
+
+pub async fn handle(ctx: Ctx, target: Target, body: Incoming) -> DavResult<Response<crate::body::Body>> {
+    let depth_header = ctx.headers.get("depth").and_then(|v| v.to_str().ok());
+    // A missing Depth means infinity (RFC 4918); no client relies on that, so it is served as 1.
+    let depth = Depth::parse(depth_header, Depth::One).ok_or_else(|| DavError::bad_request("Depth must be 0, 1 or infinity"))?;
+    if depth == Depth::Infinity {
+        return Err(DavError::new(StatusCode::FORBIDDEN, "Depth: infinity is not supported on PROPFIND")
+            .with_condition(Condition::PropfindFiniteDepth));
+    }
+    let raw = read_body(&ctx.headers, body, ctx.app.config.limits.max_xml_body).await?;
+    let request = parse_propfind(&raw)?;
+    if let Target::MissingBook { .. } = target {
+        return Err(DavError::not_found());
+    }
+    if let Target::Card { book, name } = &target {
+        let (id, n) = (book.id, name.clone());
+        if store::blocking(ctx.store(), move |s| s.card_meta(id, &n)).await?.is_none() {
+            return Err(DavError::not_found());
+        }
+    }
+    let minimal = wants_minimal(&ctx.headers);
+    let gzip = accepts_gzip(&ctx.headers);
+    let store = ctx.store().clone();
+    let me = ctx.user.clone();
+    let max_resource_size = ctx.app.config.limits.max_resource_size;
+    let prefer_v3 = ctx.is_apple();
+    let request_path = ctx.path.clone();
+    let body = stream_body(gzip, move |out| {
+        let pctx = PropContext { me: &me.username, max_resource_size, prefer_v3 };
+        let mut ms = Multistatus::begin(out)?;
+        let listing = Listing { store: store.as_ref(), pctx: &pctx, request: &request, minimal, scope: me.scope.as_deref() };
+        listing.write(&mut ms, &target, depth == Depth::One, &request_path)?;
+        ms.finish()?;
+        Ok(())
+    });
+    multistatus_response(body, gzip)
+}
+
+fn store_err(e: store::Error) -> io::Error {
+    io::Error::other(e.to_string())
+}
+
+struct Listing<'a> {
+    store: &'a dyn Store,
+    pctx: &'a PropContext<'a>,
+    request: &'a PropFind,
+    minimal: bool,
+    scope: Option<&'a str>,
+}
+
+fn asks_for(request: &PropFind, name: &str) -> bool {
+    match request {
+        PropFind::Prop(props) => props.iter().any(|p| p.name.is(NS_DAV, name)),
+        PropFind::AllProp { .. } => true,
+        PropFind::PropName => false,
+    }
+}
+
+impl Listing<'_> {
+    fn respond<W: Write>(&self, ms: &mut Multistatus<W>, href: &str, resource: &Resource) -> io::Result<()> {
+        let (found, missing) = resource.answer(self.pctx, self.request);
+        let others: Vec<(u16, Vec<PropName>)> = if self.minimal { Vec::new() } else { vec![(404, missing)] };
+        ms.response(href, &found, &others)
+    }
+
+    fn write<W: Write>(&self, ms: &mut Multistatus<W>, target: &Target, depth_one: bool, request_path: &str) -> io::Result<()> {
+        let me = self.pctx.me;
+        match target {
+            Target::Root => {
+                let href = if request_path.ends_with('/') { request_path.to_string() } else { format!("{request_path}/") };
+                self.respond(ms, &href, &Resource::Root)?;
+                if depth_one {
+                    self.respond(ms, "/dav/principals/", &Resource::PrincipalCollection)?;
+                    self.respond(ms, "/dav/addressbooks/", &Resource::HomeCollection)?;
+                }
+            }
+            Target::PrincipalCollection => {
+                self.respond(ms, "/dav/principals/", &Resource::PrincipalCollection)?;
+                if depth_one {
+                    self.respond(ms, &router::principal_href(me), &Resource::Principal { user: me, display_name: me })?;
+                }
+            }
+            Target::HomeCollection => {
+                self.respond(ms, "/dav/addressbooks/", &Resource::HomeCollection)?;
+                if depth_one {
+                    self.respond(ms, &router::home_href(me), &Resource::Home { user: me })?;
+                }
+            }
+            Target::Principal { user, display_name } => {
+                self.respond(ms, &router::principal_href(user), &Resource::Principal { user, display_name })?;
+            }
+            Target::Home { user } => {
+                self.respond(ms, &router::home_href(user), &Resource::Home { user })?;
+                if depth_one {
+                    let books = self.store.books_in_home(user).map_err(store_err)?;
+                    for book in books.iter().filter(|b| self.scope.is_none_or(|s| s == b.segment)) {
+                        self.book(ms, book)?;
+                    }
+                }
+            }
+            Target::Book(book) => {
+                self.book(ms, book)?;
+                if depth_one {
+                    let with_body = wants_body(self.request);
+                    let mut failure = None;
+                    self.store
+                        .for_each_card(book.id, with_body, &mut |meta, body| {
+                            let href = router::card_href(me, &book.segment, &meta.name);
+                            match self.respond(ms, &href, &Resource::Card { book, meta, body }) {
+                                Ok(()) => true,
+                                Err(e) => {
+                                    failure = Some(e);
+                                    false
+                                }
+                            }
+                        })
+                        .map_err(store_err)?;
+                    if let Some(e) = failure {
+                        return Err(e);
+                    }
+                }
+            }
+            Target::Card { book, name } => {
+                if let Some(card) = self.store.card(book.id, name).map_err(store_err)? {
+                    let href = router::card_href(me, &book.segment, name);
+                    self.respond(ms, &href, &Resource::Card { book, meta: &card.meta, body: Some(&card.vcard) })?;
+                }
+            }
+            Target::MissingBook { .. } => {}
+        }
+        Ok(())
+    }
+
+    fn book<W: Write>(&self, ms: &mut Multistatus<W>, book: &store::BookView) -> io::Result<()> {
+        let dead = self.store.dead_properties(book.id).map_err(store_err)?;
+        let used_bytes = if asks_for(self.request, "quota-used-bytes") || asks_for(self.request, "quota-available-bytes") {
+            self.store.book_size(book.id).map_err(store_err)?
+        } else {
+            0
+        };
+        let href = router::book_href(self.pctx.me, &book.segment);
+        self.respond(ms, &href, &Resource::Book { book, dead: &dead, used_bytes })
+    }
+}

@@ -1,0 +1,252 @@
+//! REPORT: addressbook-multiget and addressbook-query (RFC 6352 §8.6, §8.7) and sync-collection
+//! (RFC 6578). Everything a report can refuse is checked before the 207 starts streaming.
+
+use super::{multistatus_response, read_body, wants_minimal};
+use crate::app::{Ctx, Target};
+use crate::body::{accepts_gzip, stream_body};
+use crate::carddav::filter::Filter;
+use crate::dav::request::{PropFind, Report, parse_report};
+use crate::dav::response::Multistatus;
+use crate::dav::PropName;
+use crate::error::{Condition, DavError, DavResult};
+use crate::props::{self, PropContext, Resource};
+use crate::router;
+use crate::store::{self, BookView, CardMeta, ChangeKind, Prefilter, Store};
+use crate::vcard;
+use hyper::body::Incoming;
+use hyper::{Response, StatusCode};
+use std::io::{self, Write};
+
+const LIMIT_ERROR: &str = "<d:number-of-matches-within-limits/>";
+
+pub async fn handle(ctx: Ctx, target: Target, body: Incoming) -> DavResult<Response<crate::body::Body>> {
+    let limits = &ctx.app.config.limits;
+    let raw = read_body(&ctx.headers, body, limits.max_xml_body).await?;
+    let report = parse_report(&raw, limits.max_multiget_hrefs)?;
+    let gzip = accepts_gzip(&ctx.headers);
+    if let Report::EmptyAnswer = report {
+        let body = stream_body(gzip, |out| Multistatus::begin(out)?.finish().map(|_| ()));
+        return multistatus_response(body, gzip);
+    }
+    let book = match target {
+        Target::Book(book) => book,
+        // Some clients address a multiget at a card's URL; answer it for the card's book.
+        Target::Card { book, .. } if matches!(report, Report::Multiget { .. }) => book,
+        Target::MissingBook { .. } => return Err(DavError::not_found()),
+        _ => {
+            return Err(DavError::new(StatusCode::FORBIDDEN, "this report is supported on address books only")
+                .with_condition(Condition::SupportedReport));
+        }
+    };
+    // A sync token is checked before anything is streamed, so a bad one gets its own status.
+    let since = match &report {
+        Report::SyncCollection { token, .. } if !token.is_empty() => Some(check_token(&ctx, &book, token).await?),
+        _ => None,
+    };
+    let writer = ReportWriter {
+        store: ctx.store().clone(),
+        me: ctx.user.username.clone(),
+        max_resource_size: limits.max_resource_size,
+        prefer_v3: ctx.is_apple(),
+        minimal: wants_minimal(&ctx.headers),
+        book,
+    };
+    let body = stream_body(gzip, move |out| {
+        let mut ms = Multistatus::begin(out)?;
+        match report {
+            Report::Multiget { props, hrefs } => writer.multiget(&mut ms, &props, &hrefs)?,
+            Report::Query { props, filter, limit } => writer.query(&mut ms, &props, &filter, limit)?,
+            Report::SyncCollection { props, limit, .. } => writer.sync_collection(&mut ms, &props, since, limit)?,
+            Report::EmptyAnswer => {}
+        }
+        ms.finish()?;
+        Ok(())
+    });
+    multistatus_response(body, gzip)
+}
+
+/// The revision a client's token stands for; RFC 6578 §3.2: 403 + valid-sync-token for a token that is not
+/// ours, belongs to another book, or lies in the future. Thunderbird resyncs only after a 400, so it gets
+/// the same body with 400 (see shared/clients/thunderbird.md).
+async fn check_token(ctx: &Ctx, book: &BookView, token: &str) -> DavResult<i64> {
+    let invalid = |why: &str| {
+        let status = if ctx.user_agent().contains("Thunderbird") { StatusCode::BAD_REQUEST } else { StatusCode::FORBIDDEN };
+        DavError::new(status, format!("invalid sync token: {why}")).with_condition(Condition::ValidSyncToken)
+    };
+    let Some((book_id, revision)) = props::parse_sync_token(token) else {
+        return Err(invalid("not a token this server issued"));
+    };
+    if book_id != book.id {
+        return Err(invalid("the token belongs to another address book"));
+    }
+    let id = book.id;
+    let current = store::blocking(ctx.store(), move |s| s.book_revision(id)).await?;
+    if revision < 0 || revision > current {
+        return Err(invalid("the token is newer than the address book"));
+    }
+    Ok(revision)
+}
+
+fn store_err(e: store::Error) -> io::Error {
+    io::Error::other(e.to_string())
+}
+
+struct ReportWriter {
+    store: store::SharedStore,
+    me: String,
+    max_resource_size: usize,
+    prefer_v3: bool,
+    minimal: bool,
+    book: BookView,
+}
+
+impl ReportWriter {
+    fn card_response<W: Write>(&self, ms: &mut Multistatus<W>, props: &PropFind, meta: &CardMeta, body: Option<&[u8]>) -> io::Result<()> {
+        let pctx = PropContext { me: &self.me, max_resource_size: self.max_resource_size, prefer_v3: self.prefer_v3 };
+        let resource = Resource::Card { book: &self.book, meta, body };
+        let (found, missing) = resource.answer(&pctx, props);
+        let others: Vec<(u16, Vec<PropName>)> = if self.minimal { Vec::new() } else { vec![(404, missing)] };
+        ms.response(&router::card_href(&self.me, &self.book.segment, &meta.name), &found, &others)
+    }
+
+    fn book_href(&self) -> String {
+        router::book_href(&self.me, &self.book.segment)
+    }
+
+    /// Streams the named cards in the order asked; names that do not exist get a 404 response.
+    fn named_cards<W: Write>(&self, ms: &mut Multistatus<W>, props: &PropFind, names: &[String], hrefs: &[String]) -> io::Result<()> {
+        let mut next = 0;
+        let mut failure = None;
+        self.store
+            .for_each_named_card(self.book.id, names, &mut |meta, body| {
+                let mut step = || -> io::Result<()> {
+                    while next < names.len() && names[next] != meta.name {
+                        ms.status_response(&hrefs[next], 404, None)?;
+                        next += 1;
+                    }
+                    next += 1;
+                    self.card_response(ms, props, meta, body)
+                };
+                match step() {
+                    Ok(()) => true,
+                    Err(e) => {
+                        failure = Some(e);
+                        false
+                    }
+                }
+            })
+            .map_err(store_err)?;
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        for href in &hrefs[next.min(hrefs.len())..] {
+            ms.status_response(href, 404, None)?;
+        }
+        Ok(())
+    }
+
+    fn multiget<W: Write>(&self, ms: &mut Multistatus<W>, props: &PropFind, hrefs: &[String]) -> io::Result<()> {
+        let mut names = Vec::new();
+        let mut answered_hrefs = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for href in hrefs {
+            if !seen.insert(href.as_str()) {
+                continue;
+            }
+            match router::card_name_in_book(href, &self.me, &self.book.segment) {
+                Some(name) => {
+                    names.push(name.clone());
+                    answered_hrefs.push(router::card_href(&self.me, &self.book.segment, &name));
+                }
+                // Not a member of this book: answered as missing, under the href the client sent.
+                None => ms.status_response(href, 404, None)?,
+            }
+        }
+        self.named_cards(ms, props, &names, &answered_hrefs)
+    }
+
+    fn query<W: Write>(&self, ms: &mut Multistatus<W>, props: &PropFind, filter: &Filter, limit: Option<usize>) -> io::Result<()> {
+        let mut matched = 0usize;
+        let mut truncated = false;
+        let mut failure = None;
+        let prefilter: Prefilter = filter.prefilter();
+        self.store
+            .for_each_candidate(self.book.id, &prefilter, &mut |meta, body| {
+                let Some(bytes) = body else { return true };
+                let Some(card) = vcard::parse_stored(bytes) else { return true };
+                if !filter.matches(&card) {
+                    return true;
+                }
+                if limit.is_some_and(|l| matched >= l) {
+                    truncated = true;
+                    return false;
+                }
+                matched += 1;
+                match self.card_response(ms, props, meta, Some(bytes)) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        failure = Some(e);
+                        false
+                    }
+                }
+            })
+            .map_err(store_err)?;
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        if truncated {
+            // RFC 6352 §8.6.1: the result was cut at the client's limit.
+            ms.status_response(&self.book_href(), 507, Some(LIMIT_ERROR))?;
+        }
+        Ok(())
+    }
+
+    fn sync_collection<W: Write>(&self, ms: &mut Multistatus<W>, props: &PropFind, since: Option<i64>, limit: Option<usize>) -> io::Result<()> {
+        let store: &dyn Store = self.store.as_ref();
+        if since.is_none() && limit.is_none() {
+            // Initial sync: every member. The revision is read first, so a change racing the listing shows up
+            // again in the next delta instead of being lost.
+            let revision = store.book_revision(self.book.id).map_err(store_err)?;
+            let with_body = props::wants_body(props);
+            let mut failure = None;
+            store
+                .for_each_card(self.book.id, with_body, &mut |meta, body| match self.card_response(ms, props, meta, body) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        failure = Some(e);
+                        false
+                    }
+                })
+                .map_err(store_err)?;
+            if let Some(e) = failure {
+                return Err(e);
+            }
+            let mut book = self.book.clone();
+            book.revision = revision;
+            return ms.sync_token(&props::sync_token(&book));
+        }
+        let changes = store.changes_since(self.book.id, since.unwrap_or(0), limit).map_err(store_err)?;
+        let initial = since.is_none();
+        let mut changed = Vec::new();
+        let mut changed_hrefs = Vec::new();
+        for change in &changes.changes {
+            let href = router::card_href(&self.me, &self.book.segment, &change.name);
+            match change.kind {
+                ChangeKind::Changed => {
+                    changed.push(change.name.clone());
+                    changed_hrefs.push(href);
+                }
+                // An initial listing reports only members that exist.
+                ChangeKind::Deleted if initial => {}
+                ChangeKind::Deleted => ms.status_response(&href, 404, None)?,
+            }
+        }
+        self.named_cards(ms, props, &changed, &changed_hrefs)?;
+        if changes.truncated {
+            ms.status_response(&self.book_href(), 507, Some(LIMIT_ERROR))?;
+        }
+        let mut book = self.book.clone();
+        book.revision = changes.revision;
+        ms.sync_token(&props::sync_token(&book))
+    }
+}

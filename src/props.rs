@@ -1,0 +1,289 @@
+//! Live properties: which ones each kind of resource has and how each is computed (RFC 4918 §15, RFC 6352
+//! §6, RFC 6578, RFC 5397, RFC 3744's privilege sets, CalendarServer's getctag).
+
+use crate::dav::request::{PropFind, RequestedProp};
+use crate::dav::response::{Prop, Value};
+use crate::dav::{NS_CALSERVER, NS_CARDDAV, NS_DAV, PropName};
+use crate::router;
+use crate::store::{BookView, CardMeta, DeadProperty};
+use crate::vcard::{self, Version};
+
+pub const SYNC_TOKEN_PREFIX: &str = "http://kartei.invalid/ns/sync/";
+
+pub fn sync_token(book: &BookView) -> String {
+    format!("{SYNC_TOKEN_PREFIX}{}/{}", book.id, book.revision)
+}
+
+/// `(book id, revision)` of a token we issued, if it is one.
+pub fn parse_sync_token(token: &str) -> Option<(i64, i64)> {
+    let rest = token.strip_prefix(SYNC_TOKEN_PREFIX)?;
+    let (book, revision) = rest.split_once('/')?;
+    Some((book.parse().ok()?, revision.parse().ok()?))
+}
+
+/// What the properties are computed from.
+pub enum Resource<'a> {
+    Root,
+    PrincipalCollection,
+    Principal { user: &'a str, display_name: &'a str },
+    HomeCollection,
+    Home { user: &'a str },
+    Book { book: &'a BookView, dead: &'a [DeadProperty], used_bytes: i64 },
+    Card { book: &'a BookView, meta: &'a CardMeta, body: Option<&'a [u8]> },
+}
+
+pub struct PropContext<'a> {
+    /// The authenticated user.
+    pub me: &'a str,
+    pub max_resource_size: usize,
+    /// Apple clients read only vCard 3.0 and never ask for it: default their address-data to 3.0.
+    pub prefer_v3: bool,
+}
+
+fn dav(name: &str) -> PropName {
+    PropName::new(NS_DAV, name)
+}
+
+fn card_ns(name: &str) -> PropName {
+    PropName::new(NS_CARDDAV, name)
+}
+
+fn privileges(writable: bool, collection: bool) -> Value {
+    let mut x = String::from("<d:privilege><d:read/></d:privilege><d:privilege><d:read-current-user-privilege-set/></d:privilege>");
+    if writable {
+        x.push_str("<d:privilege><d:write/></d:privilege><d:privilege><d:write-content/></d:privilege>");
+        x.push_str("<d:privilege><d:write-properties/></d:privilege>");
+        if collection {
+            x.push_str("<d:privilege><d:bind/></d:privilege><d:privilege><d:unbind/></d:privilege>");
+        }
+    }
+    Value::Xml(x)
+}
+
+fn http_date(unix: i64) -> String {
+    httpdate::fmt_http_date(std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix.max(0) as u64))
+}
+
+fn rfc3339(unix: i64) -> String {
+    // creationdate is an RFC 3339 date-time; compute it without a date crate.
+    let days = unix.div_euclid(86_400);
+    let secs = unix.rem_euclid(86_400);
+    let (h, m, s) = (secs / 3600, secs % 3600 / 60, secs % 60);
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let mo = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + if mo <= 2 { 1 } else { 0 };
+    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{m:02}:{s:02}Z")
+}
+
+fn supported_reports(book: bool) -> Value {
+    let mut x = String::new();
+    if book {
+        for r in ["card:addressbook-multiget", "card:addressbook-query", "d:sync-collection"] {
+            x.push_str(&format!("<d:supported-report><d:report><{r}/></d:report></d:supported-report>"));
+        }
+    }
+    Value::Xml(x)
+}
+
+impl Resource<'_> {
+    /// The properties `allprop` returns and `propname` lists (expensive or large ones excluded, RFC 4918 §9.1).
+    pub fn prop_names(&self) -> Vec<PropName> {
+        let mut names = vec![dav("resourcetype"), dav("displayname"), dav("current-user-principal")];
+        match self {
+            Resource::Principal { .. } => {
+                names.extend([dav("principal-URL"), card_ns("addressbook-home-set"), dav("principal-collection-set")]);
+            }
+            Resource::Book { dead, .. } => {
+                names.extend([
+                    dav("owner"),
+                    dav("sync-token"),
+                    PropName::new(NS_CALSERVER, "getctag"),
+                    card_ns("addressbook-description"),
+                    card_ns("supported-address-data"),
+                    card_ns("max-resource-size"),
+                    dav("supported-report-set"),
+                    dav("current-user-privilege-set"),
+                    dav("quota-used-bytes"),
+                    dav("creationdate"),
+                ]);
+                names.extend(dead.iter().map(|d| PropName::new(&d.namespace, &d.name)));
+            }
+            Resource::Card { .. } => {
+                names.extend([
+                    dav("getetag"),
+                    dav("getcontenttype"),
+                    dav("getcontentlength"),
+                    dav("getlastmodified"),
+                    dav("creationdate"),
+                ]);
+            }
+            _ => {}
+        }
+        names
+    }
+
+    pub fn value(&self, ctx: &PropContext, req: &RequestedProp) -> Option<Value> {
+        let n = &req.name;
+        if n.ns == NS_DAV {
+            return self.dav_value(ctx, &n.name);
+        }
+        if n.ns == NS_CARDDAV {
+            return self.carddav_value(ctx, req);
+        }
+        if n.is(NS_CALSERVER, "getctag") {
+            return match self {
+                Resource::Book { book, .. } => Some(Value::Text(sync_token(book))),
+                _ => None,
+            };
+        }
+        match self {
+            Resource::Book { dead, .. } => {
+                dead.iter().find(|d| d.namespace == n.ns && d.name == n.name).map(|d| Value::Raw(d.xml.clone()))
+            }
+            _ => None,
+        }
+    }
+
+    fn dav_value(&self, ctx: &PropContext, name: &str) -> Option<Value> {
+        let me = ctx.me;
+        let value = match (name, self) {
+            ("current-user-principal", _) => Value::Hrefs(vec![router::principal_href(me)]),
+            ("principal-collection-set", _) => Value::Hrefs(vec!["/dav/principals/".into()]),
+            ("resourcetype", Resource::Principal { .. }) => Value::Xml("<d:collection/><d:principal/>".into()),
+            ("resourcetype", Resource::Book { .. }) => Value::Xml("<d:collection/><card:addressbook/>".into()),
+            ("resourcetype", Resource::Card { .. }) => Value::Empty,
+            ("resourcetype", _) => Value::Xml("<d:collection/>".into()),
+            ("displayname", Resource::Principal { display_name, .. }) => Value::Text(display_name.to_string()),
+            ("displayname", Resource::Book { book, .. }) => {
+                Value::Text(book.display_name.clone().unwrap_or_else(|| book.segment.clone()))
+            }
+            ("displayname", Resource::Home { user }) => Value::Text(format!("Address books of {user}")),
+            ("displayname", Resource::Root) => Value::Text("kartei".into()),
+            ("principal-URL", Resource::Principal { user, .. }) => Value::Hrefs(vec![router::principal_href(user)]),
+            ("group-membership" | "group-member-set", Resource::Principal { .. }) => Value::Empty,
+            ("alternate-URI-set", Resource::Principal { .. }) => Value::Empty,
+            ("owner", Resource::Book { book, .. }) => Value::Hrefs(vec![router::principal_href(&book.owner)]),
+            ("owner", Resource::Home { user }) => Value::Hrefs(vec![router::principal_href(user)]),
+            ("owner", Resource::Principal { user, .. }) => Value::Hrefs(vec![router::principal_href(user)]),
+            ("sync-token", Resource::Book { book, .. }) => Value::Text(sync_token(book)),
+            ("supported-report-set", Resource::Book { .. }) => supported_reports(true),
+            ("supported-report-set", _) => supported_reports(false),
+            ("current-user-privilege-set", Resource::Book { book, .. }) => privileges(book.writable, true),
+            ("current-user-privilege-set", Resource::Card { book, .. }) => privileges(book.writable, false),
+            ("current-user-privilege-set", Resource::Home { .. }) => privileges(true, true),
+            ("current-user-privilege-set", _) => privileges(false, false),
+            ("quota-used-bytes", Resource::Book { used_bytes, .. }) => Value::Text(used_bytes.to_string()),
+            ("quota-available-bytes", Resource::Book { .. }) => Value::Text((i64::MAX / 2).to_string()),
+            ("creationdate", Resource::Book { book, .. }) => Value::Text(rfc3339(book.created_at)),
+            ("getetag", Resource::Card { meta, .. }) => Value::Text(format!("\"{}\"", meta.etag)),
+            ("getcontenttype", Resource::Card { meta, .. }) => {
+                Value::Text(format!("text/vcard; charset=utf-8; version={}", meta.version))
+            }
+            ("getcontentlength", Resource::Card { meta, .. }) => Value::Text(meta.size.to_string()),
+            ("getlastmodified", Resource::Card { meta, .. }) => Value::Text(http_date(meta.modified_at)),
+            ("creationdate", Resource::Card { meta, .. }) => Value::Text(rfc3339(meta.created_at)),
+            _ => return None,
+        };
+        Some(value)
+    }
+
+    fn carddav_value(&self, ctx: &PropContext, req: &RequestedProp) -> Option<Value> {
+        let value = match (req.name.name.as_str(), self) {
+            ("addressbook-home-set", Resource::Principal { user, .. }) => Value::Hrefs(vec![router::home_href(user)]),
+            ("principal-address", Resource::Principal { .. }) => Value::Empty,
+            ("addressbook-description", Resource::Book { book, .. }) => Value::Text(book.description.clone()?),
+            ("supported-address-data", Resource::Book { .. }) => Value::Xml(
+                "<card:address-data-type content-type=\"text/vcard\" version=\"3.0\"/>\
+                 <card:address-data-type content-type=\"text/vcard\" version=\"4.0\"/>"
+                    .into(),
+            ),
+            ("supported-collation-set", Resource::Book { .. }) => Value::Xml(
+                "<card:supported-collation>i;ascii-casemap</card:supported-collation>\
+                 <card:supported-collation>i;unicode-casemap</card:supported-collation>\
+                 <card:supported-collation>i;octet</card:supported-collation>"
+                    .into(),
+            ),
+            ("max-resource-size", Resource::Book { .. }) => Value::Text(ctx.max_resource_size.to_string()),
+            ("max-image-size", Resource::Book { .. }) => Value::Text(ctx.max_resource_size.to_string()),
+            ("address-data", Resource::Card { meta, body: Some(body), .. }) => {
+                let spec = req.address_data.clone().unwrap_or_default();
+                let want = spec.version.or(if ctx.prefer_v3 { Some(Version::V3) } else { None });
+                let (bytes, _) = vcard::render(body, &meta.version, want, spec.props.as_deref());
+                Value::Text(String::from_utf8_lossy(&bytes).into_owned())
+            }
+            _ => return None,
+        };
+        Some(value)
+    }
+
+    /// Splits a PROPFIND's request into found properties and 404 names.
+    pub fn answer(&self, ctx: &PropContext, request: &PropFind) -> (Vec<Prop>, Vec<PropName>) {
+        let mut found = Vec::new();
+        let mut missing = Vec::new();
+        match request {
+            PropFind::PropName => {
+                for name in self.prop_names() {
+                    found.push(Prop { name, value: Value::Empty });
+                }
+            }
+            PropFind::AllProp { include } => {
+                let mut asked: Vec<RequestedProp> =
+                    self.prop_names().into_iter().map(|name| RequestedProp { name, address_data: None }).collect();
+                for extra in include {
+                    if !asked.iter().any(|a| a.name == extra.name) {
+                        asked.push(extra.clone());
+                    }
+                }
+                for req in &asked {
+                    if let Some(value) = self.value(ctx, req) {
+                        found.push(Prop { name: req.name.clone(), value });
+                    }
+                }
+            }
+            PropFind::Prop(props) => {
+                for req in props {
+                    match self.value(ctx, req) {
+                        Some(value) => found.push(Prop { name: req.name.clone(), value }),
+                        None => missing.push(req.name.clone()),
+                    }
+                }
+            }
+        }
+        (found, missing)
+    }
+}
+
+/// Does this request need card bodies (address-data)? Listings without it never read vCards.
+pub fn wants_body(request: &PropFind) -> bool {
+    match request {
+        PropFind::Prop(props) => props.iter().any(|p| p.name.is(NS_CARDDAV, "address-data")),
+        PropFind::AllProp { include } => include.iter().any(|p| p.name.is(NS_CARDDAV, "address-data")),
+        PropFind::PropName => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(1_795_000_000), "2026-11-18T11:06:40Z");
+    }
+
+    #[test]
+    fn sync_tokens_round_trip() {
+        assert_eq!(parse_sync_token("http://kartei.invalid/ns/sync/7/42"), Some((7, 42)));
+        assert_eq!(parse_sync_token("http://other/ns/sync/7/42"), None);
+        assert_eq!(parse_sync_token("http://kartei.invalid/ns/sync/7/x"), None);
+    }
+}

@@ -1,0 +1,176 @@
+//! What a request path means, decided once, and the canonical hrefs we send back.
+//!
+//! URL tree (sabre's shape): `/dav/` root → `/dav/principals/{user}/` → `/dav/addressbooks/{user}/` (home)
+//! → `/dav/addressbooks/{user}/{book}/` → `/dav/addressbooks/{user}/{book}/{card}`. Segments are
+//! percent-decoded before lookup and percent-encoded in every href we write; a collection is found with or
+//! without its trailing slash.
+
+use percent_encoding::{AsciiSet, CONTROLS, percent_decode_str, utf8_percent_encode};
+
+pub const DAV_ROOT: &str = "/dav/";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    WellKnown,
+    /// `/` or `/dav/`.
+    Root,
+    PrincipalCollection,
+    Principal { user: String },
+    HomeCollection,
+    Home { user: String },
+    AddressBook { user: String, book: String },
+    Card { user: String, book: String, name: String },
+    /// `/admin/v1/...` segments after the prefix.
+    Admin(Vec<String>),
+    /// `/account/v1/...`.
+    Account(Vec<String>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteError {
+    /// Undecodable or dangerous path (400).
+    BadPath(&'static str),
+    NotFound,
+}
+
+fn decode_segments(path: &str) -> Result<Vec<String>, RouteError> {
+    let mut out = Vec::new();
+    for raw in path.split('/') {
+        if raw.is_empty() {
+            continue;
+        }
+        let decoded = percent_decode_str(raw).decode_utf8().map_err(|_| RouteError::BadPath("the path is not UTF-8"))?;
+        if decoded == "." || decoded == ".." {
+            return Err(RouteError::BadPath("dot segments are not allowed in paths"));
+        }
+        if decoded.contains('/') || decoded.contains('\0') || decoded.contains('\\') {
+            return Err(RouteError::BadPath("a path segment contains '/', '\\' or NUL"));
+        }
+        out.push(decoded.into_owned());
+    }
+    Ok(out)
+}
+
+pub fn parse(path: &str) -> Result<Route, RouteError> {
+    if !path.starts_with('/') {
+        return Err(RouteError::BadPath("the path must start with '/'"));
+    }
+    let segments = decode_segments(path)?;
+    let s: Vec<&str> = segments.iter().map(String::as_str).collect();
+    let route = match s.as_slice() {
+        [] => Route::Root,
+        [".well-known", "carddav"] => Route::WellKnown,
+        ["dav"] => Route::Root,
+        ["dav", "principals"] => Route::PrincipalCollection,
+        ["dav", "principals", user] => Route::Principal { user: user.to_string() },
+        ["dav", "addressbooks"] => Route::HomeCollection,
+        ["dav", "addressbooks", user] => Route::Home { user: user.to_string() },
+        ["dav", "addressbooks", user, book] => Route::AddressBook { user: user.to_string(), book: book.to_string() },
+        ["dav", "addressbooks", user, book, name] => {
+            Route::Card { user: user.to_string(), book: book.to_string(), name: name.to_string() }
+        }
+        ["admin", "v1", rest @ ..] => Route::Admin(rest.iter().map(|x| x.to_string()).collect()),
+        ["account", "v1", rest @ ..] => Route::Account(rest.iter().map(|x| x.to_string()).collect()),
+        _ => return Err(RouteError::NotFound),
+    };
+    Ok(route)
+}
+
+/// Characters escaped inside one path segment (RFC 3986 pchar keeps the rest, including `@` and `+`).
+const SEGMENT: &AsciiSet = &CONTROLS
+    .add(b' ')
+    .add(b'"')
+    .add(b'#')
+    .add(b'%')
+    .add(b'/')
+    .add(b'<')
+    .add(b'>')
+    .add(b'?')
+    .add(b'[')
+    .add(b'\\')
+    .add(b']')
+    .add(b'^')
+    .add(b'`')
+    .add(b'{')
+    .add(b'|')
+    .add(b'}');
+
+pub fn encode(segment: &str) -> String {
+    utf8_percent_encode(segment, SEGMENT).to_string()
+}
+
+pub fn principal_href(user: &str) -> String {
+    format!("/dav/principals/{}/", encode(user))
+}
+
+pub fn home_href(user: &str) -> String {
+    format!("/dav/addressbooks/{}/", encode(user))
+}
+
+pub fn book_href(user: &str, book: &str) -> String {
+    format!("/dav/addressbooks/{}/{}/", encode(user), encode(book))
+}
+
+pub fn card_href(user: &str, book: &str, name: &str) -> String {
+    format!("/dav/addressbooks/{}/{}/{}", encode(user), encode(book), encode(name))
+}
+
+/// Reads an href a client sent (absolute URL or path, encoded or not) as decoded path segments.
+pub fn href_segments(href: &str) -> Option<Vec<String>> {
+    let href = href.trim();
+    let path = match href.find("://") {
+        Some(i) => {
+            let after = &href[i + 3..];
+            &after[after.find('/')?..]
+        }
+        None => href,
+    };
+    let path = path.split(['?', '#']).next().unwrap_or(path);
+    decode_segments(path).ok()
+}
+
+/// The resource name an href names inside the book `/dav/addressbooks/{user}/{book}/`, if it does.
+pub fn card_name_in_book(href: &str, user: &str, book: &str) -> Option<String> {
+    let segments = href_segments(href)?;
+    match segments.as_slice() {
+        [dav, abs, u, b, name] if dav == "dav" && abs == "addressbooks" && u == user && b == book => Some(name.clone()),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_with_and_without_trailing_slash() {
+        assert_eq!(parse("/dav/addressbooks/a%40b.c/contacts"), Ok(Route::AddressBook { user: "a@b.c".into(), book: "contacts".into() }));
+        assert_eq!(parse("/dav/addressbooks/a@b.c/contacts/"), Ok(Route::AddressBook { user: "a@b.c".into(), book: "contacts".into() }));
+        assert_eq!(
+            parse("/dav/addressbooks/u/contacts/My%20Card%2B1.vcf"),
+            Ok(Route::Card { user: "u".into(), book: "contacts".into(), name: "My Card+1.vcf".into() })
+        );
+        assert_eq!(parse("/.well-known/carddav"), Ok(Route::WellKnown));
+        assert_eq!(parse("/"), Ok(Route::Root));
+        assert_eq!(parse("/nope"), Err(RouteError::NotFound));
+    }
+
+    #[test]
+    fn refuses_dangerous_paths() {
+        assert!(matches!(parse("/dav/addressbooks/u/../v/"), Err(RouteError::BadPath(_))));
+        assert!(matches!(parse("/dav/addressbooks/u/%2e%2e/v/"), Err(RouteError::BadPath(_))));
+        assert!(matches!(parse("/dav/addressbooks/u/a%2fb/"), Err(RouteError::BadPath(_))));
+        assert!(matches!(parse("/dav/addressbooks/u/a%00b/"), Err(RouteError::BadPath(_))));
+        assert!(matches!(parse("/dav/addressbooks/u/%c0%ae/"), Err(RouteError::BadPath(_))));
+        assert!(matches!(parse("dav"), Err(RouteError::BadPath(_))));
+    }
+
+    #[test]
+    fn hrefs_round_trip() {
+        let href = card_href("a@b.c", "contacts", "x y#1.vcf");
+        assert_eq!(href, "/dav/addressbooks/a@b.c/contacts/x%20y%231.vcf");
+        assert_eq!(card_name_in_book(&href, "a@b.c", "contacts"), Some("x y#1.vcf".into()));
+        assert_eq!(card_name_in_book(&format!("https://h:1{href}"), "a@b.c", "contacts"), Some("x y#1.vcf".into()));
+        assert_eq!(card_name_in_book("/dav/addressbooks/a@b.c/other/x.vcf", "a@b.c", "contacts"), None);
+    }
+}

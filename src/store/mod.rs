@@ -1,0 +1,292 @@
+//! The storage interface: users, address books, cards, the change log and the audit trail, in domain words.
+//!
+//! Every write is one coarse operation that the backend runs as one transaction (check the precondition,
+//! write, bump the book's revision, append to the change log), so the protocol code never sees SQL and a
+//! PostgreSQL backend can implement the same trait. The trait is synchronous: async callers go through
+//! [`blocking`], which moves the call onto tokio's blocking pool.
+
+mod sqlite;
+
+pub use sqlite::SqliteStore;
+
+use std::sync::Arc;
+
+/// A change counter of one address book. Sync tokens and ctags are derived from it.
+pub type Revision = i64;
+pub type BookId = i64;
+pub type UserId = i64;
+
+#[derive(Debug, Clone)]
+pub struct User {
+    pub id: UserId,
+    pub username: String,
+    pub display_name: String,
+    pub password_hash: String,
+    pub disabled: bool,
+    pub credential_generation: i64,
+    pub created_at: i64,
+}
+
+/// An address book as seen from one user's home: their own, or one shared with them.
+#[derive(Debug, Clone)]
+pub struct BookView {
+    pub id: BookId,
+    pub owner: String,
+    /// The book's own URL segment in its owner's home.
+    pub owner_segment: String,
+    /// The segment under which this user sees it (differs from `owner_segment` for shared books).
+    pub segment: String,
+    pub display_name: Option<String>,
+    pub description: Option<String>,
+    pub revision: Revision,
+    pub is_default: bool,
+    pub writable: bool,
+    pub shared: bool,
+    pub created_at: i64,
+}
+
+/// A dead property stored on a book: the client's XML element, serialized.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadProperty {
+    pub namespace: String,
+    pub name: String,
+    pub xml: String,
+}
+
+/// One PROPPATCH instruction on a book. All instructions of one request are applied atomically.
+#[derive(Debug, Clone)]
+pub enum BookPatch {
+    DisplayName(Option<String>),
+    Description(Option<String>),
+    SetDead(DeadProperty),
+    RemoveDead { namespace: String, name: String },
+}
+
+/// Card metadata without the body, enough for listings and ETag checks.
+#[derive(Debug, Clone)]
+pub struct CardMeta {
+    pub name: String,
+    pub uid: String,
+    pub etag: String,
+    pub size: i64,
+    pub version: String,
+    pub created_at: i64,
+    pub modified_at: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Card {
+    pub meta: CardMeta,
+    pub vcard: Vec<u8>,
+}
+
+/// What the vCard layer extracted from a card for storage and search.
+#[derive(Debug, Clone)]
+pub struct NewCard {
+    pub uid: String,
+    pub etag: String,
+    pub bytes: Vec<u8>,
+    pub version: String,
+    pub fn_lower: String,
+    pub emails_lower: String,
+    pub phones_lower: String,
+    pub org_lower: String,
+}
+
+/// HTTP preconditions for a write, already parsed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Precondition {
+    None,
+    /// `If-None-Match: *`: only create.
+    MustNotExist,
+    /// `If-Match: *`: only overwrite.
+    MustExist,
+    /// `If-Match: "etag"` (one or more): only overwrite that version.
+    EtagIn(Vec<String>),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum PutOutcome {
+    Created { etag: String },
+    Updated { etag: String },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ChangeKind {
+    Changed,
+    Deleted,
+}
+
+#[derive(Debug, Clone)]
+pub struct Change {
+    pub name: String,
+    pub kind: ChangeKind,
+}
+
+/// The answer to "what changed after revision R": each name once, with its latest state.
+#[derive(Debug, Clone)]
+pub struct Changes {
+    pub changes: Vec<Change>,
+    /// The revision the client is at after applying these changes (the book's current one unless truncated).
+    pub revision: Revision,
+    pub truncated: bool,
+}
+
+/// Fields a search can narrow on before the exact filter runs (see carddav::filter).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IndexedField {
+    Fn,
+    Email,
+    Phone,
+    Org,
+    Uid,
+}
+
+/// A conservative pre-filter: every card that can match the real filter satisfies it.
+#[derive(Debug, Clone)]
+pub enum Prefilter {
+    All,
+    Contains(IndexedField, String),
+    And(Vec<Prefilter>),
+    Or(Vec<Prefilter>),
+}
+
+#[derive(Debug, Clone)]
+pub struct AuditRecord {
+    pub id: i64,
+    pub at: i64,
+    pub actor: String,
+    pub action: String,
+    pub target: String,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct ShareInfo {
+    pub username: String,
+    pub segment: String,
+    pub writable: bool,
+}
+
+#[derive(Debug)]
+pub enum Error {
+    NotFound,
+    /// If-Match / If-None-Match did not hold.
+    PreconditionFailed,
+    /// Another card in the book has this UID; carries the existing resource name.
+    UidConflict(String),
+    /// A username or book segment is taken.
+    AlreadyExists,
+    /// The database refuses writes (disk full, read-only file): 507/503, reads go on.
+    Unavailable(String),
+    Internal(String),
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Error::NotFound => write!(f, "not found"),
+            Error::PreconditionFailed => write!(f, "precondition failed"),
+            Error::UidConflict(name) => write!(f, "UID already used by {name}"),
+            Error::AlreadyExists => write!(f, "already exists"),
+            Error::Unavailable(why) => write!(f, "storage unavailable: {why}"),
+            Error::Internal(why) => write!(f, "storage error: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Receives cards one at a time, so that large listings are streamed and never held whole.
+/// Returning `false` stops the iteration (the client went away).
+pub type CardSink<'a> = dyn FnMut(&CardMeta, Option<&[u8]>) -> bool + 'a;
+
+pub trait Store: Send + Sync {
+    // --- users ---
+    fn create_user(&self, username: &str, display_name: &str, password_hash: &str) -> Result<User>;
+    fn user(&self, username: &str) -> Result<Option<User>>;
+    fn users(&self) -> Result<Vec<User>>;
+    /// Deletes the user with their books (cascade). Returns false when there was no such user.
+    fn delete_user(&self, username: &str) -> Result<bool>;
+    /// Replaces the password hash and bumps the credential generation.
+    fn set_password_hash(&self, username: &str, password_hash: &str) -> Result<User>;
+    fn set_disabled(&self, username: &str, disabled: bool) -> Result<User>;
+
+    // --- address books ---
+    /// The books in a user's home: their default book first, then their own by name, then shared ones.
+    fn books_in_home(&self, username: &str) -> Result<Vec<BookView>>;
+    fn book_in_home(&self, username: &str, segment: &str) -> Result<Option<BookView>>;
+    fn create_book(
+        &self,
+        owner: &str,
+        segment: &str,
+        display_name: Option<&str>,
+        description: Option<&str>,
+        dead: &[DeadProperty],
+        is_default: bool,
+    ) -> Result<BookView>;
+    fn delete_book(&self, book: BookId) -> Result<()>;
+    fn patch_book(&self, book: BookId, patch: &[BookPatch]) -> Result<()>;
+    fn dead_properties(&self, book: BookId) -> Result<Vec<DeadProperty>>;
+    /// Storage used by the book's cards, in bytes.
+    fn book_size(&self, book: BookId) -> Result<i64>;
+
+    // --- sharing ---
+    fn share_book(&self, book: BookId, with_user: &str, writable: bool) -> Result<String>;
+    fn unshare_book(&self, book: BookId, with_user: &str) -> Result<bool>;
+    fn shares(&self, book: BookId) -> Result<Vec<ShareInfo>>;
+
+    // --- cards ---
+    fn card(&self, book: BookId, name: &str) -> Result<Option<Card>>;
+    fn card_meta(&self, book: BookId, name: &str) -> Result<Option<CardMeta>>;
+    /// Streams every card of a book in name order; bodies only when `with_body`.
+    fn for_each_card(&self, book: BookId, with_body: bool, sink: &mut CardSink<'_>) -> Result<()>;
+    /// Streams the named cards that exist, in the order asked; missing names are skipped.
+    fn for_each_named_card(&self, book: BookId, names: &[String], sink: &mut CardSink<'_>) -> Result<()>;
+    /// Streams the cards that satisfy the pre-filter, with bodies.
+    fn for_each_candidate(&self, book: BookId, prefilter: &Prefilter, sink: &mut CardSink<'_>) -> Result<()>;
+    fn put_card(&self, book: BookId, name: &str, card: &NewCard, pre: &Precondition) -> Result<PutOutcome>;
+    fn delete_card(&self, book: BookId, name: &str, pre: &Precondition) -> Result<()>;
+    /// Moves a card between books (or renames it) in one transaction; both change logs record it.
+    fn move_card(
+        &self,
+        from: BookId,
+        from_name: &str,
+        to: BookId,
+        to_name: &str,
+        overwrite: bool,
+    ) -> Result<PutOutcome>;
+
+    // --- sync ---
+    fn book_revision(&self, book: BookId) -> Result<Revision>;
+    fn changes_since(&self, book: BookId, since: Revision, limit: Option<usize>) -> Result<Changes>;
+
+    // --- audit and settings ---
+    fn audit(&self, actor: &str, action: &str, target: &str, detail: &str) -> Result<()>;
+    fn audit_records(&self, limit: usize) -> Result<Vec<AuditRecord>>;
+    fn setting(&self, key: &str) -> Result<Option<String>>;
+    fn set_setting(&self, key: &str, value: &str) -> Result<()>;
+
+    // --- operations ---
+    fn integrity_check(&self) -> Result<Vec<String>>;
+    fn backup_to(&self, path: &std::path::Path) -> Result<()>;
+    /// Writes the WAL back into the database file (at shutdown).
+    fn checkpoint(&self) -> Result<()>;
+}
+
+pub type SharedStore = Arc<dyn Store>;
+
+/// Runs a store call on tokio's blocking pool, so SQLite never blocks an async worker.
+pub async fn blocking<T, F>(store: &SharedStore, f: F) -> Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce(&dyn Store) -> Result<T> + Send + 'static,
+{
+    let store = store.clone();
+    match tokio::task::spawn_blocking(move || f(store.as_ref())).await {
+        Ok(result) => result,
+        Err(join) => Err(Error::Internal(format!("store task failed: {join}"))),
+    }
+}

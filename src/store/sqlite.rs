@@ -1,0 +1,856 @@
+//! The SQLite backend: one writer connection behind a mutex (SQLite allows one writer anyway) and a small
+//! pool of reader connections, all in WAL mode so that reads never wait for writes.
+//!
+//! Durability: `synchronous = NORMAL` in WAL mode keeps every committed transaction across a process crash
+//! (kill -9), because the WAL is written before COMMIT returns; only an OS crash or power loss can drop
+//! the last transactions. `[storage] synchronous = "full"` trades write speed for that case too.
+
+use super::*;
+use rusqlite::{Connection, ErrorCode, OptionalExtension, Transaction, TransactionBehavior, params};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+const SCHEMA_V1: &str = include_str!("schema.sql");
+const READER_POOL_MAX: usize = 8;
+
+pub struct SqliteStore {
+    path: PathBuf,
+    writer: Mutex<Connection>,
+    readers: Mutex<Vec<Connection>>,
+    synchronous_full: bool,
+}
+
+fn now() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+impl From<rusqlite::Error> for Error {
+    fn from(e: rusqlite::Error) -> Self {
+        match e.sqlite_error_code() {
+            Some(ErrorCode::DiskFull) => Error::Unavailable("disk full".into()),
+            Some(ErrorCode::ReadOnly) => Error::Unavailable("database is read-only".into()),
+            Some(ErrorCode::CannotOpen) | Some(ErrorCode::SystemIoFailure) => {
+                Error::Unavailable(format!("I/O error: {e}"))
+            }
+            Some(ErrorCode::DatabaseBusy) | Some(ErrorCode::DatabaseLocked) => {
+                Error::Unavailable("database busy".into())
+            }
+            _ => Error::Internal(e.to_string()),
+        }
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database and applies pending migrations.
+    pub fn open(path: &Path, synchronous_full: bool) -> Result<Self> {
+        let writer = Self::connect(path, synchronous_full)?;
+        migrate(&writer)?;
+        Ok(SqliteStore {
+            path: path.to_path_buf(),
+            writer: Mutex::new(writer),
+            readers: Mutex::new(Vec::new()),
+            synchronous_full,
+        })
+    }
+
+    fn connect(path: &Path, synchronous_full: bool) -> Result<Connection> {
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(Error::Internal(format!("could not enable WAL (got {mode})")));
+        }
+        conn.pragma_update(None, "synchronous", if synchronous_full { "FULL" } else { "NORMAL" })?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.pragma_update(None, "temp_store", "MEMORY")?;
+        conn.pragma_update(None, "cache_size", -16000)?; // 16 MB page cache per connection
+        conn.set_prepared_statement_cache_capacity(64);
+        Ok(conn)
+    }
+
+    fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        let pooled = self.readers.lock().map_err(|_| poisoned())?.pop();
+        let conn = match pooled {
+            Some(c) => c,
+            None => Self::connect(&self.path, self.synchronous_full)?,
+        };
+        let result = f(&conn);
+        let mut pool = self.readers.lock().map_err(|_| poisoned())?;
+        if pool.len() < READER_POOL_MAX {
+            pool.push(conn);
+        }
+        result
+    }
+
+    /// Runs `f` in one IMMEDIATE transaction on the writer; commits only when `f` succeeds.
+    fn write<T>(&self, f: impl FnOnce(&Transaction) -> Result<T>) -> Result<T> {
+        let mut conn = self.writer.lock().map_err(|_| poisoned())?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let value = f(&tx)?;
+        tx.commit()?;
+        Ok(value)
+    }
+}
+
+fn poisoned() -> Error {
+    Error::Internal("a store lock was poisoned by an earlier panic".into())
+}
+
+fn migrate(conn: &Connection) -> Result<()> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version < 1 {
+        conn.execute_batch(&format!("BEGIN; {SCHEMA_V1} PRAGMA user_version = 1; COMMIT;"))?;
+    }
+    Ok(())
+}
+
+fn user_from_row(r: &rusqlite::Row) -> rusqlite::Result<User> {
+    Ok(User {
+        id: r.get(0)?,
+        username: r.get(1)?,
+        display_name: r.get(2)?,
+        password_hash: r.get(3)?,
+        disabled: r.get(4)?,
+        credential_generation: r.get(5)?,
+        created_at: r.get(6)?,
+    })
+}
+
+const USER_COLUMNS: &str =
+    "id, username, display_name, password_hash, disabled, credential_generation, created_at";
+
+// Own books and shared books share one shape; `segment` is the name in the viewer's home.
+const OWN_BOOKS: &str = "SELECT b.id, u.username, b.segment, b.segment, b.display_name, b.description, b.revision,
+        b.is_default, 1, 0, b.created_at
+     FROM addressbooks b JOIN users u ON u.id = b.owner_id
+     WHERE u.username = ?1";
+const SHARED_BOOKS: &str = "SELECT b.id, o.username, b.segment, s.segment, b.display_name, b.description, b.revision,
+        0, s.writable, 1, b.created_at
+     FROM shares s JOIN users u ON u.id = s.user_id
+     JOIN addressbooks b ON b.id = s.book_id JOIN users o ON o.id = b.owner_id
+     WHERE u.username = ?1";
+
+fn book_from_row(r: &rusqlite::Row) -> rusqlite::Result<BookView> {
+    Ok(BookView {
+        id: r.get(0)?,
+        owner: r.get(1)?,
+        owner_segment: r.get(2)?,
+        segment: r.get(3)?,
+        display_name: r.get(4)?,
+        description: r.get(5)?,
+        revision: r.get(6)?,
+        is_default: r.get(7)?,
+        writable: r.get(8)?,
+        shared: r.get(9)?,
+        created_at: r.get(10)?,
+    })
+}
+
+const META_COLUMNS: &str = "name, uid, etag, size, version, created_at, modified_at";
+
+fn meta_from_row(r: &rusqlite::Row) -> rusqlite::Result<CardMeta> {
+    Ok(CardMeta {
+        name: r.get(0)?,
+        uid: r.get(1)?,
+        etag: r.get(2)?,
+        size: r.get(3)?,
+        version: r.get(4)?,
+        created_at: r.get(5)?,
+        modified_at: r.get(6)?,
+    })
+}
+
+fn user_id(tx: &Connection, username: &str) -> Result<UserId> {
+    tx.query_row("SELECT id FROM users WHERE username = ?1", [username], |r| r.get(0))
+        .optional()?
+        .ok_or(Error::NotFound)
+}
+
+/// Bumps the book's revision and records the change; returns the new revision.
+fn record_change(tx: &Transaction, book: BookId, name: &str, kind: i64) -> Result<Revision> {
+    let revision: Revision = tx
+        .prepare_cached("UPDATE addressbooks SET revision = revision + 1 WHERE id = ?1 RETURNING revision")?
+        .query_row([book], |r| r.get(0))
+        .optional()?
+        .ok_or(Error::NotFound)?;
+    tx.prepare_cached("INSERT INTO changes (book_id, revision, name, kind) VALUES (?1, ?2, ?3, ?4)")?
+        .execute(params![book, revision, name, kind])?;
+    Ok(revision)
+}
+
+fn check_precondition(existing_etag: Option<&str>, pre: &Precondition) -> Result<()> {
+    let ok = match (pre, existing_etag) {
+        (Precondition::None, _) => true,
+        (Precondition::MustNotExist, existing) => existing.is_none(),
+        (Precondition::MustExist, existing) => existing.is_some(),
+        (Precondition::EtagIn(tags), Some(etag)) => tags.iter().any(|t| t == etag),
+        (Precondition::EtagIn(_), None) => false,
+    };
+    if ok { Ok(()) } else { Err(Error::PreconditionFailed) }
+}
+
+/// Inserts or replaces a card inside a transaction that already checked preconditions.
+fn upsert_card(tx: &Transaction, book: BookId, name: &str, card: &NewCard, exists: bool) -> Result<()> {
+    let conflict: Option<String> = tx
+        .prepare_cached("SELECT name FROM cards WHERE book_id = ?1 AND uid = ?2 AND name <> ?3")?
+        .query_row(params![book, card.uid, name], |r| r.get(0))
+        .optional()?;
+    if let Some(existing) = conflict {
+        return Err(Error::UidConflict(existing));
+    }
+    let kind = if exists { 2 } else { 1 };
+    let revision = record_change(tx, book, name, kind)?;
+    let ts = now();
+    tx.prepare_cached(
+        "INSERT INTO cards (book_id, name, uid, etag, vcard, size, version, revision, created_at, modified_at,
+                            fn, emails, phones, org)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?10, ?11, ?12, ?13)
+         ON CONFLICT (book_id, name) DO UPDATE SET uid = excluded.uid, etag = excluded.etag,
+             vcard = excluded.vcard, size = excluded.size, version = excluded.version,
+             revision = excluded.revision, modified_at = excluded.modified_at, fn = excluded.fn,
+             emails = excluded.emails, phones = excluded.phones, org = excluded.org",
+    )?
+    .execute(params![
+        book,
+        name,
+        card.uid,
+        card.etag,
+        card.bytes,
+        card.bytes.len() as i64,
+        card.version,
+        revision,
+        ts,
+        card.fn_lower,
+        card.emails_lower,
+        card.phones_lower,
+        card.org_lower
+    ])?;
+    Ok(())
+}
+
+fn prefilter_sql(p: &Prefilter, sql: &mut String, args: &mut Vec<String>) {
+    match p {
+        Prefilter::All => sql.push_str("1"),
+        Prefilter::Contains(field, needle) => {
+            let column = match field {
+                IndexedField::Fn => "fn",
+                IndexedField::Email => "emails",
+                IndexedField::Phone => "phones",
+                IndexedField::Org => "org",
+                IndexedField::Uid => "lower(uid)",
+            };
+            args.push(needle.clone());
+            sql.push_str(&format!("instr({column}, ?{}) > 0", args.len() + 1));
+        }
+        Prefilter::And(parts) | Prefilter::Or(parts) => {
+            if parts.is_empty() {
+                sql.push_str(if matches!(p, Prefilter::And(_)) { "1" } else { "0" });
+                return;
+            }
+            let joiner = if matches!(p, Prefilter::And(_)) { " AND " } else { " OR " };
+            sql.push('(');
+            for (i, part) in parts.iter().enumerate() {
+                if i > 0 {
+                    sql.push_str(joiner);
+                }
+                prefilter_sql(part, sql, args);
+            }
+            sql.push(')');
+        }
+    }
+}
+
+impl Store for SqliteStore {
+    fn create_user(&self, username: &str, display_name: &str, password_hash: &str) -> Result<User> {
+        self.write(|tx| {
+            let inserted = tx.execute(
+                "INSERT INTO users (username, display_name, password_hash, created_at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (username) DO NOTHING",
+                params![username, display_name, password_hash, now()],
+            )?;
+            if inserted == 0 {
+                return Err(Error::AlreadyExists);
+            }
+            Ok(tx.query_row(
+                &format!("SELECT {USER_COLUMNS} FROM users WHERE username = ?1"),
+                [username],
+                user_from_row,
+            )?)
+        })
+    }
+
+    fn user(&self, username: &str) -> Result<Option<User>> {
+        self.read(|c| {
+            Ok(c.prepare_cached(&format!("SELECT {USER_COLUMNS} FROM users WHERE username = ?1"))?
+                .query_row([username], user_from_row)
+                .optional()?)
+        })
+    }
+
+    fn users(&self) -> Result<Vec<User>> {
+        self.read(|c| {
+            let mut stmt = c.prepare(&format!("SELECT {USER_COLUMNS} FROM users ORDER BY username"))?;
+            let users = stmt.query_map([], user_from_row)?.collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(users)
+        })
+    }
+
+    fn delete_user(&self, username: &str) -> Result<bool> {
+        self.write(|tx| Ok(tx.execute("DELETE FROM users WHERE username = ?1", [username])? > 0))
+    }
+
+    fn set_password_hash(&self, username: &str, password_hash: &str) -> Result<User> {
+        self.write(|tx| {
+            tx.query_row(
+                &format!(
+                    "UPDATE users SET password_hash = ?2, credential_generation = credential_generation + 1
+                     WHERE username = ?1 RETURNING {USER_COLUMNS}"
+                ),
+                params![username, password_hash],
+                user_from_row,
+            )
+            .optional()?
+            .ok_or(Error::NotFound)
+        })
+    }
+
+    fn set_disabled(&self, username: &str, disabled: bool) -> Result<User> {
+        self.write(|tx| {
+            tx.query_row(
+                &format!("UPDATE users SET disabled = ?2 WHERE username = ?1 RETURNING {USER_COLUMNS}"),
+                params![username, disabled],
+                user_from_row,
+            )
+            .optional()?
+            .ok_or(Error::NotFound)
+        })
+    }
+
+    fn books_in_home(&self, username: &str) -> Result<Vec<BookView>> {
+        self.read(|c| {
+            let sql = format!(
+                "SELECT * FROM ({OWN_BOOKS} UNION ALL {SHARED_BOOKS}) ORDER BY 10, 8 DESC, 4"
+            );
+            let mut stmt = c.prepare_cached(&sql)?;
+            let books = stmt.query_map([username], book_from_row)?.collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(books)
+        })
+    }
+
+    fn book_in_home(&self, username: &str, segment: &str) -> Result<Option<BookView>> {
+        self.read(|c| {
+            let sql = format!(
+                "{OWN_BOOKS} AND b.segment = ?2 UNION ALL {SHARED_BOOKS} AND s.segment = ?2 LIMIT 1"
+            );
+            Ok(c.prepare_cached(&sql)?.query_row(params![username, segment], book_from_row).optional()?)
+        })
+    }
+
+    fn create_book(
+        &self,
+        owner: &str,
+        segment: &str,
+        display_name: Option<&str>,
+        description: Option<&str>,
+        dead: &[DeadProperty],
+        is_default: bool,
+    ) -> Result<BookView> {
+        self.write(|tx| {
+            let owner_id = user_id(tx, owner)?;
+            // A shared book may already use this segment in the owner's home.
+            let taken: bool = tx.query_row(
+                "SELECT EXISTS (SELECT 1 FROM addressbooks WHERE owner_id = ?1 AND segment = ?2)
+                     OR EXISTS (SELECT 1 FROM shares WHERE user_id = ?1 AND segment = ?2)",
+                params![owner_id, segment],
+                |r| r.get(0),
+            )?;
+            if taken {
+                return Err(Error::AlreadyExists);
+            }
+            let created = now();
+            tx.execute(
+                "INSERT INTO addressbooks (owner_id, segment, display_name, description, is_default, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![owner_id, segment, display_name, description, is_default, created],
+            )?;
+            let id = tx.last_insert_rowid();
+            for p in dead {
+                tx.execute(
+                    "INSERT OR REPLACE INTO book_properties (book_id, namespace, name, xml) VALUES (?1, ?2, ?3, ?4)",
+                    params![id, p.namespace, p.name, p.xml],
+                )?;
+            }
+            Ok(BookView {
+                id,
+                owner: owner.to_string(),
+                owner_segment: segment.to_string(),
+                segment: segment.to_string(),
+                display_name: display_name.map(str::to_string),
+                description: description.map(str::to_string),
+                revision: 0,
+                is_default,
+                writable: true,
+                shared: false,
+                created_at: created,
+            })
+        })
+    }
+
+    fn delete_book(&self, book: BookId) -> Result<()> {
+        self.write(|tx| {
+            if tx.execute("DELETE FROM addressbooks WHERE id = ?1", [book])? == 0 {
+                return Err(Error::NotFound);
+            }
+            Ok(())
+        })
+    }
+
+    fn patch_book(&self, book: BookId, patch: &[BookPatch]) -> Result<()> {
+        self.write(|tx| {
+            for p in patch {
+                match p {
+                    BookPatch::DisplayName(v) => {
+                        tx.execute("UPDATE addressbooks SET display_name = ?2 WHERE id = ?1", params![book, v])?;
+                    }
+                    BookPatch::Description(v) => {
+                        tx.execute("UPDATE addressbooks SET description = ?2 WHERE id = ?1", params![book, v])?;
+                    }
+                    BookPatch::SetDead(d) => {
+                        tx.execute(
+                            "INSERT OR REPLACE INTO book_properties (book_id, namespace, name, xml)
+                             VALUES (?1, ?2, ?3, ?4)",
+                            params![book, d.namespace, d.name, d.xml],
+                        )?;
+                    }
+                    BookPatch::RemoveDead { namespace, name } => {
+                        tx.execute(
+                            "DELETE FROM book_properties WHERE book_id = ?1 AND namespace = ?2 AND name = ?3",
+                            params![book, namespace, name],
+                        )?;
+                    }
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn dead_properties(&self, book: BookId) -> Result<Vec<DeadProperty>> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT namespace, name, xml FROM book_properties WHERE book_id = ?1 ORDER BY namespace, name",
+            )?;
+            let props = stmt
+                .query_map([book], |r| Ok(DeadProperty { namespace: r.get(0)?, name: r.get(1)?, xml: r.get(2)? }))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(props)
+        })
+    }
+
+    fn book_size(&self, book: BookId) -> Result<i64> {
+        self.read(|c| {
+            Ok(c.prepare_cached("SELECT COALESCE(SUM(size), 0) FROM cards WHERE book_id = ?1")?
+                .query_row([book], |r| r.get(0))?)
+        })
+    }
+
+    fn share_book(&self, book: BookId, with_user: &str, writable: bool) -> Result<String> {
+        self.write(|tx| {
+            let sharee = user_id(tx, with_user)?;
+            let (owner_id, owner, segment): (UserId, String, String) = tx
+                .query_row(
+                    "SELECT b.owner_id, u.username, b.segment FROM addressbooks b JOIN users u ON u.id = b.owner_id
+                     WHERE b.id = ?1",
+                    [book],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .optional()?
+                .ok_or(Error::NotFound)?;
+            if owner_id == sharee {
+                return Err(Error::AlreadyExists);
+            }
+            if let Some(existing) = tx
+                .query_row(
+                    "SELECT segment FROM shares WHERE book_id = ?1 AND user_id = ?2",
+                    params![book, sharee],
+                    |r| r.get::<_, String>(0),
+                )
+                .optional()?
+            {
+                tx.execute(
+                    "UPDATE shares SET writable = ?3 WHERE book_id = ?1 AND user_id = ?2",
+                    params![book, sharee, writable],
+                )?;
+                return Ok(existing);
+            }
+            // The sharee sees the book as "<owner's segment>-<owner's login name>", made unique.
+            let local = owner.split('@').next().unwrap_or(&owner);
+            let base = format!("{segment}-{local}");
+            let mut candidate = base.clone();
+            let mut n = 1;
+            loop {
+                let taken: bool = tx.query_row(
+                    "SELECT EXISTS (SELECT 1 FROM addressbooks WHERE owner_id = ?1 AND segment = ?2)
+                         OR EXISTS (SELECT 1 FROM shares WHERE user_id = ?1 AND segment = ?2)",
+                    params![sharee, candidate],
+                    |r| r.get(0),
+                )?;
+                if !taken {
+                    break;
+                }
+                n += 1;
+                candidate = format!("{base}-{n}");
+            }
+            tx.execute(
+                "INSERT INTO shares (book_id, user_id, segment, writable) VALUES (?1, ?2, ?3, ?4)",
+                params![book, sharee, candidate, writable],
+            )?;
+            Ok(candidate)
+        })
+    }
+
+    fn unshare_book(&self, book: BookId, with_user: &str) -> Result<bool> {
+        self.write(|tx| {
+            let sharee = user_id(tx, with_user)?;
+            Ok(tx.execute("DELETE FROM shares WHERE book_id = ?1 AND user_id = ?2", params![book, sharee])? > 0)
+        })
+    }
+
+    fn shares(&self, book: BookId) -> Result<Vec<ShareInfo>> {
+        self.read(|c| {
+            let mut stmt = c.prepare(
+                "SELECT u.username, s.segment, s.writable FROM shares s JOIN users u ON u.id = s.user_id
+                 WHERE s.book_id = ?1 ORDER BY u.username",
+            )?;
+            let shares = stmt
+                .query_map([book], |r| Ok(ShareInfo { username: r.get(0)?, segment: r.get(1)?, writable: r.get(2)? }))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(shares)
+        })
+    }
+
+    fn card(&self, book: BookId, name: &str) -> Result<Option<Card>> {
+        self.read(|c| {
+            Ok(c.prepare_cached(&format!("SELECT {META_COLUMNS}, vcard FROM cards WHERE book_id = ?1 AND name = ?2"))?
+                .query_row(params![book, name], |r| Ok(Card { meta: meta_from_row(r)?, vcard: r.get(7)? }))
+                .optional()?)
+        })
+    }
+
+    fn card_meta(&self, book: BookId, name: &str) -> Result<Option<CardMeta>> {
+        self.read(|c| {
+            Ok(c.prepare_cached(&format!("SELECT {META_COLUMNS} FROM cards WHERE book_id = ?1 AND name = ?2"))?
+                .query_row(params![book, name], meta_from_row)
+                .optional()?)
+        })
+    }
+
+    fn for_each_card(&self, book: BookId, with_body: bool, sink: &mut CardSink<'_>) -> Result<()> {
+        self.read(|c| {
+            let body = if with_body { "vcard" } else { "NULL" };
+            let mut stmt =
+                c.prepare_cached(&format!("SELECT {META_COLUMNS}, {body} FROM cards WHERE book_id = ?1 ORDER BY name"))?;
+            let mut rows = stmt.query([book])?;
+            while let Some(row) = rows.next()? {
+                let meta = meta_from_row(row)?;
+                let bytes = row.get_ref(7)?.as_blob_or_null().map_err(rusqlite::Error::from)?;
+                if !sink(&meta, bytes) {
+                    break;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn for_each_named_card(&self, book: BookId, names: &[String], sink: &mut CardSink<'_>) -> Result<()> {
+        self.read(|c| {
+            let mut stmt =
+                c.prepare_cached(&format!("SELECT {META_COLUMNS}, vcard FROM cards WHERE book_id = ?1 AND name = ?2"))?;
+            for name in names {
+                let mut rows = stmt.query(params![book, name])?;
+                if let Some(row) = rows.next()? {
+                    let meta = meta_from_row(row)?;
+                    let bytes = row.get_ref(7)?.as_blob().map_err(rusqlite::Error::from)?;
+                    if !sink(&meta, Some(bytes)) {
+                        break;
+                    }
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn for_each_candidate(&self, book: BookId, prefilter: &Prefilter, sink: &mut CardSink<'_>) -> Result<()> {
+        let mut condition = String::new();
+        let mut args = Vec::new();
+        prefilter_sql(prefilter, &mut condition, &mut args);
+        self.read(|c| {
+            let sql = format!("SELECT {META_COLUMNS}, vcard FROM cards WHERE book_id = ?1 AND {condition} ORDER BY name");
+            let mut stmt = c.prepare_cached(&sql)?;
+            let mut values: Vec<&dyn rusqlite::ToSql> = vec![&book];
+            values.extend(args.iter().map(|a| a as &dyn rusqlite::ToSql));
+            let mut rows = stmt.query(values.as_slice())?;
+            while let Some(row) = rows.next()? {
+                let meta = meta_from_row(row)?;
+                let bytes = row.get_ref(7)?.as_blob().map_err(rusqlite::Error::from)?;
+                if !sink(&meta, Some(bytes)) {
+                    break;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn put_card(&self, book: BookId, name: &str, card: &NewCard, pre: &Precondition) -> Result<PutOutcome> {
+        self.write(|tx| {
+            let existing: Option<String> = tx
+                .prepare_cached("SELECT etag FROM cards WHERE book_id = ?1 AND name = ?2")?
+                .query_row(params![book, name], |r| r.get(0))
+                .optional()?;
+            check_precondition(existing.as_deref(), pre)?;
+            upsert_card(tx, book, name, card, existing.is_some())?;
+            let etag = card.etag.clone();
+            Ok(if existing.is_some() { PutOutcome::Updated { etag } } else { PutOutcome::Created { etag } })
+        })
+    }
+
+    fn delete_card(&self, book: BookId, name: &str, pre: &Precondition) -> Result<()> {
+        self.write(|tx| {
+            let existing: Option<String> = tx
+                .prepare_cached("SELECT etag FROM cards WHERE book_id = ?1 AND name = ?2")?
+                .query_row(params![book, name], |r| r.get(0))
+                .optional()?;
+            let Some(etag) = existing else { return Err(Error::NotFound) };
+            check_precondition(Some(&etag), pre)?;
+            tx.prepare_cached("DELETE FROM cards WHERE book_id = ?1 AND name = ?2")?.execute(params![book, name])?;
+            record_change(tx, book, name, 3)?;
+            Ok(())
+        })
+    }
+
+    fn move_card(&self, from: BookId, from_name: &str, to: BookId, to_name: &str, overwrite: bool) -> Result<PutOutcome> {
+        self.write(|tx| {
+            let source = tx
+                .query_row(
+                    "SELECT uid, etag, vcard, version, fn, emails, phones, org FROM cards WHERE book_id = ?1 AND name = ?2",
+                    params![from, from_name],
+                    |r| {
+                        Ok(NewCard {
+                            uid: r.get(0)?,
+                            etag: r.get(1)?,
+                            bytes: r.get(2)?,
+                            version: r.get(3)?,
+                            fn_lower: r.get(4)?,
+                            emails_lower: r.get(5)?,
+                            phones_lower: r.get(6)?,
+                            org_lower: r.get(7)?,
+                        })
+                    },
+                )
+                .optional()?
+                .ok_or(Error::NotFound)?;
+            let target_exists: bool = tx.query_row(
+                "SELECT EXISTS (SELECT 1 FROM cards WHERE book_id = ?1 AND name = ?2)",
+                params![to, to_name],
+                |r| r.get(0),
+            )?;
+            if target_exists && !overwrite {
+                return Err(Error::PreconditionFailed);
+            }
+            tx.execute("DELETE FROM cards WHERE book_id = ?1 AND name = ?2", params![from, from_name])?;
+            record_change(tx, from, from_name, 3)?;
+            upsert_card(tx, to, to_name, &source, target_exists)?;
+            let etag = source.etag;
+            Ok(if target_exists { PutOutcome::Updated { etag } } else { PutOutcome::Created { etag } })
+        })
+    }
+
+    fn book_revision(&self, book: BookId) -> Result<Revision> {
+        self.read(|c| {
+            c.prepare_cached("SELECT revision FROM addressbooks WHERE id = ?1")?
+                .query_row([book], |r| r.get(0))
+                .optional()?
+                .ok_or(Error::NotFound)
+        })
+    }
+
+    fn changes_since(&self, book: BookId, since: Revision, limit: Option<usize>) -> Result<Changes> {
+        self.read(|c| {
+            let current: Revision = c
+                .prepare_cached("SELECT revision FROM addressbooks WHERE id = ?1")?
+                .query_row([book], |r| r.get(0))
+                .optional()?
+                .ok_or(Error::NotFound)?;
+            // SQLite returns the other columns from the row that holds MAX(revision): the latest change per name.
+            let mut stmt = c.prepare_cached(
+                "SELECT name, kind, MAX(revision) AS r FROM changes WHERE book_id = ?1 AND revision > ?2
+                 GROUP BY name ORDER BY r LIMIT ?3",
+            )?;
+            let fetch = limit.map(|l| l as i64 + 1).unwrap_or(-1);
+            let mut rows = stmt.query(params![book, since, fetch])?;
+            let mut changes = Vec::new();
+            let mut last_revision = since;
+            let mut truncated = false;
+            while let Some(row) = rows.next()? {
+                if limit.is_some_and(|l| changes.len() >= l) {
+                    truncated = true;
+                    break;
+                }
+                let kind: i64 = row.get(1)?;
+                changes.push(Change {
+                    name: row.get(0)?,
+                    kind: if kind == 3 { ChangeKind::Deleted } else { ChangeKind::Changed },
+                });
+                last_revision = row.get(2)?;
+            }
+            let revision = if truncated { last_revision } else { current };
+            Ok(Changes { changes, revision, truncated })
+        })
+    }
+
+    fn audit(&self, actor: &str, action: &str, target: &str, detail: &str) -> Result<()> {
+        self.write(|tx| {
+            tx.execute(
+                "INSERT INTO audit (at, actor, action, target, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![now(), actor, action, target, detail],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn audit_records(&self, limit: usize) -> Result<Vec<AuditRecord>> {
+        self.read(|c| {
+            let mut stmt =
+                c.prepare("SELECT id, at, actor, action, target, detail FROM audit ORDER BY id DESC LIMIT ?1")?;
+            let records = stmt
+                .query_map([limit as i64], |r| {
+                    Ok(AuditRecord {
+                        id: r.get(0)?,
+                        at: r.get(1)?,
+                        actor: r.get(2)?,
+                        action: r.get(3)?,
+                        target: r.get(4)?,
+                        detail: r.get(5)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(records)
+        })
+    }
+
+    fn setting(&self, key: &str) -> Result<Option<String>> {
+        self.read(|c| Ok(c.query_row("SELECT value FROM settings WHERE key = ?1", [key], |r| r.get(0)).optional()?))
+    }
+
+    fn set_setting(&self, key: &str, value: &str) -> Result<()> {
+        self.write(|tx| {
+            tx.execute("INSERT OR REPLACE INTO settings (key, value) VALUES (?1, ?2)", params![key, value])?;
+            Ok(())
+        })
+    }
+
+    fn integrity_check(&self) -> Result<Vec<String>> {
+        self.read(|c| {
+            let mut stmt = c.prepare("PRAGMA integrity_check")?;
+            let lines = stmt.query_map([], |r| r.get::<_, String>(0))?.collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(lines)
+        })
+    }
+
+    fn backup_to(&self, path: &Path) -> Result<()> {
+        self.read(|c| {
+            c.backup(rusqlite::MAIN_DB, path, None::<fn(rusqlite::backup::Progress)>)?;
+            Ok(())
+        })
+    }
+
+    fn checkpoint(&self) -> Result<()> {
+        let conn = self.writer.lock().map_err(|_| poisoned())?;
+        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn card(uid: &str, body: &str) -> NewCard {
+        NewCard {
+            uid: uid.into(),
+            etag: format!("e-{body}"),
+            bytes: body.as_bytes().to_vec(),
+            version: "4.0".into(),
+            fn_lower: String::new(),
+            emails_lower: String::new(),
+            phones_lower: String::new(),
+            org_lower: String::new(),
+        }
+    }
+
+    fn store_with_book() -> (tempfile::TempDir, SqliteStore, BookId) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SqliteStore::open(&dir.path().join("k.db"), false).expect("open");
+        store.create_user("alice", "Alice", "hash").expect("user");
+        let book = store.create_book("alice", "contacts", Some("Contacts"), None, &[], true).expect("book");
+        (dir, store, book.id)
+    }
+
+    #[test]
+    fn put_checks_preconditions_and_uid_conflicts() {
+        let (_dir, s, b) = store_with_book();
+        assert!(matches!(s.put_card(b, "a.vcf", &card("u1", "1"), &Precondition::MustNotExist), Ok(PutOutcome::Created { .. })));
+        assert!(matches!(s.put_card(b, "a.vcf", &card("u1", "2"), &Precondition::MustNotExist), Err(Error::PreconditionFailed)));
+        assert!(matches!(
+            s.put_card(b, "a.vcf", &card("u1", "2"), &Precondition::EtagIn(vec!["nope".into()])),
+            Err(Error::PreconditionFailed)
+        ));
+        assert!(matches!(
+            s.put_card(b, "a.vcf", &card("u1", "2"), &Precondition::EtagIn(vec!["e-1".into()])),
+            Ok(PutOutcome::Updated { .. })
+        ));
+        match s.put_card(b, "b.vcf", &card("u1", "3"), &Precondition::None) {
+            Err(Error::UidConflict(name)) => assert_eq!(name, "a.vcf"),
+            other => panic!("expected a UID conflict, got {other:?}"),
+        }
+        assert!(matches!(s.put_card(b, "x.vcf", &card("u9", "9"), &Precondition::MustExist), Err(Error::PreconditionFailed)));
+    }
+
+    #[test]
+    fn changes_since_lists_each_name_once_and_truncates_at_a_real_revision() {
+        let (_dir, s, b) = store_with_book();
+        for i in 0..5 {
+            s.put_card(b, &format!("{i}.vcf"), &card(&format!("u{i}"), &i.to_string()), &Precondition::None).expect("put");
+        }
+        let start = s.book_revision(b).expect("rev");
+        s.put_card(b, "1.vcf", &card("u1", "1b"), &Precondition::None).expect("update");
+        s.put_card(b, "1.vcf", &card("u1", "1c"), &Precondition::None).expect("update");
+        s.delete_card(b, "2.vcf", &Precondition::None).expect("delete");
+        let all = s.changes_since(b, start, None).expect("changes");
+        assert_eq!(all.changes.len(), 2);
+        assert_eq!(all.revision, start + 3);
+        assert!(matches!(all.changes[1].kind, ChangeKind::Deleted));
+
+        let first = s.changes_since(b, 0, Some(3)).expect("page");
+        assert!(first.truncated);
+        assert_eq!(first.changes.len(), 3);
+        let rest = s.changes_since(b, first.revision, None).expect("rest");
+        let mut names: Vec<_> = first.changes.iter().chain(rest.changes.iter()).map(|c| c.name.clone()).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names, ["0.vcf", "1.vcf", "2.vcf", "3.vcf", "4.vcf"]);
+    }
+
+    #[test]
+    fn shared_books_appear_after_own_books() {
+        let (_dir, s, b) = store_with_book();
+        s.create_user("bob", "Bob", "hash").expect("bob");
+        s.create_book("bob", "contacts", None, None, &[], true).expect("bob's book");
+        let segment = s.share_book(b, "bob", false).expect("share");
+        let books = s.books_in_home("bob").expect("books");
+        assert_eq!(books.len(), 2);
+        assert!(books[0].is_default && !books[0].shared);
+        assert!(books[1].shared && !books[1].writable && books[1].segment == segment);
+        assert_eq!(s.book_in_home("bob", &segment).expect("lookup").map(|v| v.id), Some(b));
+    }
+}

@@ -1,0 +1,341 @@
+//! vCard handling: the only module that knows calcard.
+//!
+//! Cards are stored byte-exact as the client sent them (clients keep their own properties and the ETag is
+//! a hash of exactly those bytes). We parse to validate, to extract the UID and the search columns, to
+//! evaluate query filters, and to convert between 3.0 and 4.0 when a client asks for the other version.
+
+use crate::store::NewCard;
+use calcard::vcard::{VCard, VCardEntry, VCardParameterName, VCardProperty, VCardValue, VCardVersion};
+use calcard::{Entry, Parser};
+use sha2::{Digest, Sha256};
+
+/// The vCard versions a CardDAV client can ask for (RFC 6352 supported-address-data).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    V3,
+    V4,
+}
+
+impl Version {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Version::V3 => "3.0",
+            Version::V4 => "4.0",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Version> {
+        match s.trim() {
+            "3.0" => Some(Version::V3),
+            "4.0" => Some(Version::V4),
+            _ => None,
+        }
+    }
+
+    fn calcard(self) -> VCardVersion {
+        match self {
+            Version::V3 => VCardVersion::V3_0,
+            Version::V4 => VCardVersion::V4_0,
+        }
+    }
+}
+
+/// Why a body was refused as a card.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Invalid {
+    /// Not a vCard at all, or a version CardDAV does not carry (415, supported-address-data).
+    Unsupported(String),
+    /// A vCard, but not a valid single one (400, valid-address-data).
+    Malformed(String),
+}
+
+/// A card that passed validation, ready to store.
+pub struct ValidCard {
+    pub new_card: NewCard,
+    pub version: Version,
+}
+
+pub fn etag_of(bytes: &[u8]) -> String {
+    let digest = Sha256::digest(bytes);
+    digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn strip_bom(text: &str) -> &str {
+    text.strip_prefix('\u{feff}').unwrap_or(text)
+}
+
+/// Validates a PUT body: UTF-8, exactly one vCard 3.0 or 4.0 with BEGIN/END, a UID and an FN.
+pub fn validate(bytes: &[u8]) -> Result<ValidCard, Invalid> {
+    let text = std::str::from_utf8(bytes)
+        .map_err(|e| Invalid::Unsupported(format!("the body is not UTF-8 text (invalid byte at offset {})", e.valid_up_to())))?;
+    let text = strip_bom(text);
+    let trimmed = text.trim();
+    if !starts_with_ignore_case(trimmed, "BEGIN:VCARD") {
+        return Err(Invalid::Unsupported("the body is not a vCard (it must start with BEGIN:VCARD)".into()));
+    }
+    if !ends_with_ignore_case(trimmed, "END:VCARD") {
+        return Err(Invalid::Malformed("the vCard is not terminated by END:VCARD".into()));
+    }
+    let mut parser = Parser::new(text);
+    let card = match parser.entry() {
+        Entry::VCard(card) => card,
+        Entry::ICalendar(_) => return Err(Invalid::Unsupported("the body is iCalendar data, not a vCard".into())),
+        Entry::InvalidLine(line) => return Err(Invalid::Malformed(format!("invalid line: {}", clip(&line)))),
+        Entry::UnterminatedComponent(c) => return Err(Invalid::Malformed(format!("unterminated component {c}"))),
+        Entry::Eof => return Err(Invalid::Malformed("empty vCard".into())),
+        _ => return Err(Invalid::Malformed("the body could not be parsed as a vCard".into())),
+    };
+    match parser.entry() {
+        Entry::Eof => {}
+        Entry::VCard(_) => {
+            return Err(Invalid::Malformed("a card resource must hold exactly one vCard, this body has several".into()));
+        }
+        _ => return Err(Invalid::Malformed("unexpected data after END:VCARD".into())),
+    }
+    let version = match card.version() {
+        Some(VCardVersion::V3_0) => Version::V3,
+        Some(VCardVersion::V4_0) => Version::V4,
+        Some(other) => {
+            return Err(Invalid::Unsupported(format!(
+                "vCard version {} is not supported over CardDAV (use 3.0 or 4.0; import handles older cards)",
+                version_label(other)
+            )));
+        }
+        None => return Err(Invalid::Malformed("the vCard has no VERSION property".into())),
+    };
+    let uid = card.uid().map(str::trim).unwrap_or_default();
+    if uid.is_empty() {
+        return Err(Invalid::Malformed("the vCard has no UID property (RFC 6352 §5.1 requires one)".into()));
+    }
+    let fn_text = card.property(&VCardProperty::Fn).map(property_text).unwrap_or_default();
+    if card.property(&VCardProperty::Fn).is_none() {
+        return Err(Invalid::Malformed("the vCard has no FN property (RFC 6350 §6.2.1 requires one)".into()));
+    }
+    let index = SearchIndex::of(&card);
+    Ok(ValidCard {
+        new_card: NewCard {
+            uid: uid.to_string(),
+            etag: etag_of(bytes),
+            bytes: bytes.to_vec(),
+            version: version.as_str().to_string(),
+            fn_lower: fn_text.to_lowercase(),
+            emails_lower: index.emails,
+            phones_lower: index.phones,
+            org_lower: index.org,
+        },
+        version,
+    })
+}
+
+fn version_label(v: VCardVersion) -> &'static str {
+    match v {
+        VCardVersion::V2_0 => "2.0",
+        VCardVersion::V2_1 => "2.1",
+        VCardVersion::V3_0 => "3.0",
+        VCardVersion::V4_0 => "4.0",
+    }
+}
+
+fn clip(s: &str) -> String {
+    s.chars().take(80).collect()
+}
+
+fn starts_with_ignore_case(s: &str, prefix: &str) -> bool {
+    s.len() >= prefix.len() && s.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
+}
+
+fn ends_with_ignore_case(s: &str, suffix: &str) -> bool {
+    s.len() >= suffix.len() && s.as_bytes()[s.len() - suffix.len()..].eq_ignore_ascii_case(suffix.as_bytes())
+}
+
+/// The lower-cased search columns; the same text the query filter compares, so the SQL pre-filter is exact
+/// about which cards can match.
+struct SearchIndex {
+    emails: String,
+    phones: String,
+    org: String,
+}
+
+impl SearchIndex {
+    fn of(card: &VCard) -> Self {
+        let join = |prop: VCardProperty| {
+            card.properties(&prop).map(|e| property_text(e).to_lowercase()).collect::<Vec<_>>().join("\n")
+        };
+        SearchIndex { emails: join(VCardProperty::Email), phones: join(VCardProperty::Tel), org: join(VCardProperty::Org) }
+    }
+}
+
+/// Parses a stored card (already validated on the way in) for filtering or conversion.
+pub fn parse_stored(bytes: &[u8]) -> Option<VCard> {
+    let text = std::str::from_utf8(bytes).ok()?;
+    VCard::parse(strip_bom(text)).ok()
+}
+
+/// The text value of a property as a text-match sees it: structured components joined with `;`, list values
+/// with `,`.
+pub fn property_text(entry: &VCardEntry) -> String {
+    let structured = matches!(entry.name, VCardProperty::N | VCardProperty::Adr | VCardProperty::Org | VCardProperty::Gender);
+    let separator = if structured { ";" } else { "," };
+    let mut out = String::new();
+    for (i, value) in entry.values.iter().enumerate() {
+        if i > 0 {
+            out.push_str(separator);
+        }
+        match value {
+            VCardValue::Component(parts) => out.push_str(&parts.join(",")),
+            VCardValue::Integer(n) => out.push_str(&n.to_string()),
+            VCardValue::Float(f) => out.push_str(&f.to_string()),
+            VCardValue::Boolean(b) => out.push_str(if *b { "TRUE" } else { "FALSE" }),
+            VCardValue::PartialDateTime(_) | VCardValue::Binary(_) => {
+                // Dates and binary data: compare against the written form of the property.
+                let mut line = String::new();
+                if entry.write_to(&mut line, true).is_ok()
+                    && let Some((_, v)) = line.split_once(':')
+                {
+                    out.push_str(v.trim_end());
+                }
+            }
+            other => out.push_str(other.as_text().unwrap_or_default()),
+        }
+    }
+    out
+}
+
+/// Does this entry carry the property `name` (case-insensitive, `X-` names included)?
+pub fn entry_is(entry: &VCardEntry, name: &str) -> bool {
+    entry.name.as_str().eq_ignore_ascii_case(name)
+}
+
+/// The values of parameter `name` on an entry, as text.
+pub fn parameter_values(entry: &VCardEntry, name: &str) -> Vec<String> {
+    let wanted = VCardParameterName::try_parse(name.as_bytes()).unwrap_or_else(|| VCardParameterName::Other(name.to_string()));
+    entry
+        .params
+        .iter()
+        .filter(|p| match (&p.name, &wanted) {
+            (VCardParameterName::Other(a), VCardParameterName::Other(b)) => a.eq_ignore_ascii_case(b),
+            (a, b) => a == b,
+        })
+        .map(|p| p.value.clone().into_text().into_owned())
+        .collect()
+}
+
+const APPLE_KIND: &str = "X-ADDRESSBOOKSERVER-KIND";
+const APPLE_MEMBER: &str = "X-ADDRESSBOOKSERVER-MEMBER";
+
+/// Serializes a card in `target` version. Group cards switch between Apple's `X-ADDRESSBOOKSERVER-KIND` /
+/// `-MEMBER` (3.0) and RFC 6350 `KIND` / `MEMBER` (4.0); unknown `X-` properties pass through.
+pub fn write_as(card: &VCard, target: Version) -> String {
+    let mut card = card.clone();
+    for entry in &mut card.entries {
+        match (target, &entry.name) {
+            (Version::V4, VCardProperty::Other(n)) if n.eq_ignore_ascii_case(APPLE_KIND) => {
+                entry.name = VCardProperty::Kind;
+            }
+            (Version::V4, VCardProperty::Other(n)) if n.eq_ignore_ascii_case(APPLE_MEMBER) => {
+                entry.name = VCardProperty::Member;
+            }
+            (Version::V3, VCardProperty::Kind) => entry.name = VCardProperty::Other(APPLE_KIND.into()),
+            (Version::V3, VCardProperty::Member) => entry.name = VCardProperty::Other(APPLE_MEMBER.into()),
+            _ => {}
+        }
+        if matches!(target, Version::V3) && matches!(entry.name, VCardProperty::Other(ref n) if n == APPLE_KIND) {
+            // 3.0 readers expect the plain text value ("group"), not a KIND enum.
+            entry.values =
+                entry.values.iter().map(|v| VCardValue::Text(v.as_text().unwrap_or_default().to_lowercase())).collect();
+        }
+    }
+    let mut out = String::new();
+    // Writing into a String cannot fail.
+    let _ = card.write_to(&mut out, target.calcard());
+    out
+}
+
+/// Keeps only the named properties (plus BEGIN, END, VERSION, UID), for `address-data` subsets.
+pub fn subset(card: &VCard, names: &[String]) -> VCard {
+    let entries = card
+        .entries
+        .iter()
+        .filter(|e| {
+            matches!(e.name, VCardProperty::Begin | VCardProperty::End | VCardProperty::Version | VCardProperty::Uid)
+                || names.iter().any(|n| entry_is(e, n))
+        })
+        .cloned()
+        .collect();
+    VCard { entries }
+}
+
+/// The bytes a client gets for a stored card: the stored bytes when no other version (or subset) is wanted,
+/// otherwise a conversion. Returns `(bytes, converted)`.
+pub fn render(stored: &[u8], stored_version: &str, want: Option<Version>, props: Option<&[String]>) -> (Vec<u8>, bool) {
+    let same_version = want.is_none_or(|w| w.as_str() == stored_version);
+    if same_version && props.is_none() {
+        return (stored.to_vec(), false);
+    }
+    let Some(card) = parse_stored(stored) else {
+        return (stored.to_vec(), false);
+    };
+    let target = want.or_else(|| Version::parse(stored_version)).unwrap_or(Version::V4);
+    let card = match props {
+        Some(names) => subset(&card, names),
+        None => card,
+    };
+    (write_as(&card, target).into_bytes(), true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const V3: &str = "BEGIN:VCARD\r\nVERSION:3.0\r\nUID:abc\r\nFN:Jürgen Müller\r\nN:Müller;Jürgen;;;\r\n\
+EMAIL;TYPE=INTERNET,WORK:JM@Example.com\r\nTEL;TYPE=CELL:+49 30 1234\r\nitem1.X-ABLabel:Custom\r\nEND:VCARD\r\n";
+
+    #[test]
+    fn validates_and_indexes() {
+        let card = validate(V3.as_bytes()).expect("valid");
+        assert_eq!(card.version, Version::V3);
+        assert_eq!(card.new_card.uid, "abc");
+        assert_eq!(card.new_card.fn_lower, "jürgen müller");
+        assert_eq!(card.new_card.emails_lower, "jm@example.com");
+        assert_eq!(card.new_card.bytes, V3.as_bytes());
+    }
+
+    #[test]
+    fn refuses_what_is_not_one_valid_card() {
+        let no_uid = V3.replace("UID:abc\r\n", "");
+        assert!(matches!(validate(no_uid.as_bytes()), Err(Invalid::Malformed(_))));
+        let no_end = V3.replace("END:VCARD\r\n", "");
+        assert!(matches!(validate(no_end.as_bytes()), Err(Invalid::Malformed(_))));
+        let two = format!("{V3}{V3}");
+        assert!(matches!(validate(two.as_bytes()), Err(Invalid::Malformed(_))));
+        assert!(matches!(validate(b"\xff\xfe"), Err(Invalid::Unsupported(_))));
+        assert!(matches!(validate(b"BEGIN:VCALENDAR\r\nEND:VCALENDAR\r\n"), Err(Invalid::Unsupported(_))));
+        let v21 = V3.replace("VERSION:3.0", "VERSION:2.1");
+        assert!(matches!(validate(v21.as_bytes()), Err(Invalid::Unsupported(_))));
+    }
+
+    #[test]
+    fn converts_groups_between_versions() {
+        let group = "BEGIN:VCARD\r\nVERSION:3.0\r\nUID:g1\r\nFN:Team\r\nX-ADDRESSBOOKSERVER-KIND:group\r\n\
+X-ADDRESSBOOKSERVER-MEMBER:urn:uuid:abc\r\nX-CUSTOM:kept\r\nEND:VCARD\r\n";
+        let (v4, converted) = render(group.as_bytes(), "3.0", Some(Version::V4), None);
+        let v4 = String::from_utf8(v4).expect("utf8");
+        assert!(converted);
+        assert!(v4.contains("VERSION:4.0"), "{v4}");
+        assert!(v4.contains("KIND:group"), "{v4}");
+        assert!(v4.contains("MEMBER:urn:uuid:abc"), "{v4}");
+        assert!(!v4.contains("X-ADDRESSBOOKSERVER"), "{v4}");
+        assert!(v4.contains("X-CUSTOM:kept"), "{v4}");
+        let (back, _) = render(v4.as_bytes(), "4.0", Some(Version::V3), None);
+        let back = String::from_utf8(back).expect("utf8");
+        assert!(back.contains("X-ADDRESSBOOKSERVER-KIND:group"), "{back}");
+        assert!(back.contains("X-ADDRESSBOOKSERVER-MEMBER:urn:uuid:abc"), "{back}");
+    }
+
+    #[test]
+    fn same_version_is_byte_exact() {
+        let (bytes, converted) = render(V3.as_bytes(), "3.0", Some(Version::V3), None);
+        assert!(!converted);
+        assert_eq!(bytes, V3.as_bytes());
+    }
+}
