@@ -69,7 +69,11 @@ pub fn validate_segment(segment: &str) -> Result<(), AccountError> {
         && segment.len() <= 128
         && segment.chars().all(|c| c.is_alphanumeric() || matches!(c, '.' | '_' | '-'))
         && !segment.starts_with('.');
-    if ok { Ok(()) } else { Err(AccountError::new(StatusCode::BAD_REQUEST, "book: 1-128 letters, digits, '.', '_' or '-'")) }
+    if ok {
+        Ok(())
+    } else {
+        Err(AccountError::new(StatusCode::BAD_REQUEST, "book: 1-128 letters, digits, '.', '_' or '-'"))
+    }
 }
 
 pub struct NewAccount {
@@ -79,7 +83,12 @@ pub struct NewAccount {
 
 /// Creates a user with a generated password (and, unless a name is given, a generated login) and their
 /// default address book.
-pub fn create_user(store: &dyn Store, config: &Config, username: Option<&str>, display_name: Option<&str>) -> Result<NewAccount, AccountError> {
+pub fn create_user(
+    store: &dyn Store,
+    config: &Config,
+    username: Option<&str>,
+    display_name: Option<&str>,
+) -> Result<NewAccount, AccountError> {
     let username = match username {
         Some(u) => {
             validate_username(u)?;
@@ -194,7 +203,10 @@ struct CreateShare {
 }
 
 /// Runs an account operation on the blocking pool.
-async fn run<T: Send + 'static>(app: &Arc<App>, f: impl FnOnce(&dyn Store) -> Result<T, AccountError> + Send + 'static) -> DavResult<T> {
+async fn run<T: Send + 'static>(
+    app: &Arc<App>,
+    f: impl FnOnce(&dyn Store) -> Result<T, AccountError> + Send + 'static,
+) -> DavResult<T> {
     let store = app.store.clone();
     match tokio::task::spawn_blocking(move || f(store.as_ref())).await {
         Ok(r) => r.map_err(DavError::from),
@@ -203,7 +215,12 @@ async fn run<T: Send + 'static>(app: &Arc<App>, f: impl FnOnce(&dyn Store) -> Re
 }
 
 pub async fn handle_admin(app: Arc<App>, segments: Vec<String>, req: Request<Incoming>) -> DavResult<Response<Body>> {
-    let token = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(auth::parse_bearer).map(str::to_string);
+    let token = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(auth::parse_bearer)
+        .map(str::to_string);
     let stored = run(&app, |s| Ok(s.setting(ADMIN_TOKEN_KEY)?)).await?;
     let authorized = matches!((&token, &stored), (Some(t), Some(h)) if auth::token_matches(t, h));
     if !authorized {
@@ -218,7 +235,9 @@ pub async fn handle_admin(app: Arc<App>, segments: Vec<String>, req: Request<Inc
         (&Method::POST, ["users"]) => {
             let body: CreateUser = read_json(req).await?;
             let config = app.config.clone();
-            let account = run(&app, move |s| create_user(s, &config, body.username.as_deref(), body.display_name.as_deref())).await?;
+            let account =
+                run(&app, move |s| create_user(s, &config, body.username.as_deref(), body.display_name.as_deref()))
+                    .await?;
             let u = &account.user.username;
             Ok(json_response(
                 StatusCode::CREATED,
@@ -285,7 +304,8 @@ pub async fn handle_admin(app: Arc<App>, segments: Vec<String>, req: Request<Inc
         (&Method::POST, ["users", name, "books"]) => {
             let name = name.to_string();
             let body: CreateBook = read_json(req).await?;
-            let segment = body.book.clone().unwrap_or_else(|| format!("book-{}", &auth::generate_password()[..8].to_lowercase()));
+            let segment =
+                body.book.clone().unwrap_or_else(|| format!("book-{}", &auth::generate_password()[..8].to_lowercase()));
             validate_segment(&segment)?;
             let seg = segment.clone();
             let n = name.clone();
@@ -327,14 +347,22 @@ pub async fn handle_admin(app: Arc<App>, segments: Vec<String>, req: Request<Inc
             let writable = match body.access.as_deref() {
                 None | Some("read") => false,
                 Some("read-write") => true,
-                Some(other) => return Err(api_error(StatusCode::BAD_REQUEST, format!("access: '{other}' must be \"read\" or \"read-write\""))),
+                Some(other) => {
+                    return Err(api_error(
+                        StatusCode::BAD_REQUEST,
+                        format!("access: '{other}' must be \"read\" or \"read-write\""),
+                    ));
+                }
             };
             let (n, b, sharee) = (name.to_string(), book.to_string(), body.username.clone());
             let segment = run(&app, move |s| {
                 let view = owned_book(s, &n, &b)?;
-                s.user(&sharee)?.ok_or_else(|| AccountError::new(StatusCode::NOT_FOUND, format!("username: no user '{sharee}'")))?;
+                s.user(&sharee)?
+                    .ok_or_else(|| AccountError::new(StatusCode::NOT_FOUND, format!("username: no user '{sharee}'")))?;
                 let seg = s.share_book(view.id, &sharee, writable).map_err(|e| match e {
-                    store::Error::AlreadyExists => AccountError::new(StatusCode::CONFLICT, "a book cannot be shared with its owner"),
+                    store::Error::AlreadyExists => {
+                        AccountError::new(StatusCode::CONFLICT, "a book cannot be shared with its owner")
+                    }
                     other => other.into(),
                 })?;
                 s.audit("admin", "book.share", &format!("{n}/{b}"), &format!("with={sharee} writable={writable}"))?;
@@ -385,7 +413,12 @@ fn owned_book(s: &dyn Store, owner: &str, segment: &str) -> Result<store::BookVi
 }
 
 /// Self-service: `POST /account/v1/credentials` makes a new password for the authenticated user.
-pub async fn handle_account(app: Arc<App>, user: AuthUser, segments: Vec<String>, req: Request<Incoming>) -> DavResult<Response<Body>> {
+pub async fn handle_account(
+    app: Arc<App>,
+    user: AuthUser,
+    segments: Vec<String>,
+    req: Request<Incoming>,
+) -> DavResult<Response<Body>> {
     match (req.method(), segments.iter().map(String::as_str).collect::<Vec<_>>().as_slice()) {
         (&Method::POST, ["credentials"]) => {
             if user.scope.is_some() {

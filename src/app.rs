@@ -39,13 +39,24 @@ pub struct AuthUser {
 pub enum Target {
     Root,
     PrincipalCollection,
-    Principal { user: String, display_name: String },
+    Principal {
+        user: String,
+        display_name: String,
+    },
     HomeCollection,
-    Home { user: String },
+    Home {
+        user: String,
+    },
     Book(BookView),
     /// A book path in the user's own home where no book exists (MKCOL creates it).
-    MissingBook { user: String, segment: String },
-    Card { book: BookView, name: String },
+    MissingBook {
+        user: String,
+        segment: String,
+    },
+    Card {
+        book: BookView,
+        name: String,
+    },
 }
 
 /// Everything a method handler gets.
@@ -69,7 +80,9 @@ impl Ctx {
     /// Apple's Contacts (macOS) and iOS read only vCard 3.0 (see shared/clients/ios-macos.md).
     pub fn is_apple(&self) -> bool {
         let ua = self.user_agent();
-        ["iOS/", "macOS/", "Mac OS X/", "Mac_OS_X/", "dataaccessd", "AddressBook/", "CFNetwork/"].iter().any(|m| ua.contains(m))
+        ["iOS/", "macOS/", "Mac OS X/", "Mac_OS_X/", "dataaccessd", "AddressBook/", "CFNetwork/"]
+            .iter()
+            .any(|m| ua.contains(m))
     }
 }
 
@@ -122,7 +135,13 @@ impl App {
                 let user = self.authenticate(req.headers(), peer).await?;
                 let target = self.resolve(&user, dav_route).await?;
                 let (parts, incoming) = req.into_parts();
-                let ctx = Ctx { app: self.clone(), user, method: parts.method.as_str().to_string(), path: parts.uri.path().to_string(), headers: parts.headers };
+                let ctx = Ctx {
+                    app: self.clone(),
+                    user,
+                    method: parts.method.as_str().to_string(),
+                    path: parts.uri.path().to_string(),
+                    headers: parts.headers,
+                };
                 methods::dispatch(ctx, target, incoming).await
             }
         }
@@ -158,9 +177,14 @@ impl App {
             tracing::warn!(login = %username, client = %peer.ip(), "login throttled after repeated failures");
             return Err(too_many(wait));
         }
-        let hash = user.as_ref().filter(|u| !u.disabled).map(|u| u.password_hash.clone()).unwrap_or_else(|| self.dummy_hash.clone());
+        let hash = user
+            .as_ref()
+            .filter(|u| !u.disabled)
+            .map(|u| u.password_hash.clone())
+            .unwrap_or_else(|| self.dummy_hash.clone());
         let candidate = password.clone();
-        let verified = tokio::task::spawn_blocking(move || auth::verify_password(&candidate, &hash)).await.unwrap_or(false);
+        let verified =
+            tokio::task::spawn_blocking(move || auth::verify_password(&candidate, &hash)).await.unwrap_or(false);
         match user {
             Some(u) if verified && !u.disabled => {
                 self.auth.remember(&u.username, &password, u.credential_generation);

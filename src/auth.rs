@@ -219,7 +219,10 @@ mod tests {
         assert_eq!(parse_basic("Basic !!!"), None);
         assert_eq!(parse_basic("Bearer abc"), None);
         assert_eq!(parse_basic(&format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(":pw"))), None);
-        assert_eq!(parse_basic(&format!("Basic {}", base64::engine::general_purpose::STANDARD.encode([0xff, b':', b'a']))), None);
+        assert_eq!(
+            parse_basic(&format!("Basic {}", base64::engine::general_purpose::STANDARD.encode([0xff, b':', b'a']))),
+            None
+        );
     }
 
     #[test]

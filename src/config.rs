@@ -152,7 +152,10 @@ impl Config {
     }
 
     pub fn listen_addr(&self) -> Result<SocketAddr, String> {
-        self.server.listen.parse().map_err(|e| format!("[server] listen = {:?} is not an address: {e}", self.server.listen))
+        self.server
+            .listen
+            .parse()
+            .map_err(|e| format!("[server] listen = {:?} is not an address: {e}", self.server.listen))
     }
 
     pub fn database_path(&self) -> PathBuf {

@@ -33,10 +33,11 @@ impl Condition {
             Condition::PropfindFiniteDepth => "<d:propfind-finite-depth/>".into(),
             Condition::ValidAddressData => "<card:valid-address-data/>".into(),
             Condition::SupportedAddressData => "<card:supported-address-data/>".into(),
-            Condition::NoUidConflict { existing_href } => {
-                format!("<card:no-uid-conflict><d:href>{}</d:href></card:no-uid-conflict>", escape(existing_href.as_str()))
-                    .into()
-            }
+            Condition::NoUidConflict { existing_href } => format!(
+                "<card:no-uid-conflict><d:href>{}</d:href></card:no-uid-conflict>",
+                escape(existing_href.as_str())
+            )
+            .into(),
             Condition::MaxResourceSize => "<card:max-resource-size/>".into(),
             Condition::SupportedCollation => "<card:supported-collation/>".into(),
             Condition::ValidSyncToken => "<d:valid-sync-token/>".into(),
@@ -136,15 +137,22 @@ impl From<store::Error> for DavError {
     fn from(e: store::Error) -> Self {
         match e {
             store::Error::NotFound => DavError::not_found(),
-            store::Error::PreconditionFailed => {
-                DavError::new(StatusCode::PRECONDITION_FAILED, "the resource's current state does not match If-Match / If-None-Match")
-            }
+            store::Error::PreconditionFailed => DavError::new(
+                StatusCode::PRECONDITION_FAILED,
+                "the resource's current state does not match If-Match / If-None-Match",
+            ),
             store::Error::AlreadyExists => DavError::new(StatusCode::CONFLICT, "already exists"),
             // The caller maps UID conflicts to hrefs; this is a fallback.
-            store::Error::UidConflict(name) => DavError::new(StatusCode::CONFLICT, format!("UID already used by {name}"))
-                .with_condition(Condition::NoUidConflict { existing_href: name }),
+            store::Error::UidConflict(name) => {
+                DavError::new(StatusCode::CONFLICT, format!("UID already used by {name}"))
+                    .with_condition(Condition::NoUidConflict { existing_href: name })
+            }
             store::Error::Unavailable(why) => {
-                let status = if why.contains("disk full") { StatusCode::INSUFFICIENT_STORAGE } else { StatusCode::SERVICE_UNAVAILABLE };
+                let status = if why.contains("disk full") {
+                    StatusCode::INSUFFICIENT_STORAGE
+                } else {
+                    StatusCode::SERVICE_UNAVAILABLE
+                };
                 DavError::new(status, format!("storage is not accepting writes: {why}"))
                     .with_header(header::RETRY_AFTER, "30")
             }

@@ -36,7 +36,8 @@ pub fn open_store(config: &Config) -> Result<SharedStore, String> {
     std::fs::create_dir_all(&config.storage.data_dir)
         .map_err(|e| format!("cannot create data directory {}: {e}", config.storage.data_dir.display()))?;
     let full = config.storage.synchronous.eq_ignore_ascii_case("full");
-    let store = SqliteStore::open(&config.database_path(), full).map_err(|e| format!("cannot open the database: {e}"))?;
+    let store =
+        SqliteStore::open(&config.database_path(), full).map_err(|e| format!("cannot open the database: {e}"))?;
     Ok(Arc::new(store))
 }
 

@@ -59,15 +59,21 @@ enum UserCommand {
         json: bool,
     },
     /// Delete a user and their address books.
-    Delete { username: String },
+    Delete {
+        username: String,
+    },
     /// Generate a new password; the old one stops working at once.
     Reset {
         username: String,
         #[arg(long)]
         json: bool,
     },
-    Disable { username: String },
-    Enable { username: String },
+    Disable {
+        username: String,
+    },
+    Enable {
+        username: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -83,7 +89,10 @@ enum BookCommand {
         #[arg(long)]
         json: bool,
     },
-    Delete { username: String, book: String },
+    Delete {
+        username: String,
+        book: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -96,8 +105,15 @@ enum ShareCommand {
         #[arg(long)]
         read_write: bool,
     },
-    Remove { owner: String, book: String, user: String },
-    List { owner: String, book: String },
+    Remove {
+        owner: String,
+        book: String,
+        user: String,
+    },
+    List {
+        owner: String,
+        book: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -161,18 +177,29 @@ fn offline(config: &Config, command: Command) -> Result<(), String> {
     let public_url = config.public_url(None);
     match command {
         Command::User(UserCommand::Add { username, display_name, json }) => {
-            let account = admin::create_user(store, config, username.as_deref(), display_name.as_deref()).map_err(err)?;
+            let account =
+                admin::create_user(store, config, username.as_deref(), display_name.as_deref()).map_err(err)?;
             let u = &account.user.username;
             if json {
-                println!("{}", json!({"username": u, "password": account.password, "carddav_url": format!("{public_url}{}", router::home_href(u))}));
+                println!(
+                    "{}",
+                    json!({"username": u, "password": account.password, "carddav_url": format!("{public_url}{}", router::home_href(u))})
+                );
             } else {
-                println!("login:    {u}\npassword: {}\n(shown once)\nCardDAV:  {public_url}{}", account.password, router::home_href(u));
+                println!(
+                    "login:    {u}\npassword: {}\n(shown once)\nCardDAV:  {public_url}{}",
+                    account.password,
+                    router::home_href(u)
+                );
             }
         }
         Command::User(UserCommand::List { json }) => {
             let users = store.users().map_err(|e| e.to_string())?;
             if json {
-                let list: Vec<_> = users.iter().map(|u| json!({"username": u.username, "display_name": u.display_name, "disabled": u.disabled})).collect();
+                let list: Vec<_> = users
+                    .iter()
+                    .map(|u| json!({"username": u.username, "display_name": u.display_name, "disabled": u.disabled}))
+                    .collect();
                 println!("{}", json!({ "users": list }));
             } else {
                 for u in users {
@@ -205,41 +232,71 @@ fn offline(config: &Config, command: Command) -> Result<(), String> {
         }
         Command::Book(BookCommand::Add { username, book, display_name }) => {
             admin::validate_segment(&book).map_err(err)?;
-            store.create_book(&username, &book, display_name.as_deref(), None, &[], false).map_err(|e| e.to_string())?;
+            store
+                .create_book(&username, &book, display_name.as_deref(), None, &[], false)
+                .map_err(|e| e.to_string())?;
             println!("{public_url}{}", router::book_href(&username, &book));
         }
         Command::Book(BookCommand::List { username, json }) => {
             let books = store.books_in_home(&username).map_err(|e| e.to_string())?;
             if json {
-                let list: Vec<_> = books.iter().map(|b| json!({"book": b.segment, "owner": b.owner, "shared": b.shared, "writable": b.writable})).collect();
+                let list: Vec<_> = books
+                    .iter()
+                    .map(|b| json!({"book": b.segment, "owner": b.owner, "shared": b.shared, "writable": b.writable}))
+                    .collect();
                 println!("{}", json!({ "books": list }));
             } else {
                 for b in books {
-                    let kind = if b.shared { format!("shared by {} ({})", b.owner, if b.writable { "read-write" } else { "read-only" }) } else { "own".into() };
+                    let kind = if b.shared {
+                        format!("shared by {} ({})", b.owner, if b.writable { "read-write" } else { "read-only" })
+                    } else {
+                        "own".into()
+                    };
                     println!("{}\t{}\t{public_url}{}", b.segment, kind, router::book_href(&username, &b.segment));
                 }
             }
         }
         Command::Book(BookCommand::Delete { username, book }) => {
-            let view = store.book_in_home(&username, &book).map_err(|e| e.to_string())?.filter(|b| !b.shared).ok_or("no such book")?;
+            let view = store
+                .book_in_home(&username, &book)
+                .map_err(|e| e.to_string())?
+                .filter(|b| !b.shared)
+                .ok_or("no such book")?;
             store.delete_book(view.id).map_err(|e| e.to_string())?;
             println!("deleted {username}/{book}");
         }
         Command::Share(ShareCommand::Add { owner, book, user, read_write }) => {
-            let view = store.book_in_home(&owner, &book).map_err(|e| e.to_string())?.filter(|b| !b.shared).ok_or("no such book")?;
+            let view = store
+                .book_in_home(&owner, &book)
+                .map_err(|e| e.to_string())?
+                .filter(|b| !b.shared)
+                .ok_or("no such book")?;
             let segment = store.share_book(view.id, &user, read_write).map_err(|e| e.to_string())?;
-            let _ = store.audit("cli", "book.share", &format!("{owner}/{book}"), &format!("with={user} writable={read_write}"));
+            let _ = store.audit(
+                "cli",
+                "book.share",
+                &format!("{owner}/{book}"),
+                &format!("with={user} writable={read_write}"),
+            );
             println!("{public_url}{}", router::book_href(&user, &segment));
         }
         Command::Share(ShareCommand::Remove { owner, book, user }) => {
-            let view = store.book_in_home(&owner, &book).map_err(|e| e.to_string())?.filter(|b| !b.shared).ok_or("no such book")?;
+            let view = store
+                .book_in_home(&owner, &book)
+                .map_err(|e| e.to_string())?
+                .filter(|b| !b.shared)
+                .ok_or("no such book")?;
             if !store.unshare_book(view.id, &user).map_err(|e| e.to_string())? {
                 return Err("the book is not shared with this user".into());
             }
             println!("revoked");
         }
         Command::Share(ShareCommand::List { owner, book }) => {
-            let view = store.book_in_home(&owner, &book).map_err(|e| e.to_string())?.filter(|b| !b.shared).ok_or("no such book")?;
+            let view = store
+                .book_in_home(&owner, &book)
+                .map_err(|e| e.to_string())?
+                .filter(|b| !b.shared)
+                .ok_or("no such book")?;
             for s in store.shares(view.id).map_err(|e| e.to_string())? {
                 println!("{}\t{}\t{}", s.username, s.segment, if s.writable { "read-write" } else { "read" });
             }
@@ -291,7 +348,8 @@ fn check(store: &dyn Store) -> Result<(), String> {
 
 fn restore(config: &Config, file: &std::path::Path) -> Result<(), String> {
     // Validate the backup by opening it before it replaces anything.
-    let probe = kartei::store::SqliteStore::open(file, false).map_err(|e| format!("{} is not a kartei database: {e}", file.display()))?;
+    let probe = kartei::store::SqliteStore::open(file, false)
+        .map_err(|e| format!("{} is not a kartei database: {e}", file.display()))?;
     let integrity = probe.integrity_check().map_err(|e| e.to_string())?;
     if integrity != ["ok"] {
         return Err(format!("the backup fails its integrity check: {}", integrity.join("; ")));

@@ -49,7 +49,9 @@ fn card_ns(name: &str) -> PropName {
 }
 
 fn privileges(writable: bool, collection: bool) -> Value {
-    let mut x = String::from("<d:privilege><d:read/></d:privilege><d:privilege><d:read-current-user-privilege-set/></d:privilege>");
+    let mut x = String::from(
+        "<d:privilege><d:read/></d:privilege><d:privilege><d:read-current-user-privilege-set/></d:privilege>",
+    );
     if writable {
         x.push_str("<d:privilege><d:write/></d:privilege><d:privilege><d:write-content/></d:privilege>");
         x.push_str("<d:privilege><d:write-properties/></d:privilege>");

@@ -15,11 +15,22 @@ pub enum Route {
     /// `/` or `/dav/`.
     Root,
     PrincipalCollection,
-    Principal { user: String },
+    Principal {
+        user: String,
+    },
     HomeCollection,
-    Home { user: String },
-    AddressBook { user: String, book: String },
-    Card { user: String, book: String, name: String },
+    Home {
+        user: String,
+    },
+    AddressBook {
+        user: String,
+        book: String,
+    },
+    Card {
+        user: String,
+        book: String,
+        name: String,
+    },
     /// `/admin/v1/...` segments after the prefix.
     Admin(Vec<String>),
     /// `/account/v1/...`.
@@ -39,7 +50,8 @@ fn decode_segments(path: &str) -> Result<Vec<String>, RouteError> {
         if raw.is_empty() {
             continue;
         }
-        let decoded = percent_decode_str(raw).decode_utf8().map_err(|_| RouteError::BadPath("the path is not UTF-8"))?;
+        let decoded =
+            percent_decode_str(raw).decode_utf8().map_err(|_| RouteError::BadPath("the path is not UTF-8"))?;
         if decoded == "." || decoded == ".." {
             return Err(RouteError::BadPath("dot segments are not allowed in paths"));
         }
@@ -144,8 +156,14 @@ mod tests {
 
     #[test]
     fn routes_with_and_without_trailing_slash() {
-        assert_eq!(parse("/dav/addressbooks/a%40b.c/contacts"), Ok(Route::AddressBook { user: "a@b.c".into(), book: "contacts".into() }));
-        assert_eq!(parse("/dav/addressbooks/a@b.c/contacts/"), Ok(Route::AddressBook { user: "a@b.c".into(), book: "contacts".into() }));
+        assert_eq!(
+            parse("/dav/addressbooks/a%40b.c/contacts"),
+            Ok(Route::AddressBook { user: "a@b.c".into(), book: "contacts".into() })
+        );
+        assert_eq!(
+            parse("/dav/addressbooks/a@b.c/contacts/"),
+            Ok(Route::AddressBook { user: "a@b.c".into(), book: "contacts".into() })
+        );
         assert_eq!(
             parse("/dav/addressbooks/u/contacts/My%20Card%2B1.vcf"),
             Ok(Route::Card { user: "u".into(), book: "contacts".into(), name: "My Card+1.vcf".into() })

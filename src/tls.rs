@@ -42,7 +42,8 @@ fn load_certified_key(cert_path: &Path, key_path: &Path) -> Result<CertifiedKey,
     if certs.is_empty() {
         return Err(format!("no certificate found in {}", cert_path.display()));
     }
-    let key = PrivateKeyDer::from_pem_file(key_path).map_err(|e| format!("cannot read key {}: {e}", key_path.display()))?;
+    let key =
+        PrivateKeyDer::from_pem_file(key_path).map_err(|e| format!("cannot read key {}: {e}", key_path.display()))?;
     let provider = rustls::crypto::aws_lc_rs::default_provider();
     CertifiedKey::from_der(certs, key, &provider).map_err(|e| format!("certificate and key do not fit together: {e}"))
 }
@@ -70,13 +71,15 @@ pub fn certificate_paths(config: &Config) -> Result<(PathBuf, PathBuf), String> 
 }
 
 fn generate_self_signed(hostnames: &[String], cert_path: &Path, key_path: &Path) -> Result<(), String> {
-    let generated = rcgen::generate_simple_self_signed(hostnames.to_vec()).map_err(|e| format!("cannot make a certificate: {e}"))?;
+    let generated = rcgen::generate_simple_self_signed(hostnames.to_vec())
+        .map_err(|e| format!("cannot make a certificate: {e}"))?;
     for path in [cert_path, key_path] {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         }
     }
-    std::fs::write(cert_path, generated.cert.pem()).map_err(|e| format!("cannot write {}: {e}", cert_path.display()))?;
+    std::fs::write(cert_path, generated.cert.pem())
+        .map_err(|e| format!("cannot write {}: {e}", cert_path.display()))?;
     write_private(key_path, generated.signing_key.serialize_pem().as_bytes())
 }
 

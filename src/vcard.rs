@@ -66,8 +66,9 @@ fn strip_bom(text: &str) -> &str {
 
 /// Validates a PUT body: UTF-8, exactly one vCard 3.0 or 4.0 with BEGIN/END, a UID and an FN.
 pub fn validate(bytes: &[u8]) -> Result<ValidCard, Invalid> {
-    let text = std::str::from_utf8(bytes)
-        .map_err(|e| Invalid::Unsupported(format!("the body is not UTF-8 text (invalid byte at offset {})", e.valid_up_to())))?;
+    let text = std::str::from_utf8(bytes).map_err(|e| {
+        Invalid::Unsupported(format!("the body is not UTF-8 text (invalid byte at offset {})", e.valid_up_to()))
+    })?;
     let text = strip_bom(text);
     let trimmed = text.trim();
     if !starts_with_ignore_case(trimmed, "BEGIN:VCARD") {
@@ -88,7 +89,9 @@ pub fn validate(bytes: &[u8]) -> Result<ValidCard, Invalid> {
     match parser.entry() {
         Entry::Eof => {}
         Entry::VCard(_) => {
-            return Err(Invalid::Malformed("a card resource must hold exactly one vCard, this body has several".into()));
+            return Err(Invalid::Malformed(
+                "a card resource must hold exactly one vCard, this body has several".into(),
+            ));
         }
         _ => return Err(Invalid::Malformed("unexpected data after END:VCARD".into())),
     }
@@ -161,7 +164,11 @@ impl SearchIndex {
         let join = |prop: VCardProperty| {
             card.properties(&prop).map(|e| property_text(e).to_lowercase()).collect::<Vec<_>>().join("\n")
         };
-        SearchIndex { emails: join(VCardProperty::Email), phones: join(VCardProperty::Tel), org: join(VCardProperty::Org) }
+        SearchIndex {
+            emails: join(VCardProperty::Email),
+            phones: join(VCardProperty::Tel),
+            org: join(VCardProperty::Org),
+        }
     }
 }
 
@@ -174,7 +181,8 @@ pub fn parse_stored(bytes: &[u8]) -> Option<VCard> {
 /// The text value of a property as a text-match sees it: structured components joined with `;`, list values
 /// with `,`.
 pub fn property_text(entry: &VCardEntry) -> String {
-    let structured = matches!(entry.name, VCardProperty::N | VCardProperty::Adr | VCardProperty::Org | VCardProperty::Gender);
+    let structured =
+        matches!(entry.name, VCardProperty::N | VCardProperty::Adr | VCardProperty::Org | VCardProperty::Gender);
     let separator = if structured { ";" } else { "," };
     let mut out = String::new();
     for (i, value) in entry.values.iter().enumerate() {
@@ -208,7 +216,8 @@ pub fn entry_is(entry: &VCardEntry, name: &str) -> bool {
 
 /// The values of parameter `name` on an entry, as text.
 pub fn parameter_values(entry: &VCardEntry, name: &str) -> Vec<String> {
-    let wanted = VCardParameterName::try_parse(name.as_bytes()).unwrap_or_else(|| VCardParameterName::Other(name.to_string()));
+    let wanted =
+        VCardParameterName::try_parse(name.as_bytes()).unwrap_or_else(|| VCardParameterName::Other(name.to_string()));
     entry
         .params
         .iter()

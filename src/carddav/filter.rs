@@ -1,8 +1,8 @@
 //! addressbook-query filters (RFC 6352 §10.5): parsing, evaluation against a card, and the conservative SQL
 //! pre-filter that lets the store skip cards that cannot match.
 
-use crate::dav::xml::Element;
 use crate::dav::NS_CARDDAV;
+use crate::dav::xml::Element;
 use crate::store::{IndexedField, Prefilter};
 use crate::vcard::{entry_is, parameter_values, property_text};
 use calcard::vcard::VCard;
@@ -143,7 +143,9 @@ pub fn parse(filter: &Element) -> Result<Filter, FilterError> {
         prop_filters.push(prop);
     }
     if terms > MAX_FILTER_TERMS {
-        return Err(FilterError::Malformed(format!("the filter has {terms} terms; at most {MAX_FILTER_TERMS} are allowed")));
+        return Err(FilterError::Malformed(format!(
+            "the filter has {terms} terms; at most {MAX_FILTER_TERMS} are allowed"
+        )));
     }
     Ok(Filter { test, prop_filters })
 }
@@ -251,7 +253,11 @@ impl Filter {
                 if narrowing.is_empty() { Prefilter::All } else { Prefilter::And(narrowing) }
             }
             Test::AnyOf => {
-                if parts.iter().any(|p| matches!(p, Prefilter::All)) { Prefilter::All } else { Prefilter::Or(parts) }
+                if parts.iter().any(|p| matches!(p, Prefilter::All)) {
+                    Prefilter::All
+                } else {
+                    Prefilter::Or(parts)
+                }
             }
         }
     }
@@ -309,8 +315,17 @@ mod tests {
     #[test]
     fn prefilter_never_narrows_negations_or_unindexed_properties() {
         let f = |body: &str| filter(&format!("<c:filter {NS}>{body}</c:filter>")).prefilter();
-        assert!(matches!(f(r#"<c:prop-filter name="EMAIL"><c:text-match>Ex</c:text-match></c:prop-filter>"#), Prefilter::Or(_)));
-        assert!(matches!(f(r#"<c:prop-filter name="EMAIL"><c:text-match negate-condition="yes">x</c:text-match></c:prop-filter>"#), Prefilter::All));
-        assert!(matches!(f(r#"<c:prop-filter name="NOTE"><c:text-match>x</c:text-match></c:prop-filter>"#), Prefilter::All));
+        assert!(matches!(
+            f(r#"<c:prop-filter name="EMAIL"><c:text-match>Ex</c:text-match></c:prop-filter>"#),
+            Prefilter::Or(_)
+        ));
+        assert!(matches!(
+            f(r#"<c:prop-filter name="EMAIL"><c:text-match negate-condition="yes">x</c:text-match></c:prop-filter>"#),
+            Prefilter::All
+        ));
+        assert!(matches!(
+            f(r#"<c:prop-filter name="NOTE"><c:text-match>x</c:text-match></c:prop-filter>"#),
+            Prefilter::All
+        ));
     }
 }

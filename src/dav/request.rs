@@ -178,9 +178,20 @@ pub fn parse_mkcol(body: &[u8]) -> Result<MkCol, BadRequest> {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Report {
-    Multiget { props: PropFind, hrefs: Vec<String> },
-    Query { props: PropFind, filter: Filter, limit: Option<usize> },
-    SyncCollection { token: String, props: PropFind, limit: Option<usize> },
+    Multiget {
+        props: PropFind,
+        hrefs: Vec<String>,
+    },
+    Query {
+        props: PropFind,
+        filter: Filter,
+        limit: Option<usize>,
+    },
+    SyncCollection {
+        token: String,
+        props: PropFind,
+        limit: Option<usize>,
+    },
     /// Apple asks these of principals; an empty multistatus is the honest answer.
     EmptyAnswer,
 }
@@ -197,7 +208,11 @@ fn report_props(root: &Element) -> Result<PropFind, BadRequest> {
 
 fn parse_nresults(limit: &Element, ns: &str) -> Result<usize, BadRequest> {
     let n = limit.child(ns, "nresults").ok_or_else(|| malformed("limit must contain nresults"))?;
-    let value: usize = n.text.trim().parse().map_err(|_| malformed(format!("nresults '{}' is not a positive number", n.text.trim())))?;
+    let value: usize = n
+        .text
+        .trim()
+        .parse()
+        .map_err(|_| malformed(format!("nresults '{}' is not a positive number", n.text.trim())))?;
     if value == 0 {
         return Err(malformed("nresults must be at least 1"));
     }
@@ -209,7 +224,10 @@ pub fn parse_report(body: &[u8], max_hrefs: usize) -> Result<Report, BadRequest>
     if root.is(NS_CARDDAV, "addressbook-multiget") {
         let hrefs: Vec<String> = root.children_named(NS_DAV, "href").map(|h| h.text.trim().to_string()).collect();
         if hrefs.len() > max_hrefs {
-            return Err(malformed(format!("a multiget may name at most {max_hrefs} hrefs, this one names {}", hrefs.len())));
+            return Err(malformed(format!(
+                "a multiget may name at most {max_hrefs} hrefs, this one names {}",
+                hrefs.len()
+            )));
         }
         return Ok(Report::Multiget { props: report_props(&root)?, hrefs });
     }
@@ -239,7 +257,10 @@ pub fn parse_report(body: &[u8], max_hrefs: usize) -> Result<Report, BadRequest>
         return Ok(Report::SyncCollection { token, props: report_props(&root)?, limit });
     }
     if root.ns == NS_DAV
-        && matches!(root.name.as_str(), "expand-property" | "principal-property-search" | "principal-search-property-set")
+        && matches!(
+            root.name.as_str(),
+            "expand-property" | "principal-property-search" | "principal-search-property-set"
+        )
     {
         return Ok(Report::EmptyAnswer);
     }
@@ -260,7 +281,10 @@ mod tests {
         let spec = props[1].address_data.clone().expect("address-data");
         assert_eq!(spec.version, Some(Version::V4));
         assert_eq!(spec.props, Some(vec!["FN".to_string()]));
-        assert!(matches!(parse_propfind(br#"<d:propfind xmlns:d="DAV:"><d:propname/></d:propfind>"#), Ok(PropFind::PropName)));
+        assert!(matches!(
+            parse_propfind(br#"<d:propfind xmlns:d="DAV:"><d:propname/></d:propfind>"#),
+            Ok(PropFind::PropName)
+        ));
         assert!(parse_propfind(br#"<d:propfind xmlns:d="DAV:"></d:propfind>"#).is_err());
         assert!(parse_propfind(br#"<d:propfind xmlns:d="urn:wrong"><d:propname/></d:propfind>"#).is_err());
     }
@@ -269,7 +293,10 @@ mod tests {
     fn report_variants() {
         let r = parse_report(br#"<d:sync-collection xmlns:d="DAV:"><d:sync-token/><d:sync-level>1</d:sync-level><d:limit><d:nresults>10</d:nresults></d:limit><d:prop><d:getetag/></d:prop></d:sync-collection>"#, 1000).expect("parses");
         assert!(matches!(r, Report::SyncCollection { ref token, limit: Some(10), .. } if token.is_empty()));
-        let bad = parse_report(br#"<d:sync-collection xmlns:d="DAV:"><d:limit><d:nresults>-1</d:nresults></d:limit></d:sync-collection>"#, 1000);
+        let bad = parse_report(
+            br#"<d:sync-collection xmlns:d="DAV:"><d:limit><d:nresults>-1</d:nresults></d:limit></d:sync-collection>"#,
+            1000,
+        );
         assert!(matches!(bad, Err(BadRequest::Malformed(_))));
         let unknown = parse_report(br#"<x:frob xmlns:x="urn:x"/>"#, 1000);
         assert!(matches!(unknown, Err(BadRequest::UnsupportedReport(_))));

@@ -18,9 +18,11 @@ pub async fn handle(ctx: Ctx, target: Target) -> DavResult<Response<Body>> {
         .get("destination")
         .and_then(|v| v.to_str().ok())
         .ok_or_else(|| DavError::bad_request("COPY and MOVE need a Destination header"))?;
-    let segments = router::href_segments(destination).ok_or_else(|| DavError::bad_request("the Destination is not a valid URL"))?;
+    let segments = router::href_segments(destination)
+        .ok_or_else(|| DavError::bad_request("the Destination is not a valid URL"))?;
     let path = format!("/{}", segments.iter().map(|s| router::encode(s)).collect::<Vec<_>>().join("/"));
-    let route = router::parse(&path).map_err(|_| DavError::new(StatusCode::BAD_GATEWAY, "the Destination is not on this server's card space"))?;
+    let route = router::parse(&path)
+        .map_err(|_| DavError::new(StatusCode::BAD_GATEWAY, "the Destination is not on this server's card space"))?;
     let Route::Card { .. } = route else {
         return Err(DavError::forbidden("the Destination must be a card inside an address book"));
     };
@@ -34,7 +36,8 @@ pub async fn handle(ctx: Ctx, target: Target) -> DavResult<Response<Body>> {
     if from.id == to.id && from_name == to_name {
         return Err(DavError::forbidden("source and destination are the same"));
     }
-    let overwrite = !ctx.headers.get("overwrite").and_then(|v| v.to_str().ok()).is_some_and(|v| v.trim().eq_ignore_ascii_case("F"));
+    let overwrite =
+        !ctx.headers.get("overwrite").and_then(|v| v.to_str().ok()).is_some_and(|v| v.trim().eq_ignore_ascii_case("F"));
     let _ = precondition(&ctx.headers)?;
     let me = ctx.user.username.clone();
     let to_segment = to.segment.clone();
@@ -45,7 +48,8 @@ pub async fn handle(ctx: Ctx, target: Target) -> DavResult<Response<Body>> {
         let (f, fname, t, tname) = (from.id, from_name.clone(), to.id, to_name.clone());
         store::blocking(ctx.store(), move |s| {
             let card = s.card(f, &fname)?.ok_or(store::Error::NotFound)?;
-            let valid = vcard::validate(&card.vcard).map_err(|_| store::Error::Internal("stored card no longer parses".into()))?;
+            let valid = vcard::validate(&card.vcard)
+                .map_err(|_| store::Error::Internal("stored card no longer parses".into()))?;
             let pre = if overwrite { Precondition::None } else { Precondition::MustNotExist };
             s.put_card(t, &tname, &valid.new_card, &pre)
         })

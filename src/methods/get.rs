@@ -27,14 +27,24 @@ pub async fn handle(ctx: Ctx, target: Target) -> DavResult<Response<Body>> {
     match target {
         Target::Card { book, name } => {
             let id = book.id;
-            let card = store::blocking(ctx.store(), move |s| s.card(id, &name)).await?.ok_or_else(DavError::not_found)?;
+            let card =
+                store::blocking(ctx.store(), move |s| s.card(id, &name)).await?.ok_or_else(DavError::not_found)?;
             let (bytes, converted) = vcard::render(&card.vcard, &card.meta.version, wanted_version(&ctx), None);
-            let version = if converted { wanted_version(&ctx).map(Version::as_str).unwrap_or("4.0") } else { card.meta.version.as_str() };
+            let version = if converted {
+                wanted_version(&ctx).map(Version::as_str).unwrap_or("4.0")
+            } else {
+                card.meta.version.as_str()
+            };
             let mut builder = Response::builder()
                 .status(StatusCode::OK)
                 .header(header::CONTENT_TYPE, format!("text/vcard; charset=utf-8; version={version}"))
                 .header(header::CONTENT_LENGTH, bytes.len())
-                .header(header::LAST_MODIFIED, httpdate::fmt_http_date(std::time::UNIX_EPOCH + std::time::Duration::from_secs(card.meta.modified_at.max(0) as u64)))
+                .header(
+                    header::LAST_MODIFIED,
+                    httpdate::fmt_http_date(
+                        std::time::UNIX_EPOCH + std::time::Duration::from_secs(card.meta.modified_at.max(0) as u64),
+                    ),
+                )
                 .header(header::VARY, "Accept, User-Agent");
             // A converted card is another representation: the stored ETag does not describe these bytes.
             if !converted {
@@ -83,7 +93,11 @@ pub async fn handle(ctx: Ctx, target: Target) -> DavResult<Response<Body>> {
         _ => Response::builder()
             .status(StatusCode::OK)
             .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
-            .body(if head { body::empty() } else { body::full("kartei CardDAV server: point a CardDAV client at this URL.\n") })
+            .body(if head {
+                body::empty()
+            } else {
+                body::full("kartei CardDAV server: point a CardDAV client at this URL.\n")
+            })
             .map_err(|e| DavError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
     }
 }

@@ -29,7 +29,8 @@ pub async fn handle(ctx: Ctx, target: Target, body: Incoming) -> DavResult<Respo
         let mkcol = parse_mkcol(&raw)?;
         // Inside a home only address books may be made (RFC 5689 valid-resourcetype).
         let is_book = mkcol.resourcetypes.iter().any(|t| t.is(NS_CARDDAV, "addressbook"));
-        let only_known = mkcol.resourcetypes.iter().all(|t| t.is(NS_CARDDAV, "addressbook") || t.is(NS_DAV, "collection"));
+        let only_known =
+            mkcol.resourcetypes.iter().all(|t| t.is(NS_CARDDAV, "addressbook") || t.is(NS_DAV, "collection"));
         if !is_book || !only_known {
             return Err(DavError::forbidden("only address books (CARD:addressbook) can be created here")
                 .with_condition(Condition::ValidResourceType));

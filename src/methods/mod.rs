@@ -52,7 +52,8 @@ pub fn options() -> Response<Body> {
 /// while reading when a chunked body grows past it.
 pub async fn read_body(headers: &HeaderMap, body: Incoming, limit: usize) -> DavResult<Bytes> {
     let too_large = || DavError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("the request body exceeds {limit} bytes"));
-    if let Some(len) = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok())
+    if let Some(len) =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok())
         && len > limit as u64
     {
         return Err(too_large());

@@ -18,7 +18,8 @@ use std::io::{self, Write};
 pub async fn handle(ctx: Ctx, target: Target, body: Incoming) -> DavResult<Response<crate::body::Body>> {
     let depth_header = ctx.headers.get("depth").and_then(|v| v.to_str().ok());
     // A missing Depth means infinity (RFC 4918); no client relies on that, so it is served as 1.
-    let depth = Depth::parse(depth_header, Depth::One).ok_or_else(|| DavError::bad_request("Depth must be 0, 1 or infinity"))?;
+    let depth = Depth::parse(depth_header, Depth::One)
+        .ok_or_else(|| DavError::bad_request("Depth must be 0, 1 or infinity"))?;
     if depth == Depth::Infinity {
         return Err(DavError::new(StatusCode::FORBIDDEN, "Depth: infinity is not supported on PROPFIND")
             .with_condition(Condition::PropfindFiniteDepth));
@@ -44,7 +45,8 @@ pub async fn handle(ctx: Ctx, target: Target, body: Incoming) -> DavResult<Respo
     let body = stream_body(gzip, move |out| {
         let pctx = PropContext { me: &me.username, max_resource_size, prefer_v3 };
         let mut ms = Multistatus::begin(out)?;
-        let listing = Listing { store: store.as_ref(), pctx: &pctx, request: &request, minimal, scope: me.scope.as_deref() };
+        let listing =
+            Listing { store: store.as_ref(), pctx: &pctx, request: &request, minimal, scope: me.scope.as_deref() };
         listing.write(&mut ms, &target, depth == Depth::One, &request_path)?;
         ms.finish()?;
         Ok(())
@@ -79,11 +81,18 @@ impl Listing<'_> {
         ms.response(href, &found, &others)
     }
 
-    fn write<W: Write>(&self, ms: &mut Multistatus<W>, target: &Target, depth_one: bool, request_path: &str) -> io::Result<()> {
+    fn write<W: Write>(
+        &self,
+        ms: &mut Multistatus<W>,
+        target: &Target,
+        depth_one: bool,
+        request_path: &str,
+    ) -> io::Result<()> {
         let me = self.pctx.me;
         match target {
             Target::Root => {
-                let href = if request_path.ends_with('/') { request_path.to_string() } else { format!("{request_path}/") };
+                let href =
+                    if request_path.ends_with('/') { request_path.to_string() } else { format!("{request_path}/") };
                 self.respond(ms, &href, &Resource::Root)?;
                 if depth_one {
                     self.respond(ms, "/dav/principals/", &Resource::PrincipalCollection)?;
@@ -149,11 +158,12 @@ impl Listing<'_> {
 
     fn book<W: Write>(&self, ms: &mut Multistatus<W>, book: &store::BookView) -> io::Result<()> {
         let dead = self.store.dead_properties(book.id).map_err(store_err)?;
-        let used_bytes = if asks_for(self.request, "quota-used-bytes") || asks_for(self.request, "quota-available-bytes") {
-            self.store.book_size(book.id).map_err(store_err)?
-        } else {
-            0
-        };
+        let used_bytes =
+            if asks_for(self.request, "quota-used-bytes") || asks_for(self.request, "quota-available-bytes") {
+                self.store.book_size(book.id).map_err(store_err)?
+            } else {
+                0
+            };
         let href = router::book_href(self.pctx.me, &book.segment);
         self.respond(ms, &href, &Resource::Book { book, dead: &dead, used_bytes })
     }

@@ -18,11 +18,24 @@ fn is_protected(name: &PropName) -> bool {
     (name.ns == NS_DAV
         && matches!(
             name.name.as_str(),
-            "resourcetype" | "getetag" | "getcontenttype" | "getcontentlength" | "getlastmodified" | "creationdate"
-                | "sync-token" | "supported-report-set" | "current-user-privilege-set" | "owner" | "current-user-principal"
-                | "quota-used-bytes" | "quota-available-bytes" | "lockdiscovery" | "supportedlock"
+            "resourcetype"
+                | "getetag"
+                | "getcontenttype"
+                | "getcontentlength"
+                | "getlastmodified"
+                | "creationdate"
+                | "sync-token"
+                | "supported-report-set"
+                | "current-user-privilege-set"
+                | "owner"
+                | "current-user-principal"
+                | "quota-used-bytes"
+                | "quota-available-bytes"
+                | "lockdiscovery"
+                | "supportedlock"
         ))
-        || (name.ns == NS_CARDDAV && matches!(name.name.as_str(), "supported-address-data" | "max-resource-size" | "max-image-size"))
+        || (name.ns == NS_CARDDAV
+            && matches!(name.name.as_str(), "supported-address-data" | "max-resource-size" | "max-image-size"))
         || name.is(NS_CALSERVER, "getctag")
 }
 

@@ -26,7 +26,11 @@ pub async fn handle(ctx: Ctx, target: Target, body: Incoming) -> DavResult<Respo
         DavError::new(StatusCode::FORBIDDEN, format!("the card exceeds the maximum resource size of {limit} bytes"))
             .with_condition(Condition::MaxResourceSize)
     };
-    let declared = ctx.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok());
+    let declared = ctx
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
     if declared.is_some_and(|len| len > limit as u64) {
         return Err(too_large());
     }
@@ -36,7 +40,9 @@ pub async fn handle(ctx: Ctx, target: Target, body: Incoming) -> DavResult<Respo
         Err(e) => return Err(DavError::bad_request(format!("could not read the request body: {e}"))),
     };
     let valid = vcard::validate(&raw).map_err(|invalid| match invalid {
-        Invalid::Unsupported(m) => DavError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, m).with_condition(Condition::SupportedAddressData),
+        Invalid::Unsupported(m) => {
+            DavError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, m).with_condition(Condition::SupportedAddressData)
+        }
         Invalid::Malformed(m) => DavError::bad_request(m).with_condition(Condition::ValidAddressData),
     })?;
     let id = book.id;
@@ -48,8 +54,11 @@ pub async fn handle(ctx: Ctx, target: Target, body: Incoming) -> DavResult<Respo
         Ok(PutOutcome::Updated { etag }) => (StatusCode::NO_CONTENT, etag),
         Err(store::Error::UidConflict(existing)) => {
             let href = router::card_href(&ctx.user.username, &book.segment, &existing);
-            return Err(DavError::new(StatusCode::CONFLICT, format!("another card in this book ({href}) has the same UID"))
-                .with_condition(Condition::NoUidConflict { existing_href: href }));
+            return Err(DavError::new(
+                StatusCode::CONFLICT,
+                format!("another card in this book ({href}) has the same UID"),
+            )
+            .with_condition(Condition::NoUidConflict { existing_href: href }));
         }
         Err(e) => return Err(e.into()),
     };

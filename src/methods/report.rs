@@ -5,9 +5,9 @@ use super::{multistatus_response, read_body, wants_minimal};
 use crate::app::{Ctx, Target};
 use crate::body::{accepts_gzip, stream_body};
 use crate::carddav::filter::Filter;
+use crate::dav::PropName;
 use crate::dav::request::{PropFind, Report, parse_report};
 use crate::dav::response::Multistatus;
-use crate::dav::PropName;
 use crate::error::{Condition, DavError, DavResult};
 use crate::props::{self, PropContext, Resource};
 use crate::router;
@@ -70,7 +70,8 @@ pub async fn handle(ctx: Ctx, target: Target, body: Incoming) -> DavResult<Respo
 /// the same body with 400 (see shared/clients/thunderbird.md).
 async fn check_token(ctx: &Ctx, book: &BookView, token: &str) -> DavResult<i64> {
     let invalid = |why: &str| {
-        let status = if ctx.user_agent().contains("Thunderbird") { StatusCode::BAD_REQUEST } else { StatusCode::FORBIDDEN };
+        let status =
+            if ctx.user_agent().contains("Thunderbird") { StatusCode::BAD_REQUEST } else { StatusCode::FORBIDDEN };
         DavError::new(status, format!("invalid sync token: {why}")).with_condition(Condition::ValidSyncToken)
     };
     let Some((book_id, revision)) = props::parse_sync_token(token) else {
@@ -101,7 +102,13 @@ struct ReportWriter {
 }
 
 impl ReportWriter {
-    fn card_response<W: Write>(&self, ms: &mut Multistatus<W>, props: &PropFind, meta: &CardMeta, body: Option<&[u8]>) -> io::Result<()> {
+    fn card_response<W: Write>(
+        &self,
+        ms: &mut Multistatus<W>,
+        props: &PropFind,
+        meta: &CardMeta,
+        body: Option<&[u8]>,
+    ) -> io::Result<()> {
         let pctx = PropContext { me: &self.me, max_resource_size: self.max_resource_size, prefer_v3: self.prefer_v3 };
         let resource = Resource::Card { book: &self.book, meta, body };
         let (found, missing) = resource.answer(&pctx, props);
@@ -114,7 +121,13 @@ impl ReportWriter {
     }
 
     /// Streams the named cards in the order asked; names that do not exist get a 404 response.
-    fn named_cards<W: Write>(&self, ms: &mut Multistatus<W>, props: &PropFind, names: &[String], hrefs: &[String]) -> io::Result<()> {
+    fn named_cards<W: Write>(
+        &self,
+        ms: &mut Multistatus<W>,
+        props: &PropFind,
+        names: &[String],
+        hrefs: &[String],
+    ) -> io::Result<()> {
         let mut next = 0;
         let mut failure = None;
         self.store
@@ -165,7 +178,13 @@ impl ReportWriter {
         self.named_cards(ms, props, &names, &answered_hrefs)
     }
 
-    fn query<W: Write>(&self, ms: &mut Multistatus<W>, props: &PropFind, filter: &Filter, limit: Option<usize>) -> io::Result<()> {
+    fn query<W: Write>(
+        &self,
+        ms: &mut Multistatus<W>,
+        props: &PropFind,
+        filter: &Filter,
+        limit: Option<usize>,
+    ) -> io::Result<()> {
         let mut matched = 0usize;
         let mut truncated = false;
         let mut failure = None;
@@ -201,7 +220,13 @@ impl ReportWriter {
         Ok(())
     }
 
-    fn sync_collection<W: Write>(&self, ms: &mut Multistatus<W>, props: &PropFind, since: Option<i64>, limit: Option<usize>) -> io::Result<()> {
+    fn sync_collection<W: Write>(
+        &self,
+        ms: &mut Multistatus<W>,
+        props: &PropFind,
+        since: Option<i64>,
+        limit: Option<usize>,
+    ) -> io::Result<()> {
         let store: &dyn Store = self.store.as_ref();
         if since.is_none() && limit.is_none() {
             // Initial sync: every member. The revision is read first, so a change racing the listing shows up
@@ -210,7 +235,9 @@ impl ReportWriter {
             let with_body = props::wants_body(props);
             let mut failure = None;
             store
-                .for_each_card(self.book.id, with_body, &mut |meta, body| match self.card_response(ms, props, meta, body) {
+                .for_each_card(self.book.id, with_body, &mut |meta, body| match self
+                    .card_response(ms, props, meta, body)
+                {
                     Ok(()) => true,
                     Err(e) => {
                         failure = Some(e);

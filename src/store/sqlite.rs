@@ -117,8 +117,7 @@ fn user_from_row(r: &rusqlite::Row) -> rusqlite::Result<User> {
     })
 }
 
-const USER_COLUMNS: &str =
-    "id, username, display_name, password_hash, disabled, credential_generation, created_at";
+const USER_COLUMNS: &str = "id, username, display_name, password_hash, disabled, credential_generation, created_at";
 
 // Own books and shared books share one shape; `segment` is the name in the viewer's home.
 const OWN_BOOKS: &str = "SELECT b.id, u.username, b.segment, b.segment, b.display_name, b.description, b.revision,
@@ -329,9 +328,7 @@ impl Store for SqliteStore {
 
     fn books_in_home(&self, username: &str) -> Result<Vec<BookView>> {
         self.read(|c| {
-            let sql = format!(
-                "SELECT * FROM ({OWN_BOOKS} UNION ALL {SHARED_BOOKS}) ORDER BY 10, 8 DESC, 4"
-            );
+            let sql = format!("SELECT * FROM ({OWN_BOOKS} UNION ALL {SHARED_BOOKS}) ORDER BY 10, 8 DESC, 4");
             let mut stmt = c.prepare_cached(&sql)?;
             let books = stmt.query_map([username], book_from_row)?.collect::<rusqlite::Result<Vec<_>>>()?;
             Ok(books)
@@ -340,9 +337,7 @@ impl Store for SqliteStore {
 
     fn book_in_home(&self, username: &str, segment: &str) -> Result<Option<BookView>> {
         self.read(|c| {
-            let sql = format!(
-                "{OWN_BOOKS} AND b.segment = ?2 UNION ALL {SHARED_BOOKS} AND s.segment = ?2 LIMIT 1"
-            );
+            let sql = format!("{OWN_BOOKS} AND b.segment = ?2 UNION ALL {SHARED_BOOKS} AND s.segment = ?2 LIMIT 1");
             Ok(c.prepare_cached(&sql)?.query_row(params![username, segment], book_from_row).optional()?)
         })
     }
@@ -548,8 +543,9 @@ impl Store for SqliteStore {
     fn for_each_card(&self, book: BookId, with_body: bool, sink: &mut CardSink<'_>) -> Result<()> {
         self.read(|c| {
             let body = if with_body { "vcard" } else { "NULL" };
-            let mut stmt =
-                c.prepare_cached(&format!("SELECT {META_COLUMNS}, {body} FROM cards WHERE book_id = ?1 ORDER BY name"))?;
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {META_COLUMNS}, {body} FROM cards WHERE book_id = ?1 ORDER BY name"
+            ))?;
             let mut rows = stmt.query([book])?;
             while let Some(row) = rows.next()? {
                 let meta = meta_from_row(row)?;
@@ -585,7 +581,8 @@ impl Store for SqliteStore {
         let mut args = Vec::new();
         prefilter_sql(prefilter, &mut condition, &mut args);
         self.read(|c| {
-            let sql = format!("SELECT {META_COLUMNS}, vcard FROM cards WHERE book_id = ?1 AND {condition} ORDER BY name");
+            let sql =
+                format!("SELECT {META_COLUMNS}, vcard FROM cards WHERE book_id = ?1 AND {condition} ORDER BY name");
             let mut stmt = c.prepare_cached(&sql)?;
             let mut values: Vec<&dyn rusqlite::ToSql> = vec![&book];
             values.extend(args.iter().map(|a| a as &dyn rusqlite::ToSql));
@@ -628,7 +625,14 @@ impl Store for SqliteStore {
         })
     }
 
-    fn move_card(&self, from: BookId, from_name: &str, to: BookId, to_name: &str, overwrite: bool) -> Result<PutOutcome> {
+    fn move_card(
+        &self,
+        from: BookId,
+        from_name: &str,
+        to: BookId,
+        to_name: &str,
+        overwrite: bool,
+    ) -> Result<PutOutcome> {
         self.write(|tx| {
             let source = tx
                 .query_row(
@@ -799,8 +803,14 @@ mod tests {
     #[test]
     fn put_checks_preconditions_and_uid_conflicts() {
         let (_dir, s, b) = store_with_book();
-        assert!(matches!(s.put_card(b, "a.vcf", &card("u1", "1"), &Precondition::MustNotExist), Ok(PutOutcome::Created { .. })));
-        assert!(matches!(s.put_card(b, "a.vcf", &card("u1", "2"), &Precondition::MustNotExist), Err(Error::PreconditionFailed)));
+        assert!(matches!(
+            s.put_card(b, "a.vcf", &card("u1", "1"), &Precondition::MustNotExist),
+            Ok(PutOutcome::Created { .. })
+        ));
+        assert!(matches!(
+            s.put_card(b, "a.vcf", &card("u1", "2"), &Precondition::MustNotExist),
+            Err(Error::PreconditionFailed)
+        ));
         assert!(matches!(
             s.put_card(b, "a.vcf", &card("u1", "2"), &Precondition::EtagIn(vec!["nope".into()])),
             Err(Error::PreconditionFailed)
@@ -813,14 +823,18 @@ mod tests {
             Err(Error::UidConflict(name)) => assert_eq!(name, "a.vcf"),
             other => panic!("expected a UID conflict, got {other:?}"),
         }
-        assert!(matches!(s.put_card(b, "x.vcf", &card("u9", "9"), &Precondition::MustExist), Err(Error::PreconditionFailed)));
+        assert!(matches!(
+            s.put_card(b, "x.vcf", &card("u9", "9"), &Precondition::MustExist),
+            Err(Error::PreconditionFailed)
+        ));
     }
 
     #[test]
     fn changes_since_lists_each_name_once_and_truncates_at_a_real_revision() {
         let (_dir, s, b) = store_with_book();
         for i in 0..5 {
-            s.put_card(b, &format!("{i}.vcf"), &card(&format!("u{i}"), &i.to_string()), &Precondition::None).expect("put");
+            s.put_card(b, &format!("{i}.vcf"), &card(&format!("u{i}"), &i.to_string()), &Precondition::None)
+                .expect("put");
         }
         let start = s.book_revision(b).expect("rev");
         s.put_card(b, "1.vcf", &card("u1", "1b"), &Precondition::None).expect("update");

@@ -1,0 +1,229 @@
+//! PUT / GET / DELETE / COPY / MOVE of cards: validation, preconditions, ETags, byte-exact storage.
+
+use crate::support::*;
+
+#[tokio::test]
+async fn put_get_delete_with_preconditions() {
+    let s = TestServer::start().await;
+    let alice = s.user("alice").await;
+    let path = format!("{}card1.vcf", alice.book());
+    let v1 = vcard("u1", "Anna Ärger", "EMAIL;TYPE=WORK:anna@example.com\r\nitem1.X-ABLabel:keep me\r\n");
+
+    let created = alice.put(&path, &v1, &[("if-none-match", "*")]).await;
+    assert_eq!(created.status, 201, "{}", created.text());
+    let etag = created.header("etag").expect("ETag on 201");
+    assert!(etag.starts_with('"') && etag.ends_with('"'), "strong, quoted ETag: {etag}");
+
+    let got = alice.get(&path).await;
+    assert_eq!(got.status, 200);
+    assert_eq!(got.body, v1.as_bytes(), "stored byte-exact");
+    assert_eq!(got.header("etag").as_deref(), Some(etag.as_str()));
+    assert!(got.header("content-type").expect("type").starts_with("text/vcard"));
+    let head = alice.send("HEAD", &path, &[], Vec::new()).await;
+    assert_eq!(head.status, 200);
+    assert!(head.body.is_empty());
+
+    // Create-only on an existing card, and a stale If-Match, are both 412; nothing changes.
+    assert_eq!(alice.put(&path, &v1, &[("if-none-match", "*")]).await.status, 412);
+    let v2 = vcard("u1", "Anna Ärger-Neu", "");
+    assert_eq!(alice.put(&path, &v2, &[("if-match", "\"stale\"")]).await.status, 412);
+    assert_eq!(alice.get(&path).await.body, v1.as_bytes());
+    // If-Match on a missing card is 412 too.
+    assert_eq!(alice.put(&format!("{}nope.vcf", alice.book()), &v2, &[("if-match", &etag)]).await.status, 412);
+
+    let updated = alice.put(&path, &v2, &[("if-match", &etag)]).await;
+    assert_eq!(updated.status, 204);
+    let etag2 = updated.header("etag").expect("ETag on 204");
+    assert_ne!(etag, etag2);
+    // Evolution sometimes escapes the quotes; a bare tag is accepted as well.
+    let bare = etag2.trim_matches('"').to_string();
+    let escaped = format!("\\\"{bare}\\\"");
+    let v3 = vcard("u1", "Anna Dritte", "");
+    let r = alice.put(&path, &v3, &[("if-match", &escaped)]).await;
+    assert_eq!(r.status, 204, "escaped If-Match: {}", r.text());
+    let etag3 = r.header("etag").expect("etag");
+
+    assert_eq!(alice.delete(&path, &[("if-match", &etag)]).await.status, 412);
+    assert_eq!(alice.delete(&path, &[("if-match", &etag3)]).await.status, 204);
+    assert_eq!(alice.get(&path).await.status, 404);
+    assert_eq!(alice.delete(&path, &[]).await.status, 404);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn invalid_cards_are_refused_with_preconditions() {
+    let s = TestServer::start_with(|c| c.limits.max_resource_size = 4096).await;
+    let alice = s.user("alice").await;
+    let path = format!("{}bad.vcf", alice.book());
+    let cases: Vec<(&str, String, u16, &str)> = vec![
+        (
+            "no UID",
+            "BEGIN:VCARD\r\nVERSION:3.0\r\nFN:X\r\nEND:VCARD\r\n".into(),
+            400,
+            "{urn:ietf:params:xml:ns:carddav}valid-address-data",
+        ),
+        (
+            "no FN",
+            "BEGIN:VCARD\r\nVERSION:4.0\r\nUID:x\r\nEND:VCARD\r\n".into(),
+            400,
+            "{urn:ietf:params:xml:ns:carddav}valid-address-data",
+        ),
+        (
+            "no END",
+            "BEGIN:VCARD\r\nVERSION:3.0\r\nUID:x\r\nFN:X\r\n".into(),
+            400,
+            "{urn:ietf:params:xml:ns:carddav}valid-address-data",
+        ),
+        (
+            "two cards",
+            format!("{}{}", vcard("a", "A", ""), vcard("b", "B", "")),
+            400,
+            "{urn:ietf:params:xml:ns:carddav}valid-address-data",
+        ),
+        (
+            "iCalendar",
+            "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nEND:VCALENDAR\r\n".into(),
+            415,
+            "{urn:ietf:params:xml:ns:carddav}supported-address-data",
+        ),
+        (
+            "vCard 2.1",
+            "BEGIN:VCARD\r\nVERSION:2.1\r\nUID:x\r\nFN:X\r\nEND:VCARD\r\n".into(),
+            415,
+            "{urn:ietf:params:xml:ns:carddav}supported-address-data",
+        ),
+        ("garbage", "hello world".into(), 415, "{urn:ietf:params:xml:ns:carddav}supported-address-data"),
+        (
+            "too large",
+            vcard("big", "Big", &format!("NOTE:{}\r\n", "x".repeat(5000))),
+            403,
+            "{urn:ietf:params:xml:ns:carddav}max-resource-size",
+        ),
+    ];
+    for (what, body, status, condition) in cases {
+        let r = alice.put(&path, &body, &[]).await;
+        assert_eq!(r.status.as_u16(), status, "{what}: {}", r.text());
+        assert_eq!(r.error_condition(), condition, "{what}");
+    }
+    let latin1 = alice
+        .send("PUT", &path, &[], b"BEGIN:VCARD\r\nVERSION:3.0\r\nUID:x\r\nFN:M\xfcller\r\nEND:VCARD\r\n".to_vec())
+        .await;
+    assert_eq!(latin1.status, 415, "not UTF-8");
+    // Nothing was stored by any of them.
+    let ms = alice
+        .propfind(&alice.book(), "1", r#"<d:propfind xmlns:d="DAV:"><d:prop><d:getetag/></d:prop></d:propfind>"#)
+        .await
+        .multistatus();
+    assert_eq!(ms.responses.len(), 1);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn uid_conflicts_name_the_existing_card() {
+    let s = TestServer::start().await;
+    let alice = s.user("alice").await;
+    alice.put_card("first.vcf", "same-uid", "First", "").await;
+    let r = alice.put(&format!("{}second.vcf", alice.book()), &vcard("same-uid", "Second", ""), &[]).await;
+    assert_eq!(r.status, 409);
+    assert_eq!(r.error_condition(), "{urn:ietf:params:xml:ns:carddav}no-uid-conflict");
+    assert!(r.text().contains("/dav/addressbooks/alice/contacts/first.vcf"), "{}", r.text());
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn resource_names_may_hold_spaces_and_at_signs() {
+    let s = TestServer::start().await;
+    let alice = s.user("alice").await;
+    let card = vcard("x1", "Spaced", "");
+    let r = alice.put(&format!("{}John Doe@home.vcf", alice.book()), &card, &[]).await;
+    assert_eq!(r.status, 201);
+    let ms = alice
+        .propfind(&alice.book(), "1", r#"<d:propfind xmlns:d="DAV:"><d:prop><d:getetag/></d:prop></d:propfind>"#)
+        .await
+        .multistatus();
+    assert!(
+        ms.hrefs().contains(&"/dav/addressbooks/alice/contacts/John%20Doe@home.vcf".to_string()),
+        "{:?}",
+        ms.hrefs()
+    );
+    assert_eq!(alice.get(&format!("{}John%20Doe@home.vcf", alice.book())).await.body, card.as_bytes());
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn version_negotiation_on_get() {
+    let s = TestServer::start().await;
+    let alice = s.user("alice").await;
+    let v4 = vcard4("g1", "Team", "KIND:group\r\nMEMBER:urn:uuid:abc\r\nEMAIL:team@example.com\r\n");
+    alice.put(&format!("{}team.vcf", alice.book()), &v4, &[]).await;
+    let plain = alice.get(&format!("{}team.vcf", alice.book())).await;
+    assert_eq!(plain.body, v4.as_bytes());
+    let as3 = alice
+        .send("GET", &format!("{}team.vcf", alice.book()), &[("accept", "text/vcard; version=3.0")], Vec::new())
+        .await;
+    let text = as3.text();
+    assert!(text.contains("VERSION:3.0") && text.contains("X-ADDRESSBOOKSERVER-KIND:group"), "{text}");
+    assert!(text.contains("X-ADDRESSBOOKSERVER-MEMBER:urn:uuid:abc") && text.contains("team@example.com"), "{text}");
+    assert!(as3.header("etag").is_none(), "a converted representation carries no ETag of the stored bytes");
+    // Apple clients never ask and read only 3.0.
+    let apple = Dav { user_agent: Some("iOS/17.0 (21A329) dataaccessd/1.0".into()), ..alice };
+    assert!(apple.get(&format!("{}team.vcf", apple.book())).await.text().contains("VERSION:3.0"));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn whole_book_downloads_as_one_vcard_stream() {
+    let s = TestServer::start().await;
+    let alice = s.user("alice").await;
+    alice.put_card("a.vcf", "a", "Anna", "").await;
+    alice.put_card("b.vcf", "b", "Bert", "").await;
+    let r = alice.get(&alice.book()).await;
+    assert_eq!(r.status, 200);
+    assert!(r.header("content-type").expect("type").starts_with("text/vcard"));
+    let text = r.text();
+    assert_eq!(text.matches("BEGIN:VCARD").count(), 2);
+    assert!(text.contains("FN:Anna") && text.contains("FN:Bert"));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn copy_and_move_between_books() {
+    let s = TestServer::start().await;
+    let alice = s.user("alice").await;
+    let mk = alice.send("MKCOL", "/dav/addressbooks/alice/work/", &[], Vec::new()).await;
+    assert_eq!(mk.status, 201);
+    alice.put_card("a.vcf", "a", "Anna", "").await;
+    let dest = format!("{}/dav/addressbooks/alice/work/a.vcf", alice.base);
+    let copy = alice.send("COPY", &format!("{}a.vcf", alice.book()), &[("destination", &dest)], Vec::new()).await;
+    assert_eq!(copy.status, 201, "{}", copy.text());
+    assert_eq!(alice.get("/dav/addressbooks/alice/work/a.vcf").await.status, 200);
+    assert_eq!(alice.get(&format!("{}a.vcf", alice.book())).await.status, 200);
+    // Overwrite: F refuses an existing destination.
+    let again = alice
+        .send("COPY", &format!("{}a.vcf", alice.book()), &[("destination", &dest), ("overwrite", "F")], Vec::new())
+        .await;
+    assert_eq!(again.status, 412);
+    // MOVE within a book renames; the source is gone.
+    let moved = alice
+        .send(
+            "MOVE",
+            &format!("{}a.vcf", alice.book()),
+            &[("destination", &format!("{}renamed.vcf", alice.book()))],
+            Vec::new(),
+        )
+        .await;
+    assert_eq!(moved.status, 201, "{}", moved.text());
+    assert_eq!(alice.get(&format!("{}a.vcf", alice.book())).await.status, 404);
+    assert_eq!(alice.get(&format!("{}renamed.vcf", alice.book())).await.status, 200);
+    // A book refuses to hold two cards with one UID.
+    let conflict = alice
+        .send(
+            "COPY",
+            &format!("{}renamed.vcf", alice.book()),
+            &[("destination", &format!("{}dup.vcf", alice.book()))],
+            Vec::new(),
+        )
+        .await;
+    assert_eq!(conflict.status, 409);
+    s.stop().await;
+}

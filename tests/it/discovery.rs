@@ -1,0 +1,182 @@
+//! Discovery (RFC 6764, RFC 5397, RFC 6352 §7) from `/.well-known/carddav` down to the book, and the
+//! answers every client needs before it syncs (OPTIONS, 401 challenge, status strings).
+
+use crate::support::*;
+
+const CUP: &str = r#"<d:propfind xmlns:d="DAV:"><d:prop><d:current-user-principal/></d:prop></d:propfind>"#;
+
+#[tokio::test]
+async fn well_known_redirects_permanently_with_or_without_credentials() {
+    let s = TestServer::start().await;
+    let alice = s.user("alice").await;
+    for method in ["GET", "PROPFIND", "OPTIONS"] {
+        let anonymous = s
+            .http()
+            .request(
+                reqwest::Method::from_bytes(method.as_bytes()).expect("m"),
+                format!("{}/.well-known/carddav", s.base),
+            )
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(anonymous.status(), 301, "{method} without credentials");
+        assert_eq!(anonymous.headers()["location"], "/dav/");
+        let r = alice.send(method, "/.well-known/carddav", &[("depth", "0")], Vec::new()).await;
+        assert_eq!(r.status, 301, "{method} with credentials");
+        assert_eq!(r.header("location").as_deref(), Some("/dav/"));
+    }
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn anonymous_requests_get_a_basic_challenge() {
+    let s = TestServer::start().await;
+    let r = s
+        .http()
+        .request(reqwest::Method::from_bytes(b"PROPFIND").expect("m"), format!("{}/dav/", s.base))
+        .header("depth", "0")
+        .body(CUP)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.headers()["www-authenticate"], r#"Basic realm="kartei", charset="UTF-8""#);
+    let mut wrong = s.user("bob").await;
+    wrong.password = "not-the-password".into();
+    assert_eq!(wrong.propfind("/dav/", "0", CUP).await.status, 401);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn options_advertises_addressbook_without_class_2() {
+    let s = TestServer::start().await;
+    let alice = s.user("alice").await;
+    for path in ["/dav/", alice.home().as_str(), alice.book().as_str()] {
+        let r = alice.send("OPTIONS", path, &[], Vec::new()).await;
+        assert_eq!(r.status, 200, "OPTIONS {path} must be 200, not 204");
+        let dav = r.header("dav").expect("DAV header");
+        assert!(dav.contains("addressbook") && dav.contains('1') && dav.contains('3'), "{dav}");
+        assert!(!dav.split(',').any(|c| c.trim() == "2"), "class 2 advertised without LOCK: {dav}");
+        let allow = r.header("allow").expect("Allow");
+        for m in ["PROPFIND", "REPORT", "PUT", "DELETE", "MKCOL"] {
+            assert!(allow.contains(m), "{allow}");
+        }
+    }
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn discovery_walks_from_root_to_the_book() {
+    let s = TestServer::start().await;
+    let alice = s.user("alice").await;
+    // Root and "/" both name the current user's principal.
+    for path in ["/", "/dav/", "/dav"] {
+        let ms = alice.propfind(path, "0", CUP).await.multistatus();
+        assert_eq!(ms.responses.len(), 1);
+        assert_eq!(ms.responses[0].href_in(DAV, "current-user-principal").as_deref(), Some("/dav/principals/alice/"));
+        assert_eq!(ms.responses[0].propstats[0].0, "HTTP/1.1 200 OK");
+    }
+    let principal = alice
+        .propfind(
+            "/dav/principals/alice/",
+            "0",
+            r#"<d:propfind xmlns:d="DAV:" xmlns:c="urn:ietf:params:xml:ns:carddav"><d:prop><d:resourcetype/><d:displayname/><d:principal-URL/><c:addressbook-home-set/><d:current-user-principal/><d:unknown-thing/></d:prop></d:propfind>"#,
+        )
+        .await
+        .multistatus();
+    let p = principal.get("/dav/principals/alice/");
+    assert!(p.prop(DAV, "resourcetype").expect("resourcetype").child(DAV, "principal").is_some());
+    assert_eq!(p.href_in(CARD, "addressbook-home-set").as_deref(), Some("/dav/addressbooks/alice/"));
+    assert_eq!(p.href_in(DAV, "principal-URL").as_deref(), Some("/dav/principals/alice/"));
+    assert_eq!(p.with_status("HTTP/1.1 404 Not Found"), ["unknown-thing"]);
+    // 200 propstat first, then 404 (clients read the first one).
+    assert_eq!(p.propstats[0].0, "HTTP/1.1 200 OK");
+
+    let home = alice
+        .propfind(
+            &alice.home(),
+            "1",
+            r#"<d:propfind xmlns:d="DAV:" xmlns:c="urn:ietf:params:xml:ns:carddav" xmlns:cs="http://calendarserver.org/ns/"><d:prop><d:resourcetype/><d:displayname/><d:current-user-privilege-set/><d:owner/><d:supported-report-set/><d:sync-token/><cs:getctag/><c:supported-address-data/><c:max-resource-size/><c:addressbook-description/></d:prop></d:propfind>"#,
+        )
+        .await
+        .multistatus();
+    assert_eq!(home.hrefs(), ["/dav/addressbooks/alice/", "/dav/addressbooks/alice/contacts/"]);
+    let book = home.get("/dav/addressbooks/alice/contacts/");
+    let rt = book.prop(DAV, "resourcetype").expect("resourcetype");
+    assert!(rt.child(DAV, "collection").is_some() && rt.child(CARD, "addressbook").is_some());
+    assert_eq!(book.text(DAV, "displayname").as_deref(), Some("Contacts"));
+    assert!(book.text(DAV, "sync-token").expect("token").contains("://"), "sync tokens look like URIs");
+    assert_eq!(book.text(DAV, "sync-token"), book.text(CS, "getctag"));
+    let data = book.prop(CARD, "supported-address-data").expect("supported-address-data");
+    let versions: Vec<_> = data.children.iter().filter_map(|c| c.attr("version")).collect();
+    assert_eq!(versions, ["3.0", "4.0"]);
+    assert_eq!(book.href_in(DAV, "owner").as_deref(), Some("/dav/principals/alice/"));
+    let privileges = book.prop(DAV, "current-user-privilege-set").expect("privileges");
+    let names: Vec<_> = privileges.children.iter().flat_map(|p| p.children.iter().map(|c| c.name.clone())).collect();
+    assert!(names.contains(&"write".to_string()) && names.contains(&"read".to_string()), "{names:?}");
+    let reports = book.prop(DAV, "supported-report-set").expect("reports");
+    assert_eq!(reports.children.len(), 3);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn propfind_variants_and_depth_rules() {
+    let s = TestServer::start().await;
+    let alice = s.user("alice").await;
+    alice.put_card("a.vcf", "a", "Anna", "").await;
+    let inf = alice.propfind(&alice.book(), "infinity", CUP).await;
+    assert_eq!(inf.status, 403);
+    assert_eq!(inf.error_condition(), "{DAV:}propfind-finite-depth");
+    assert_eq!(alice.propfind(&alice.book(), "2", CUP).await.status, 400);
+    // Empty body = allprop; propname lists names without values.
+    let all = alice.propfind(&alice.book(), "1", "").await.multistatus();
+    let card = all.get("/dav/addressbooks/alice/contacts/a.vcf");
+    assert!(card.text(DAV, "getetag").expect("etag").starts_with('"'));
+    assert_eq!(card.text(DAV, "getcontenttype").as_deref(), Some("text/vcard; charset=utf-8; version=3.0"));
+    assert!(card.prop(DAV, "resourcetype").expect("empty resourcetype").children.is_empty());
+    let names = alice
+        .propfind(&alice.book(), "0", r#"<d:propfind xmlns:d="DAV:"><d:propname/></d:propfind>"#)
+        .await
+        .multistatus();
+    let book = names.get(&alice.book());
+    assert!(book.prop(DAV, "sync-token").expect("listed").text.is_empty());
+    // Brief / Prefer: return=minimal drop the 404 propstat.
+    let body = r#"<d:propfind xmlns:d="DAV:"><d:prop><d:getetag/><d:nope/></d:prop></d:propfind>"#;
+    let full = alice.propfind(&alice.book(), "1", body).await.multistatus();
+    assert!(!full.get("/dav/addressbooks/alice/contacts/a.vcf").with_status("HTTP/1.1 404 Not Found").is_empty());
+    let brief =
+        alice.send("PROPFIND", &alice.book(), &[("depth", "1"), ("brief", "t")], body.to_string()).await.multistatus();
+    assert!(brief.get("/dav/addressbooks/alice/contacts/a.vcf").with_status("HTTP/1.1 404 Not Found").is_empty());
+    let minimal = alice
+        .send("PROPFIND", &alice.book(), &[("depth", "1"), ("prefer", "return=minimal")], body.to_string())
+        .await
+        .multistatus();
+    assert!(minimal.get("/dav/addressbooks/alice/contacts/a.vcf").with_status("HTTP/1.1 404 Not Found").is_empty());
+    // A missing resource is 404; bad XML is 400.
+    assert_eq!(alice.propfind("/dav/addressbooks/alice/contacts/missing.vcf", "0", CUP).await.status, 404);
+    assert_eq!(alice.propfind("/dav/addressbooks/alice/nobook/", "0", CUP).await.status, 404);
+    assert_eq!(alice.propfind(&alice.book(), "0", "<d:propfind xmlns:d=\"DAV:\"><d:prop>").await.status, 400);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn large_listings_are_gzipped_when_accepted() {
+    let s = TestServer::start().await;
+    let alice = s.user("alice").await;
+    alice.put_card("a.vcf", "a", "Anna", "").await;
+    let r = alice
+        .send(
+            "PROPFIND",
+            &alice.book(),
+            &[("depth", "1"), ("accept-encoding", "gzip")],
+            r#"<d:propfind xmlns:d="DAV:"><d:prop><d:getetag/></d:prop></d:propfind>"#.to_string(),
+        )
+        .await;
+    assert_eq!(r.status, 207);
+    assert_eq!(r.header("content-encoding").as_deref(), Some("gzip"));
+    let mut decoded = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&r.body[..]), &mut decoded).expect("valid gzip");
+    let ms = Multistatus::parse(&decoded);
+    assert_eq!(ms.responses.len(), 2);
+    s.stop().await;
+}

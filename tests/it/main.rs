@@ -1,0 +1,13 @@
+//! The single integration-test binary: every test starts a real kartei server on 127.0.0.1 and speaks
+//! HTTPS to it (see support/).
+
+mod support;
+
+mod accounts;
+mod cards;
+mod corpus;
+mod crash;
+mod discovery;
+mod proppatch;
+mod reports;
+mod sync;

@@ -1,0 +1,85 @@
+//! PROPPATCH (atomic), extended MKCOL and DELETE of address books.
+
+use crate::support::*;
+
+const NS: &str = r#"xmlns:d="DAV:" xmlns:c="urn:ietf:params:xml:ns:carddav" xmlns:a="http://apple.com/ns/ical/""#;
+
+async fn props(alice: &Dav, path: &str) -> Response {
+    let body = format!(
+        r#"<d:propfind {NS}><d:prop><d:displayname/><c:addressbook-description/><a:calendar-color/></d:prop></d:propfind>"#
+    );
+    alice.propfind(path, "0", &body).await.multistatus().responses.remove(0)
+}
+
+#[tokio::test]
+async fn proppatch_sets_live_and_dead_properties() {
+    let s = TestServer::start().await;
+    let alice = s.user("alice").await;
+    let body = format!(
+        r#"<d:propertyupdate {NS}><d:set><d:prop><d:displayname>Kunden</d:displayname><c:addressbook-description>Alle Kunden &amp; Partner</c:addressbook-description><a:calendar-color>#FF0000</a:calendar-color></d:prop></d:set></d:propertyupdate>"#
+    );
+    let ms = alice.send("PROPPATCH", &alice.book(), &[], body).await.multistatus();
+    assert_eq!(ms.responses[0].with_status("HTTP/1.1 200 OK").len(), 3);
+    let p = props(&alice, &alice.book()).await;
+    assert_eq!(p.text(DAV, "displayname").as_deref(), Some("Kunden"));
+    assert_eq!(p.text(CARD, "addressbook-description").as_deref(), Some("Alle Kunden & Partner"));
+    assert_eq!(p.text("http://apple.com/ns/ical/", "calendar-color").as_deref(), Some("#FF0000"));
+    let remove = format!(
+        r#"<d:propertyupdate {NS}><d:remove><d:prop><a:calendar-color/></d:prop></d:remove></d:propertyupdate>"#
+    );
+    assert_eq!(alice.send("PROPPATCH", &alice.book(), &[], remove).await.status, 207);
+    assert!(props(&alice, &alice.book()).await.text("http://apple.com/ns/ical/", "calendar-color").is_none());
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn proppatch_is_all_or_nothing() {
+    let s = TestServer::start().await;
+    let alice = s.user("alice").await;
+    let body = format!(
+        r#"<d:propertyupdate {NS}><d:set><d:prop><d:displayname>Changed</d:displayname><d:getetag>"x"</d:getetag></d:prop></d:set></d:propertyupdate>"#
+    );
+    let ms = alice.send("PROPPATCH", &alice.book(), &[], body).await.multistatus();
+    let r = &ms.responses[0];
+    assert_eq!(r.with_status("HTTP/1.1 403 Forbidden"), ["getetag"]);
+    assert_eq!(r.with_status("HTTP/1.1 424 Failed Dependency"), ["displayname"]);
+    assert_eq!(
+        props(&alice, &alice.book()).await.text(DAV, "displayname").as_deref(),
+        Some("Contacts"),
+        "nothing applied"
+    );
+    assert_eq!(alice.send("PROPPATCH", &alice.book(), &[], "<broken".to_string()).await.status, 400);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn extended_mkcol_creates_books_and_delete_removes_them() {
+    let s = TestServer::start().await;
+    let alice = s.user("alice").await;
+    let body = format!(
+        r#"<d:mkcol {NS}><d:set><d:prop><d:resourcetype><d:collection/><c:addressbook/></d:resourcetype><d:displayname>Handwerker</d:displayname><c:addressbook-description>Bau</c:addressbook-description></d:prop></d:set></d:mkcol>"#
+    );
+    let path = "/dav/addressbooks/alice/craftsmen/";
+    assert_eq!(alice.send("MKCOL", path, &[], body.clone()).await.status, 201);
+    assert_eq!(props(&alice, path).await.text(DAV, "displayname").as_deref(), Some("Handwerker"));
+    // Again: the resource exists.
+    assert_eq!(alice.send("MKCOL", path, &[], body).await.status, 405);
+    // Only address books may be made.
+    let cal = format!(
+        r#"<d:mkcol {NS}><d:set><d:prop><d:resourcetype><d:collection/><x:calendar xmlns:x="urn:ietf:params:xml:ns:caldav"/></d:resourcetype></d:prop></d:set></d:mkcol>"#
+    );
+    let r = alice.send("MKCOL", "/dav/addressbooks/alice/cal/", &[], cal).await;
+    assert_eq!(r.status, 403);
+    assert_eq!(r.error_condition(), "{DAV:}valid-resourcetype");
+    // The default book stays first in the home listing.
+    let home = alice
+        .propfind(&alice.home(), "1", r#"<d:propfind xmlns:d="DAV:"><d:prop><d:resourcetype/></d:prop></d:propfind>"#)
+        .await
+        .multistatus();
+    assert_eq!(home.responses[1].href, alice.book());
+    alice.put(&format!("{path}x.vcf"), &vcard("x", "X", ""), &[]).await;
+    assert_eq!(alice.delete(path, &[]).await.status, 204);
+    assert_eq!(alice.propfind(path, "0", "").await.status, 404);
+    assert_eq!(alice.get(&format!("{path}x.vcf")).await.status, 404);
+    s.stop().await;
+}
