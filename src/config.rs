@@ -187,3 +187,32 @@ impl Config {
         if host.parse::<std::net::IpAddr>().is_ok() || host.is_empty() { "localhost".into() } else { host.to_string() }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_file_parses_and_matches_the_defaults() {
+        let example: Config = toml::from_str(include_str!("../config.example.toml")).expect("config.example.toml parses");
+        let default = Config::default();
+        assert_eq!(example.server.listen, default.server.listen);
+        assert_eq!(example.tls.mode, default.tls.mode);
+        assert_eq!(example.storage.data_dir, default.storage.data_dir);
+        assert_eq!(example.limits.max_resource_size, default.limits.max_resource_size);
+        assert_eq!(example.auth.cache_secs, default.auth.cache_secs);
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        assert!(toml::from_str::<Config>("[server]\nlisten = \"127.0.0.1:1\"\nlisen = 1\n").is_err());
+    }
+
+    #[test]
+    fn login_domain_comes_from_the_public_url() {
+        let mut c = Config::default();
+        assert_eq!(c.login_domain(), "localhost");
+        c.server.public_url = Some("https://contacts.example.org:8443/".into());
+        assert_eq!(c.login_domain(), "contacts.example.org");
+    }
+}
