@@ -1,0 +1,2 @@
+//! Placeholder: the CardDAV benchmark client is being written.
+fn main() {}
