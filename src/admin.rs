@@ -36,6 +36,7 @@ impl From<store::Error> for AccountError {
         match e {
             store::Error::NotFound => AccountError::new(StatusCode::NOT_FOUND, "no such user or address book"),
             store::Error::AlreadyExists => AccountError::new(StatusCode::CONFLICT, "already exists"),
+            store::Error::Conflict(why) => AccountError::new(StatusCode::CONFLICT, why),
             other => AccountError::new(StatusCode::INTERNAL_SERVER_ERROR, other.to_string()),
         }
     }

@@ -128,6 +128,21 @@ impl App {
                 let user = self.authenticate(req.headers(), peer).await?;
                 admin::handle_account(self, user, segments, req).await
             }
+            Route::Files { user, path } => {
+                if req.method() == hyper::Method::OPTIONS {
+                    return Ok(crate::files::options());
+                }
+                let me = self.authenticate(req.headers(), peer).await?;
+                let (parts, incoming) = req.into_parts();
+                let ctx = Ctx {
+                    app: self.clone(),
+                    user: me,
+                    method: parts.method.as_str().to_string(),
+                    path: parts.uri.path().to_string(),
+                    headers: parts.headers,
+                };
+                crate::files::handle(ctx, user, path, incoming).await
+            }
             dav_route => {
                 if req.method() == hyper::Method::OPTIONS {
                     return Ok(methods::options());
@@ -245,7 +260,7 @@ impl App {
                 }
             }
             Route::Home { .. } | Route::AddressBook { .. } | Route::Card { .. } => Err(DavError::not_found()),
-            Route::WellKnown | Route::Admin(_) | Route::Account(_) => Err(DavError::not_found()),
+            Route::WellKnown | Route::Admin(_) | Route::Account(_) | Route::Files { .. } => Err(DavError::not_found()),
         }
     }
 

@@ -86,6 +86,8 @@ pub struct LimitsConfig {
     pub max_xml_body: usize,
     /// Largest vCard accepted by PUT (advertised as CARD:max-resource-size).
     pub max_resource_size: usize,
+    /// Largest document in the WebDAV file area (`/dav/files/`).
+    pub max_file_size: usize,
     /// Most hrefs in one addressbook-multiget.
     pub max_multiget_hrefs: usize,
     /// Seconds a request (headers and body) may take before the connection is closed.
@@ -103,6 +105,7 @@ impl Default for LimitsConfig {
         LimitsConfig {
             max_xml_body: 1024 * 1024,
             max_resource_size: 10 * 1024 * 1024,
+            max_file_size: 50 * 1024 * 1024,
             max_multiget_hrefs: 10_000,
             request_timeout_secs: 60,
             idle_timeout_secs: 120,
@@ -194,7 +197,8 @@ mod tests {
 
     #[test]
     fn the_example_file_parses_and_matches_the_defaults() {
-        let example: Config = toml::from_str(include_str!("../config.example.toml")).expect("config.example.toml parses");
+        let example: Config =
+            toml::from_str(include_str!("../config.example.toml")).expect("config.example.toml parses");
         let default = Config::default();
         assert_eq!(example.server.listen, default.server.listen);
         assert_eq!(example.tls.mode, default.tls.mode);

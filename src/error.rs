@@ -142,6 +142,7 @@ impl From<store::Error> for DavError {
                 "the resource's current state does not match If-Match / If-None-Match",
             ),
             store::Error::AlreadyExists => DavError::new(StatusCode::CONFLICT, "already exists"),
+            store::Error::Conflict(why) => DavError::new(StatusCode::CONFLICT, why),
             // The caller maps UID conflicts to hrefs; this is a fallback.
             store::Error::UidConflict(name) => {
                 DavError::new(StatusCode::CONFLICT, format!("UID already used by {name}"))

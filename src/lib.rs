@@ -7,6 +7,7 @@
 //! - [`dav`] turns request bodies into typed values and writes multistatus answers; [`props`] computes
 //!   live properties; [`carddav`] holds the addressbook-query filters; [`vcard`] is the only calcard user.
 //! - [`store`] is the storage interface (SQLite today) in domain words, one transaction per operation.
+//! - [`files`] is the plain WebDAV file area for documents attached to contacts.
 //! - [`admin`] holds account operations shared by the CLI and the admin HTTP API.
 
 pub mod admin;
@@ -17,6 +18,7 @@ pub mod carddav;
 pub mod config;
 pub mod dav;
 pub mod error;
+pub mod files;
 pub mod methods;
 pub mod props;
 pub mod router;

@@ -31,6 +31,11 @@ pub enum Route {
         book: String,
         name: String,
     },
+    /// `/dav/files/{user}/...`: the user's WebDAV file area (decoded segments below it).
+    Files {
+        user: String,
+        path: Vec<String>,
+    },
     /// `/admin/v1/...` segments after the prefix.
     Admin(Vec<String>),
     /// `/account/v1/...`.
@@ -80,6 +85,9 @@ pub fn parse(path: &str) -> Result<Route, RouteError> {
         ["dav", "addressbooks", user, book] => Route::AddressBook { user: user.to_string(), book: book.to_string() },
         ["dav", "addressbooks", user, book, name] => {
             Route::Card { user: user.to_string(), book: book.to_string(), name: name.to_string() }
+        }
+        ["dav", "files", user, rest @ ..] => {
+            Route::Files { user: user.to_string(), path: rest.iter().map(|x| x.to_string()).collect() }
         }
         ["admin", "v1", rest @ ..] => Route::Admin(rest.iter().map(|x| x.to_string()).collect()),
         ["account", "v1", rest @ ..] => Route::Account(rest.iter().map(|x| x.to_string()).collect()),

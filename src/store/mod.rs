@@ -168,6 +168,26 @@ pub struct ShareInfo {
     pub writable: bool,
 }
 
+/// A file or folder in a user's WebDAV file area.
+#[derive(Debug, Clone)]
+pub struct FileEntry {
+    /// Decoded segments joined by `/`, without leading or trailing slash; "" is the area's root.
+    pub path: String,
+    pub is_collection: bool,
+    pub size: i64,
+    pub etag: Option<String>,
+    pub content_type: Option<String>,
+    pub created_at: i64,
+    pub modified_at: i64,
+}
+
+/// Copy or move of a file-area subtree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transfer {
+    Copy { recursive: bool },
+    Move,
+}
+
 #[derive(Debug)]
 pub enum Error {
     NotFound,
@@ -177,6 +197,8 @@ pub enum Error {
     UidConflict(String),
     /// A username or book segment is taken.
     AlreadyExists,
+    /// The operation needs something that is missing or in the way (a parent folder): 409.
+    Conflict(String),
     /// The database refuses writes (disk full, read-only file): 507/503, reads go on.
     Unavailable(String),
     Internal(String),
@@ -189,6 +211,7 @@ impl std::fmt::Display for Error {
             Error::PreconditionFailed => write!(f, "precondition failed"),
             Error::UidConflict(name) => write!(f, "UID already used by {name}"),
             Error::AlreadyExists => write!(f, "already exists"),
+            Error::Conflict(why) => write!(f, "conflict: {why}"),
             Error::Unavailable(why) => write!(f, "storage unavailable: {why}"),
             Error::Internal(why) => write!(f, "storage error: {why}"),
         }
@@ -262,6 +285,30 @@ pub trait Store: Send + Sync {
     // --- sync ---
     fn book_revision(&self, book: BookId) -> Result<Revision>;
     fn changes_since(&self, book: BookId, since: Revision, limit: Option<usize>) -> Result<Changes>;
+
+    // --- the WebDAV file area (documents), one tree per user ---
+    fn file(&self, owner: &str, path: &str) -> Result<Option<FileEntry>>;
+    fn file_content(&self, owner: &str, path: &str) -> Result<Option<Vec<u8>>>;
+    fn file_children(&self, owner: &str, path: &str) -> Result<Vec<FileEntry>>;
+    /// Creates or replaces a file; the parent folder must exist (else Conflict).
+    fn put_file(
+        &self,
+        owner: &str,
+        path: &str,
+        content: &[u8],
+        content_type: &str,
+        pre: &Precondition,
+    ) -> Result<PutOutcome>;
+    /// Creates a folder; AlreadyExists if the path is taken, Conflict if the parent is missing.
+    fn make_folder(&self, owner: &str, path: &str) -> Result<()>;
+    /// Deletes a file or a folder with everything below it.
+    fn delete_file(&self, owner: &str, path: &str) -> Result<()>;
+    /// Copies or moves a subtree (with dead properties); PreconditionFailed when the destination exists and
+    /// `overwrite` is false.
+    fn transfer_file(&self, owner: &str, from: &str, to: &str, how: Transfer, overwrite: bool) -> Result<PutOutcome>;
+    fn file_properties(&self, owner: &str, path: &str) -> Result<Vec<DeadProperty>>;
+    /// Applies dead-property changes atomically (DisplayName/Description patches are stored as dead ones).
+    fn patch_file(&self, owner: &str, path: &str, patch: &[BookPatch]) -> Result<()>;
 
     // --- audit and settings ---
     fn audit(&self, actor: &str, action: &str, target: &str, detail: &str) -> Result<()>;

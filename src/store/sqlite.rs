@@ -12,6 +12,7 @@ use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 const SCHEMA_V1: &str = include_str!("schema.sql");
+const SCHEMA_V2: &str = include_str!("schema_v2.sql");
 const READER_POOL_MAX: usize = 8;
 
 pub struct SqliteStore {
@@ -101,6 +102,9 @@ fn migrate(conn: &Connection) -> Result<()> {
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     if version < 1 {
         conn.execute_batch(&format!("BEGIN; {SCHEMA_V1} PRAGMA user_version = 1; COMMIT;"))?;
+    }
+    if version < 2 {
+        conn.execute_batch(&format!("BEGIN; {SCHEMA_V2} PRAGMA user_version = 2; COMMIT;"))?;
     }
     Ok(())
 }
@@ -226,6 +230,65 @@ fn upsert_card(tx: &Transaction, book: BookId, name: &str, card: &NewCard, exist
         card.org_lower
     ])?;
     Ok(())
+}
+
+const FILE_COLUMNS: &str = "f.path, f.is_collection, f.size, f.etag, f.content_type, f.created_at, f.modified_at";
+
+fn file_from_row(r: &rusqlite::Row) -> rusqlite::Result<FileEntry> {
+    Ok(FileEntry {
+        path: r.get(0)?,
+        is_collection: r.get(1)?,
+        size: r.get(2)?,
+        etag: r.get(3)?,
+        content_type: r.get(4)?,
+        created_at: r.get(5)?,
+        modified_at: r.get(6)?,
+    })
+}
+
+fn parent_of(path: &str) -> &str {
+    path.rsplit_once('/').map(|(p, _)| p).unwrap_or("")
+}
+
+/// The prefix of every path strictly below `path` (compared with substr, so no LIKE escaping or case folding).
+fn below(path: &str) -> String {
+    format!("{path}/")
+}
+
+/// The top-level folder always exists; other folders must be rows.
+fn folder_exists(tx: &Connection, owner: UserId, path: &str) -> Result<bool> {
+    if path.is_empty() {
+        return Ok(true);
+    }
+    Ok(tx
+        .query_row("SELECT is_collection FROM files WHERE owner_id = ?1 AND path = ?2", params![owner, path], |r| {
+            r.get::<_, bool>(0)
+        })
+        .optional()?
+        .unwrap_or(false))
+}
+
+fn delete_subtree(tx: &Connection, owner: UserId, path: &str) -> Result<usize> {
+    Ok(tx.execute(
+        "DELETE FROM files WHERE owner_id = ?1 AND (path = ?2 OR substr(path, 1, length(?3)) = ?3)",
+        params![owner, path, below(path)],
+    )?)
+}
+
+/// Clears the destination of a copy or move; tells whether something was there.
+fn delete_subtree_if(tx: &Connection, owner: UserId, path: &str, overwrite: bool) -> Result<bool> {
+    let exists: bool = tx.query_row(
+        "SELECT EXISTS (SELECT 1 FROM files WHERE owner_id = ?1 AND path = ?2)",
+        params![owner, path],
+        |r| r.get(0),
+    )?;
+    if exists {
+        if !overwrite {
+            return Err(Error::PreconditionFailed);
+        }
+        delete_subtree(tx, owner, path)?;
+    }
+    Ok(exists)
 }
 
 fn prefilter_sql(p: &Prefilter, sql: &mut String, args: &mut Vec<String>) {
@@ -709,6 +772,221 @@ impl Store for SqliteStore {
             }
             let revision = if truncated { last_revision } else { current };
             Ok(Changes { changes, revision, truncated })
+        })
+    }
+
+    fn file(&self, owner: &str, path: &str) -> Result<Option<FileEntry>> {
+        if path.is_empty() {
+            return Ok(self.user(owner)?.map(|u| FileEntry {
+                path: String::new(),
+                is_collection: true,
+                size: 0,
+                etag: None,
+                content_type: None,
+                created_at: u.created_at,
+                modified_at: u.created_at,
+            }));
+        }
+        self.read(|c| {
+            Ok(c.prepare_cached(&format!(
+                "SELECT {FILE_COLUMNS} FROM files f JOIN users u ON u.id = f.owner_id WHERE u.username = ?1 AND f.path = ?2"
+            ))?
+            .query_row(params![owner, path], file_from_row)
+            .optional()?)
+        })
+    }
+
+    fn file_content(&self, owner: &str, path: &str) -> Result<Option<Vec<u8>>> {
+        self.read(|c| {
+            Ok(c.prepare_cached(
+                "SELECT content FROM files f JOIN users u ON u.id = f.owner_id WHERE u.username = ?1 AND f.path = ?2",
+            )?
+            .query_row(params![owner, path], |r| r.get::<_, Option<Vec<u8>>>(0))
+            .optional()?
+            .flatten())
+        })
+    }
+
+    fn file_children(&self, owner: &str, path: &str) -> Result<Vec<FileEntry>> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {FILE_COLUMNS} FROM files f JOIN users u ON u.id = f.owner_id
+                 WHERE u.username = ?1 AND f.parent = ?2 ORDER BY f.path"
+            ))?;
+            let rows = stmt.query_map(params![owner, path], file_from_row)?.collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
+        })
+    }
+
+    fn put_file(
+        &self,
+        owner: &str,
+        path: &str,
+        content: &[u8],
+        content_type: &str,
+        pre: &Precondition,
+    ) -> Result<PutOutcome> {
+        self.write(|tx| {
+            let owner_id = user_id(tx, owner)?;
+            if !folder_exists(tx, owner_id, parent_of(path))? {
+                return Err(Error::Conflict("the parent folder does not exist".into()));
+            }
+            let existing: Option<(bool, Option<String>)> = tx
+                .query_row(
+                    "SELECT is_collection, etag FROM files WHERE owner_id = ?1 AND path = ?2",
+                    params![owner_id, path],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            if matches!(existing, Some((true, _))) {
+                return Err(Error::Conflict("a folder exists at this path".into()));
+            }
+            let existing_etag = existing.as_ref().map(|(_, e)| e.clone().unwrap_or_default());
+            check_precondition(existing_etag.as_deref(), pre)?;
+            let etag = crate::vcard::etag_of(content);
+            let ts = now();
+            tx.execute(
+                "INSERT INTO files (owner_id, path, parent, is_collection, content, content_type, etag, size, created_at, modified_at)
+                 VALUES (?1, ?2, ?3, 0, ?4, ?5, ?6, ?7, ?8, ?8)
+                 ON CONFLICT (owner_id, path) DO UPDATE SET content = excluded.content,
+                     content_type = excluded.content_type, etag = excluded.etag, size = excluded.size,
+                     modified_at = excluded.modified_at",
+                params![owner_id, path, parent_of(path), content, content_type, etag, content.len() as i64, ts],
+            )?;
+            Ok(if existing.is_some() { PutOutcome::Updated { etag } } else { PutOutcome::Created { etag } })
+        })
+    }
+
+    fn make_folder(&self, owner: &str, path: &str) -> Result<()> {
+        self.write(|tx| {
+            let owner_id = user_id(tx, owner)?;
+            let taken: bool = tx.query_row(
+                "SELECT EXISTS (SELECT 1 FROM files WHERE owner_id = ?1 AND path = ?2)",
+                params![owner_id, path],
+                |r| r.get(0),
+            )?;
+            if taken || path.is_empty() {
+                return Err(Error::AlreadyExists);
+            }
+            if !folder_exists(tx, owner_id, parent_of(path))? {
+                return Err(Error::Conflict("the parent folder does not exist".into()));
+            }
+            let ts = now();
+            tx.execute(
+                "INSERT INTO files (owner_id, path, parent, is_collection, created_at, modified_at) VALUES (?1, ?2, ?3, 1, ?4, ?4)",
+                params![owner_id, path, parent_of(path), ts],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn delete_file(&self, owner: &str, path: &str) -> Result<()> {
+        self.write(|tx| {
+            let owner_id = user_id(tx, owner)?;
+            if delete_subtree(tx, owner_id, path)? == 0 {
+                return Err(Error::NotFound);
+            }
+            Ok(())
+        })
+    }
+
+    fn transfer_file(&self, owner: &str, from: &str, to: &str, how: Transfer, overwrite: bool) -> Result<PutOutcome> {
+        self.write(|tx| {
+            let owner_id = user_id(tx, owner)?;
+            let source_is_folder: bool = tx
+                .query_row(
+                    "SELECT is_collection FROM files WHERE owner_id = ?1 AND path = ?2",
+                    params![owner_id, from],
+                    |r| r.get(0),
+                )
+                .optional()?
+                .ok_or(Error::NotFound)?;
+            if to == from || to.starts_with(&format!("{from}/")) {
+                return Err(Error::Conflict("cannot copy or move a folder into itself".into()));
+            }
+            if !folder_exists(tx, owner_id, parent_of(to))? {
+                return Err(Error::Conflict("the destination's parent folder does not exist".into()));
+            }
+            let target_exists = delete_subtree_if(tx, owner_id, to, overwrite)?;
+            // Rows to carry over: the source, and everything below it unless this is a shallow copy.
+            let recursive = matches!(how, Transfer::Move | Transfer::Copy { recursive: true }) || !source_is_folder;
+            let mut stmt = tx.prepare(
+                "SELECT id, path, is_collection, content, content_type, etag, size, created_at FROM files
+                 WHERE owner_id = ?1 AND (path = ?2 OR (?4 AND substr(path, 1, length(?3)) = ?3)) ORDER BY length(path)",
+            )?;
+            type Row = (i64, String, bool, Option<Vec<u8>>, Option<String>, Option<String>, i64, i64);
+            let rows: Vec<Row> = stmt
+                .query_map(params![owner_id, from, below(from), recursive], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            drop(stmt);
+            let ts = now();
+            for (old_id, path, is_collection, content, content_type, etag, size, created) in rows {
+                let new_path = format!("{to}{}", &path[from.len()..]);
+                tx.execute(
+                    "INSERT INTO files (owner_id, path, parent, is_collection, content, content_type, etag, size, created_at, modified_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                    params![owner_id, new_path, parent_of(&new_path), is_collection, content, content_type, etag, size,
+                        if how == Transfer::Move { created } else { ts }, ts],
+                )?;
+                let new_id = tx.last_insert_rowid();
+                tx.execute(
+                    "INSERT INTO file_properties (file_id, namespace, name, xml) SELECT ?2, namespace, name, xml
+                     FROM file_properties WHERE file_id = ?1",
+                    params![old_id, new_id],
+                )?;
+            }
+            if how == Transfer::Move {
+                delete_subtree(tx, owner_id, from)?;
+            }
+            let etag = String::new();
+            Ok(if target_exists { PutOutcome::Updated { etag } } else { PutOutcome::Created { etag } })
+        })
+    }
+
+    fn file_properties(&self, owner: &str, path: &str) -> Result<Vec<DeadProperty>> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT p.namespace, p.name, p.xml FROM file_properties p JOIN files f ON f.id = p.file_id
+                 JOIN users u ON u.id = f.owner_id WHERE u.username = ?1 AND f.path = ?2 ORDER BY p.namespace, p.name",
+            )?;
+            let props = stmt
+                .query_map(params![owner, path], |r| {
+                    Ok(DeadProperty { namespace: r.get(0)?, name: r.get(1)?, xml: r.get(2)? })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(props)
+        })
+    }
+
+    fn patch_file(&self, owner: &str, path: &str, patch: &[BookPatch]) -> Result<()> {
+        self.write(|tx| {
+            let owner_id = user_id(tx, owner)?;
+            let file_id: i64 = tx
+                .query_row("SELECT id FROM files WHERE owner_id = ?1 AND path = ?2", params![owner_id, path], |r| r.get(0))
+                .optional()?
+                .ok_or(Error::NotFound)?;
+            for p in patch {
+                match p {
+                    BookPatch::SetDead(d) => {
+                        tx.execute(
+                            "INSERT OR REPLACE INTO file_properties (file_id, namespace, name, xml) VALUES (?1, ?2, ?3, ?4)",
+                            params![file_id, d.namespace, d.name, d.xml],
+                        )?;
+                    }
+                    BookPatch::RemoveDead { namespace, name } => {
+                        tx.execute(
+                            "DELETE FROM file_properties WHERE file_id = ?1 AND namespace = ?2 AND name = ?3",
+                            params![file_id, namespace, name],
+                        )?;
+                    }
+                    BookPatch::DisplayName(_) | BookPatch::Description(_) => {
+                        return Err(Error::Internal("live book properties do not apply to files".into()));
+                    }
+                }
+            }
+            Ok(())
         })
     }
 

@@ -8,6 +8,7 @@ mod cards;
 mod corpus;
 mod crash;
 mod discovery;
+mod files;
 mod proppatch;
 mod reports;
 mod sync;

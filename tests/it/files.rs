@@ -1,0 +1,71 @@
+//! The WebDAV file area `/dav/files/{user}/` (class 1): folders, documents, copy/move, dead properties,
+//! and that it is private and invisible to contact clients. litmus covers it in depth (tests/interop).
+
+use crate::support::*;
+
+#[tokio::test]
+async fn documents_live_in_a_private_file_area() {
+    let s = TestServer::start().await;
+    let alice = s.user("alice").await;
+    let bob = s.user("bob").await;
+    let root = "/dav/files/alice/";
+    assert_eq!(alice.send("MKCOL", &format!("{root}contracts/"), &[], Vec::new()).await.status, 201);
+    assert_eq!(alice.send("MKCOL", &format!("{root}contracts/"), &[], Vec::new()).await.status, 405);
+    assert_eq!(alice.send("MKCOL", &format!("{root}missing/deeper/"), &[], Vec::new()).await.status, 409);
+    let doc = format!("{root}contracts/Vertrag Müller.pdf");
+    let put = alice.send("PUT", &doc, &[("content-type", "application/pdf")], b"%PDF-1.4 fake".to_vec()).await;
+    assert_eq!(put.status, 201);
+    let got = alice.get(&doc).await;
+    assert_eq!(got.body, b"%PDF-1.4 fake");
+    assert_eq!(got.header("content-type").as_deref(), Some("application/pdf"));
+    assert_eq!(got.header("etag"), put.header("etag"));
+
+    let listing = alice.propfind(&format!("{root}contracts/"), "1", "").await.multistatus();
+    assert_eq!(
+        listing.hrefs(),
+        ["/dav/files/alice/contracts/", "/dav/files/alice/contracts/Vertrag%20M%C3%BCller.pdf"]
+    );
+    let patch = r#"<d:propertyupdate xmlns:d="DAV:" xmlns:k="urn:kartei:test"><d:set><d:prop><k:contact>urn:uuid:1</k:contact></d:prop></d:set></d:propertyupdate>"#;
+    assert_eq!(alice.send("PROPPATCH", &doc, &[], patch.to_string()).await.status, 207);
+    let copy = alice
+        .send("COPY", &format!("{root}contracts/"), &[("destination", &format!("{root}archive/"))], Vec::new())
+        .await;
+    assert_eq!(copy.status, 201);
+    let copied = alice
+        .propfind(
+            &format!("{root}archive/Vertrag%20M%C3%BCller.pdf"),
+            "0",
+            r#"<d:propfind xmlns:d="DAV:" xmlns:k="urn:kartei:test"><d:prop><k:contact/></d:prop></d:propfind>"#,
+        )
+        .await
+        .multistatus();
+    assert_eq!(
+        copied.responses[0].text("urn:kartei:test", "contact").as_deref(),
+        Some("urn:uuid:1"),
+        "dead properties travel"
+    );
+    let mv = alice
+        .send("MOVE", &format!("{root}archive/"), &[("destination", &format!("{root}contracts/"))], Vec::new())
+        .await;
+    assert_eq!(mv.status, 204, "overwrote the existing folder");
+    assert_eq!(alice.get(&format!("{root}archive/")).await.status, 404);
+
+    // Private: another user sees nothing; contact clients listing the home never see files.
+    assert_eq!(bob.get(&doc).await.status, 404);
+    assert_eq!(bob.propfind(root, "1", "").await.status, 404);
+    let home = alice.propfind(&alice.home(), "1", "").await.multistatus();
+    assert!(home.hrefs().iter().all(|h| !h.contains("/files/")));
+    assert_eq!(alice.delete(&format!("{root}contracts/"), &[]).await.status, 204);
+    assert_eq!(alice.get(&doc).await.status, 404);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn file_size_limit_is_enforced() {
+    let s = TestServer::start_with(|c| c.limits.max_file_size = 1000).await;
+    let alice = s.user("alice").await;
+    let r = alice.send("PUT", "/dav/files/alice/big.bin", &[], vec![0u8; 2000]).await;
+    assert_eq!(r.status, 413);
+    assert_eq!(alice.get("/dav/files/alice/big.bin").await.status, 404);
+    s.stop().await;
+}
