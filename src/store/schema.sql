@@ -38,7 +38,6 @@ CREATE TABLE cards (
     name        TEXT    NOT NULL,          -- resource name (last path segment, decoded)
     uid         TEXT    NOT NULL,
     etag        TEXT    NOT NULL,          -- unquoted hash of the stored bytes
-    vcard       BLOB    NOT NULL,          -- exactly the bytes the client sent
     size        INTEGER NOT NULL,
     version     TEXT    NOT NULL,          -- "3.0", "4.0", ...
     revision    INTEGER NOT NULL,          -- book revision of the last change
@@ -49,6 +48,9 @@ CREATE TABLE cards (
     emails      TEXT    NOT NULL DEFAULT '',
     phones      TEXT    NOT NULL DEFAULT '',
     org         TEXT    NOT NULL DEFAULT '',
+    -- exactly the bytes the client sent; last, so listings and searches never read past it (or its
+    -- overflow pages, for cards with photos)
+    vcard       BLOB    NOT NULL,
     UNIQUE (book_id, name),
     UNIQUE (book_id, uid)
 );
