@@ -4,6 +4,7 @@
 mod support;
 
 mod accounts;
+mod clients;
 mod cards;
 mod corpus;
 mod crash;
