@@ -124,6 +124,10 @@ impl App {
                 .body(body::empty())
                 .map_err(|e| DavError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?),
             Route::Admin(segments) => admin::handle_admin(self, segments, req).await,
+            Route::Api(segments) => {
+                let user = self.authenticate(req.headers(), peer).await?;
+                Ok(crate::api::handle(self, user, segments, req).await)
+            }
             Route::Account(segments) => {
                 let user = self.authenticate(req.headers(), peer).await?;
                 admin::handle_account(self, user, segments, req).await
@@ -260,7 +264,7 @@ impl App {
                 }
             }
             Route::Home { .. } | Route::AddressBook { .. } | Route::Card { .. } => Err(DavError::not_found()),
-            Route::WellKnown | Route::Admin(_) | Route::Account(_) | Route::Files { .. } => Err(DavError::not_found()),
+            Route::WellKnown | Route::Admin(_) | Route::Account(_) | Route::Api(_) | Route::Files { .. } => Err(DavError::not_found()),
         }
     }
 

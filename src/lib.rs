@@ -8,9 +8,11 @@
 //!   live properties; [`carddav`] holds the addressbook-query filters; [`vcard`] is the only calcard user.
 //! - [`store`] is the storage interface (SQLite today) in domain words, one transaction per operation.
 //! - [`files`] is the plain WebDAV file area for documents attached to contacts.
+//! - [`api`] is the contact-manager JSON API over the same cards (search, views, import/export).
 //! - [`admin`] holds account operations shared by the CLI and the admin HTTP API.
 
 pub mod admin;
+pub mod api;
 pub mod app;
 pub mod auth;
 pub mod body;

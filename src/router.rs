@@ -36,6 +36,8 @@ pub enum Route {
         user: String,
         path: Vec<String>,
     },
+    /// `/api/v1/...`: the contact-manager API.
+    Api(Vec<String>),
     /// `/admin/v1/...` segments after the prefix.
     Admin(Vec<String>),
     /// `/account/v1/...`.
@@ -89,6 +91,7 @@ pub fn parse(path: &str) -> Result<Route, RouteError> {
         ["dav", "files", user, rest @ ..] => {
             Route::Files { user: user.to_string(), path: rest.iter().map(|x| x.to_string()).collect() }
         }
+        ["api", "v1", rest @ ..] => Route::Api(rest.iter().map(|x| x.to_string()).collect()),
         ["admin", "v1", rest @ ..] => Route::Admin(rest.iter().map(|x| x.to_string()).collect()),
         ["account", "v1", rest @ ..] => Route::Account(rest.iter().map(|x| x.to_string()).collect()),
         _ => return Err(RouteError::NotFound),

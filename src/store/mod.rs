@@ -91,6 +91,10 @@ pub struct NewCard {
     pub emails_lower: String,
     pub phones_lower: String,
     pub org_lower: String,
+    /// The folded contact columns as JSON (filters and sorting in the contact API).
+    pub fields_json: String,
+    /// The folded quick-search text.
+    pub search: String,
 }
 
 /// HTTP preconditions for a write, already parsed.
@@ -188,6 +192,66 @@ pub enum Transfer {
     Move,
 }
 
+/// A condition on the folded contact columns (see vcard::contact::COLUMNS); values arrive folded.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FieldFilter {
+    And(Vec<FieldFilter>),
+    Or(Vec<FieldFilter>),
+    Not(Box<FieldFilter>),
+    Condition { column: String, op: FieldOp, value: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FieldOp {
+    Equals,
+    Contains,
+    StartsWith,
+    IsEmpty,
+    IsNotEmpty,
+    Before,
+    After,
+}
+
+/// A page request of the contact table.
+#[derive(Debug, Clone, Default)]
+pub struct ContactQuery {
+    pub books: Vec<BookId>,
+    /// Folded words that must all occur in the search text.
+    pub words: Vec<String>,
+    pub filter: Option<FieldFilter>,
+    /// Column to sort by (folded value) and whether descending.
+    pub sort: (String, bool),
+    /// Continue after this (sort value, card id).
+    pub after: Option<(String, i64)>,
+    pub limit: Option<usize>,
+}
+
+#[derive(Debug, Clone)]
+pub struct FoundCard {
+    pub id: i64,
+    pub book: BookId,
+    pub meta: CardMeta,
+    pub vcard: Vec<u8>,
+    pub sort_key: String,
+}
+
+/// Identity of a card for import matching.
+#[derive(Debug, Clone)]
+pub struct CardKey {
+    pub name: String,
+    pub uid: String,
+    pub etag: String,
+    /// Lower-cased e-mails, newline-separated.
+    pub emails: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SavedView {
+    pub id: i64,
+    pub name: String,
+    pub definition: String,
+}
+
 #[derive(Debug)]
 pub enum Error {
     NotFound,
@@ -281,6 +345,18 @@ pub trait Store: Send + Sync {
         to_name: &str,
         overwrite: bool,
     ) -> Result<PutOutcome>;
+
+    /// Writes several cards in one transaction: all or none (imports).
+    fn put_cards(&self, book: BookId, cards: &[(String, NewCard, Precondition)]) -> Result<Vec<PutOutcome>>;
+    fn card_index(&self, book: BookId) -> Result<Vec<CardKey>>;
+    fn card_by_uid(&self, book: BookId, uid: &str) -> Result<Option<Card>>;
+    /// One page of the contact table across books, in sort order.
+    fn search_contacts(&self, query: &ContactQuery) -> Result<Vec<FoundCard>>;
+
+    // --- saved views ---
+    fn views(&self, username: &str) -> Result<Vec<SavedView>>;
+    fn save_view(&self, username: &str, id: Option<i64>, name: &str, definition: &str) -> Result<SavedView>;
+    fn delete_view(&self, username: &str, id: i64) -> Result<bool>;
 
     // --- sync ---
     fn book_revision(&self, book: BookId) -> Result<Revision>;

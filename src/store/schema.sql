@@ -48,6 +48,8 @@ CREATE TABLE cards (
     emails      TEXT    NOT NULL DEFAULT '',
     phones      TEXT    NOT NULL DEFAULT '',
     org         TEXT    NOT NULL DEFAULT '',
+    fields      TEXT    NOT NULL DEFAULT '{}', -- folded contact columns (JSON) for the API's filters and sorting
+    search      TEXT    NOT NULL DEFAULT '',   -- folded quick-search text
     -- exactly the bytes the client sent; last, so listings and searches never read past it (or its
     -- overflow pages, for cards with photos)
     vcard       BLOB    NOT NULL,

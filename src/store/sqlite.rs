@@ -13,6 +13,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 const SCHEMA_V1: &str = include_str!("schema.sql");
 const SCHEMA_V2: &str = include_str!("schema_v2.sql");
+const SCHEMA_V3: &str = include_str!("schema_v3.sql");
 const READER_POOL_MAX: usize = 8;
 
 pub struct SqliteStore {
@@ -105,6 +106,9 @@ fn migrate(conn: &Connection) -> Result<()> {
     }
     if version < 2 {
         conn.execute_batch(&format!("BEGIN; {SCHEMA_V2} PRAGMA user_version = 2; COMMIT;"))?;
+    }
+    if version < 3 {
+        conn.execute_batch(&format!("BEGIN; {SCHEMA_V3} PRAGMA user_version = 3; COMMIT;"))?;
     }
     Ok(())
 }
@@ -207,12 +211,13 @@ fn upsert_card(tx: &Transaction, book: BookId, name: &str, card: &NewCard, exist
     let ts = now();
     tx.prepare_cached(
         "INSERT INTO cards (book_id, name, uid, etag, vcard, size, version, revision, created_at, modified_at,
-                            fn, emails, phones, org)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?10, ?11, ?12, ?13)
+                            fn, emails, phones, org, fields, search)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
          ON CONFLICT (book_id, name) DO UPDATE SET uid = excluded.uid, etag = excluded.etag,
              vcard = excluded.vcard, size = excluded.size, version = excluded.version,
              revision = excluded.revision, modified_at = excluded.modified_at, fn = excluded.fn,
-             emails = excluded.emails, phones = excluded.phones, org = excluded.org",
+             emails = excluded.emails, phones = excluded.phones, org = excluded.org, fields = excluded.fields,
+             search = excluded.search",
     )?
     .execute(params![
         book,
@@ -227,7 +232,9 @@ fn upsert_card(tx: &Transaction, book: BookId, name: &str, card: &NewCard, exist
         card.fn_lower,
         card.emails_lower,
         card.phones_lower,
-        card.org_lower
+        card.org_lower,
+        card.fields_json,
+        card.search
     ])?;
     Ok(())
 }
@@ -289,6 +296,69 @@ fn delete_subtree_if(tx: &Connection, owner: UserId, path: &str, overwrite: bool
         delete_subtree(tx, owner, path)?;
     }
     Ok(exists)
+}
+
+fn field_filter_sql(f: &FieldFilter, sql: &mut String, args: &mut Vec<String>) {
+    match f {
+        FieldFilter::And(parts) | FieldFilter::Or(parts) => {
+            let and = matches!(f, FieldFilter::And(_));
+            if parts.is_empty() {
+                sql.push_str(if and { "1" } else { "0" });
+                return;
+            }
+            sql.push('(');
+            for (i, p) in parts.iter().enumerate() {
+                if i > 0 {
+                    sql.push_str(if and { " AND " } else { " OR " });
+                }
+                field_filter_sql(p, sql, args);
+            }
+            sql.push(')');
+        }
+        FieldFilter::Not(inner) => {
+            sql.push_str("NOT (");
+            field_filter_sql(inner, sql, args);
+            sql.push(')');
+        }
+        FieldFilter::Condition { column, op, value } => {
+            args.push(format!("$.{column}"));
+            let v = format!("json_extract(fields, ?{})", args.len());
+            let mut arg = |value: String| {
+                args.push(value);
+                format!("?{}", args.len())
+            };
+            // Multi-valued columns hold one value per line: equals/starts-with look at every line.
+            let cond = match op {
+                FieldOp::Equals => format!("instr(char(10) || {v} || char(10), {}) > 0", arg(format!("\n{value}\n"))),
+                FieldOp::Contains => format!("instr({v}, {}) > 0", arg(value.clone())),
+                FieldOp::StartsWith => format!("instr(char(10) || {v}, {}) > 0", arg(format!("\n{value}"))),
+                FieldOp::IsEmpty => format!("{v} = ''"),
+                FieldOp::IsNotEmpty => format!("{v} <> ''"),
+                FieldOp::Before => format!("({v} <> '' AND {v} < {})", arg(value.clone())),
+                FieldOp::After => format!("({v} <> '' AND {v} > {})", arg(value.clone())),
+            };
+            sql.push_str(&cond);
+        }
+    }
+}
+
+/// Shifts `?N` placeholders by `offset` (a condition built on its own, appended after other parameters).
+fn renumber(sql: &str, offset: usize) -> String {
+    let mut out = String::with_capacity(sql.len());
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        out.push(c);
+        if c == '?' {
+            let mut n = String::new();
+            while let Some(d) = chars.peek().filter(|d| d.is_ascii_digit()) {
+                n.push(*d);
+                chars.next();
+            }
+            let shifted = n.parse::<usize>().map(|n| n + offset).unwrap_or(0);
+            out.push_str(&shifted.to_string());
+        }
+    }
+    out
 }
 
 fn prefilter_sql(p: &Prefilter, sql: &mut String, args: &mut Vec<String>) {
@@ -699,7 +769,8 @@ impl Store for SqliteStore {
         self.write(|tx| {
             let source = tx
                 .query_row(
-                    "SELECT uid, etag, vcard, version, fn, emails, phones, org FROM cards WHERE book_id = ?1 AND name = ?2",
+                    "SELECT uid, etag, vcard, version, fn, emails, phones, org, fields, search FROM cards
+                     WHERE book_id = ?1 AND name = ?2",
                     params![from, from_name],
                     |r| {
                         Ok(NewCard {
@@ -711,6 +782,8 @@ impl Store for SqliteStore {
                             emails_lower: r.get(5)?,
                             phones_lower: r.get(6)?,
                             org_lower: r.get(7)?,
+                            fields_json: r.get(8)?,
+                            search: r.get(9)?,
                         })
                     },
                 )
@@ -729,6 +802,157 @@ impl Store for SqliteStore {
             upsert_card(tx, to, to_name, &source, target_exists)?;
             let etag = source.etag;
             Ok(if target_exists { PutOutcome::Updated { etag } } else { PutOutcome::Created { etag } })
+        })
+    }
+
+    fn put_cards(&self, book: BookId, cards: &[(String, NewCard, Precondition)]) -> Result<Vec<PutOutcome>> {
+        self.write(|tx| {
+            let mut outcomes = Vec::with_capacity(cards.len());
+            for (name, card, pre) in cards {
+                let existing: Option<String> = tx
+                    .prepare_cached("SELECT etag FROM cards WHERE book_id = ?1 AND name = ?2")?
+                    .query_row(params![book, name], |r| r.get(0))
+                    .optional()?;
+                check_precondition(existing.as_deref(), pre)?;
+                upsert_card(tx, book, name, card, existing.is_some())?;
+                let etag = card.etag.clone();
+                outcomes.push(if existing.is_some() { PutOutcome::Updated { etag } } else { PutOutcome::Created { etag } });
+            }
+            Ok(outcomes)
+        })
+    }
+
+    fn card_index(&self, book: BookId) -> Result<Vec<CardKey>> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached("SELECT name, uid, etag, emails FROM cards WHERE book_id = ?1")?;
+            let keys = stmt
+                .query_map([book], |r| Ok(CardKey { name: r.get(0)?, uid: r.get(1)?, etag: r.get(2)?, emails: r.get(3)? }))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(keys)
+        })
+    }
+
+    fn card_by_uid(&self, book: BookId, uid: &str) -> Result<Option<Card>> {
+        self.read(|c| {
+            Ok(c.prepare_cached(&format!("SELECT {META_COLUMNS}, vcard FROM cards WHERE book_id = ?1 AND uid = ?2"))?
+                .query_row(params![book, uid], |r| Ok(Card { meta: meta_from_row(r)?, vcard: r.get(7)? }))
+                .optional()?)
+        })
+    }
+
+    fn search_contacts(&self, query: &ContactQuery) -> Result<Vec<FoundCard>> {
+        if query.books.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut args: Vec<String> = Vec::new();
+        let books = query.books.iter().map(|b| b.to_string()).collect::<Vec<_>>().join(",");
+        args.push(format!("$.{}", query.sort.0));
+        let mut sql = format!(
+            "SELECT id, book_id, {META_COLUMNS}, COALESCE(json_extract(fields, ?1), '') AS k, vcard FROM cards
+             WHERE book_id IN ({books})"
+        );
+        for w in &query.words {
+            args.push(w.clone());
+            sql.push_str(&format!(" AND instr(search, ?{}) > 0", args.len()));
+        }
+        if let Some(f) = &query.filter {
+            let mut cond = String::new();
+            let mut extra = Vec::new();
+            // field_filter_sql numbers its parameters after the ones already used.
+            let offset = args.len();
+            field_filter_sql(f, &mut cond, &mut extra);
+            let renumbered = renumber(&cond, offset);
+            args.extend(extra);
+            sql.push_str(&format!(" AND {renumbered}"));
+        }
+        let desc = query.sort.1;
+        if let Some((key, id)) = &query.after {
+            args.push(key.clone());
+            let k = args.len();
+            args.push(id.to_string());
+            let i = args.len();
+            let cmp = if desc { "<" } else { ">" };
+            sql.push_str(&format!(" AND (k, id) {cmp} (?{k}, CAST(?{i} AS INTEGER))"));
+        }
+        let dir = if desc { "DESC" } else { "ASC" };
+        sql.push_str(&format!(" ORDER BY k {dir}, id {dir}"));
+        if let Some(limit) = query.limit {
+            sql.push_str(&format!(" LIMIT {limit}"));
+        }
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(&sql)?;
+            let values: Vec<&dyn rusqlite::ToSql> = args.iter().map(|a| a as &dyn rusqlite::ToSql).collect();
+            let rows = stmt
+                .query_map(values.as_slice(), |r| {
+                    Ok(FoundCard {
+                        id: r.get(0)?,
+                        book: r.get(1)?,
+                        meta: CardMeta {
+                            name: r.get(2)?,
+                            uid: r.get(3)?,
+                            etag: r.get(4)?,
+                            size: r.get(5)?,
+                            version: r.get(6)?,
+                            created_at: r.get(7)?,
+                            modified_at: r.get(8)?,
+                        },
+                        sort_key: r.get(9)?,
+                        vcard: r.get(10)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
+        })
+    }
+
+    fn views(&self, username: &str) -> Result<Vec<SavedView>> {
+        self.read(|c| {
+            let mut stmt = c.prepare(
+                "SELECT v.id, v.name, v.definition FROM views v JOIN users u ON u.id = v.user_id WHERE u.username = ?1 ORDER BY v.name",
+            )?;
+            let views = stmt
+                .query_map([username], |r| Ok(SavedView { id: r.get(0)?, name: r.get(1)?, definition: r.get(2)? }))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(views)
+        })
+    }
+
+    fn save_view(&self, username: &str, id: Option<i64>, name: &str, definition: &str) -> Result<SavedView> {
+        self.write(|tx| {
+            let user = user_id(tx, username)?;
+            let taken: Option<i64> = tx
+                .query_row("SELECT id FROM views WHERE user_id = ?1 AND name = ?2", params![user, name], |r| r.get(0))
+                .optional()?;
+            if taken.is_some_and(|t| Some(t) != id) {
+                return Err(Error::AlreadyExists);
+            }
+            let id = match id {
+                Some(id) => {
+                    let n = tx.execute(
+                        "UPDATE views SET name = ?3, definition = ?4 WHERE id = ?1 AND user_id = ?2",
+                        params![id, user, name, definition],
+                    )?;
+                    if n == 0 {
+                        return Err(Error::NotFound);
+                    }
+                    id
+                }
+                None => {
+                    tx.execute(
+                        "INSERT INTO views (user_id, name, definition, created_at) VALUES (?1, ?2, ?3, ?4)",
+                        params![user, name, definition, now()],
+                    )?;
+                    tx.last_insert_rowid()
+                }
+            };
+            Ok(SavedView { id, name: name.to_string(), definition: definition.to_string() })
+        })
+    }
+
+    fn delete_view(&self, username: &str, id: i64) -> Result<bool> {
+        self.write(|tx| {
+            let user = user_id(tx, username)?;
+            Ok(tx.execute("DELETE FROM views WHERE id = ?1 AND user_id = ?2", params![id, user])? > 0)
         })
     }
 
@@ -1067,6 +1291,8 @@ mod tests {
             emails_lower: String::new(),
             phones_lower: String::new(),
             org_lower: String::new(),
+            fields_json: "{}".into(),
+            search: String::new(),
         }
     }
 

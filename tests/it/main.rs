@@ -4,6 +4,7 @@
 mod support;
 
 mod accounts;
+mod api;
 mod clients;
 mod cards;
 mod corpus;

@@ -4,6 +4,8 @@
 //! a hash of exactly those bytes). We parse to validate, to extract the UID and the search columns, to
 //! evaluate query filters, and to convert between 3.0 and 4.0 when a client asks for the other version.
 
+pub mod contact;
+
 use crate::store::NewCard;
 use calcard::vcard::{VCard, VCardEntry, VCardParameterName, VCardProperty, VCardValue, VCardVersion};
 use calcard::{Entry, Parser};
@@ -115,6 +117,7 @@ pub fn validate(bytes: &[u8]) -> Result<ValidCard, Invalid> {
         return Err(Invalid::Malformed("the vCard has no FN property (RFC 6350 §6.2.1 requires one)".into()));
     }
     let index = SearchIndex::of(&card);
+    let projected = contact::project(&card);
     Ok(ValidCard {
         new_card: NewCard {
             uid: uid.to_string(),
@@ -125,6 +128,8 @@ pub fn validate(bytes: &[u8]) -> Result<ValidCard, Invalid> {
             emails_lower: index.emails,
             phones_lower: index.phones,
             org_lower: index.org,
+            fields_json: projected.fields_json(),
+            search: projected.search_text(),
         },
         version,
     })
@@ -258,6 +263,12 @@ pub fn write_as(card: &VCard, target: Version) -> String {
     // Writing into a String cannot fail.
     let _ = card.write_to(&mut out, target.calcard());
     out
+}
+
+/// The card as JSContact (RFC 9553) JSON, converted by calcard.
+pub fn to_jscontact(card: &VCard) -> String {
+    let js = card.clone().into_jscontact::<String, String>();
+    serde_json::to_string(&js.0).unwrap_or_else(|_| "{}".into())
 }
 
 /// Keeps only the named properties (plus BEGIN, END, VERSION, UID), for `address-data` subsets.

@@ -1,0 +1,834 @@
+//! The contact-manager API under `/api/v1/`: the same stored vCards that CardDAV serves, seen as a table
+//! (search, filters, sorting, saved views), edited as JSON, imported and exported. Authentication and the
+//! books a user sees are exactly those of CardDAV (Basic auth, own and shared books, read-only rules).
+//!
+//! `ROUTES` is the one list of endpoints: dispatch matches against it and the OpenAPI document is generated
+//! from it, so the two cannot drift apart.
+
+mod transfer;
+
+use crate::app::{App, AuthUser};
+use crate::auth;
+use crate::body::{self, Body};
+use crate::error::{DavError, DavResult};
+use crate::router;
+use crate::store::{self, BookView, ContactQuery, FieldFilter, FieldOp, Precondition, PutOutcome};
+use crate::vcard::contact::{COLUMNS, Contact, fold, looks_like_phone, phone_key, project};
+use crate::vcard::{self, Version};
+use base64::Engine as _;
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::{HeaderMap, Method, Request, Response, StatusCode, header};
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Every endpoint: method, path template, summary. `{name}` segments are parameters.
+pub const ROUTES: &[(&str, &str, &str)] = &[
+    ("GET", "/api/v1/openapi.json", "This OpenAPI document"),
+    ("GET", "/api/v1/books", "Address books the user can see (own and shared)"),
+    ("GET", "/api/v1/contacts", "Search and list contacts across books: q, filter, view, sort, columns, limit, cursor"),
+    ("GET", "/api/v1/contacts/export", "Export the matching contacts as CSV or vCard; requires a purpose (audited)"),
+    ("POST", "/api/v1/books/{book}/contacts", "Create a contact from JSON"),
+    ("GET", "/api/v1/books/{book}/contacts/{uid}", "One contact as JSON (format=vcard or jscontact for the others)"),
+    ("PUT", "/api/v1/books/{book}/contacts/{uid}", "Replace a contact's fields (If-Match)"),
+    ("PATCH", "/api/v1/books/{book}/contacts/{uid}", "Change some fields of a contact (If-Match)"),
+    ("DELETE", "/api/v1/books/{book}/contacts/{uid}", "Delete a contact (If-Match)"),
+    ("GET", "/api/v1/books/{book}/contacts/{uid}/documents", "Documents attached to a contact (X-KARTEI-DOCUMENT)"),
+    ("POST", "/api/v1/books/{book}/import", "Import a .vcf or .csv file: dry_run, mapping; atomic per file"),
+    ("GET", "/api/v1/views", "Built-in and saved views"),
+    ("POST", "/api/v1/views", "Save a view (name, q, filter, sort, columns)"),
+    ("PUT", "/api/v1/views/{id}", "Change a saved view"),
+    ("DELETE", "/api/v1/views/{id}", "Delete a saved view"),
+];
+
+const MAX_PAGE: usize = 1000;
+const DEFAULT_PAGE: usize = 50;
+const MAX_FILTER_TERMS: usize = 64;
+
+/// Matches a request against `ROUTES`; returns the route index and the path parameters.
+fn route(method: &str, segments: &[String]) -> Option<(usize, HashMap<&'static str, String>)> {
+    'routes: for (i, (m, template, _)) in ROUTES.iter().enumerate() {
+        if *m != method {
+            continue;
+        }
+        let parts: Vec<&str> = template.trim_start_matches("/api/v1/").split('/').collect();
+        if parts.len() != segments.len() {
+            continue;
+        }
+        let mut params = HashMap::new();
+        for (part, seg) in parts.iter().zip(segments) {
+            if let Some(name) = part.strip_prefix('{').and_then(|p| p.strip_suffix('}')) {
+                params.insert(name, seg.clone());
+            } else if part != seg {
+                continue 'routes;
+            }
+        }
+        return Some((i, params));
+    }
+    None
+}
+
+pub fn json_response(status: StatusCode, value: &Value) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(body::full(format!("{value}\n")))
+        .unwrap_or_else(|_| Response::new(body::empty()))
+}
+
+fn bad(message: impl Into<String>) -> DavError {
+    DavError::bad_request(message.into())
+}
+
+/// Entry point: errors become `{"error": "...", "status": N}`.
+pub async fn handle(app: Arc<App>, user: AuthUser, segments: Vec<String>, req: Request<Incoming>) -> Response<Body> {
+    let method = req.method().as_str().to_string();
+    let path = req.uri().path().to_string();
+    match dispatch(app, user, segments, req).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(status = e.status.as_u16(), %method, %path, message = %e.message, "API request refused");
+            let mut r = json_response(e.status, &json!({"error": e.message, "status": e.status.as_u16()}));
+            for (name, value) in &e.headers {
+                if let Ok(v) = value.parse() {
+                    r.headers_mut().insert(name, v);
+                }
+            }
+            r
+        }
+    }
+}
+
+/// Decoded query parameters (`+` is a space, as in HTML forms).
+pub fn query_params(uri: &hyper::Uri) -> HashMap<String, String> {
+    uri.query()
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let decode =
+                |s: &str| percent_encoding::percent_decode_str(&s.replace('+', " ")).decode_utf8_lossy().into_owned();
+            (decode(k), decode(v))
+        })
+        .collect()
+}
+
+async fn dispatch(
+    app: Arc<App>,
+    user: AuthUser,
+    segments: Vec<String>,
+    req: Request<Incoming>,
+) -> DavResult<Response<Body>> {
+    let Some((index, params)) = route(req.method().as_str(), &segments) else {
+        let known_path = ROUTES.iter().any(|(_, t, _)| route_matches_path(t, &segments));
+        return Err(if known_path {
+            DavError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this endpoint")
+        } else {
+            DavError::new(StatusCode::NOT_FOUND, "no such API endpoint")
+        });
+    };
+    let query = query_params(req.uri());
+    let ctx = ApiCtx { app, user };
+    match ROUTES[index].1 {
+        "/api/v1/openapi.json" => Ok(json_response(StatusCode::OK, &openapi())),
+        "/api/v1/books" => ctx.list_books().await,
+        "/api/v1/contacts" => ctx.list_contacts(&query).await,
+        "/api/v1/contacts/export" => transfer::export(&ctx, &query).await,
+        "/api/v1/books/{book}/contacts" => {
+            let book = ctx.book(&params["book"]).await?;
+            let body = read_json(req).await?;
+            ctx.create_contact(&book, body).await
+        }
+        "/api/v1/books/{book}/contacts/{uid}" => {
+            let book = ctx.book(&params["book"]).await?;
+            let uid = params["uid"].clone();
+            let method = req.method().clone();
+            let headers = req.headers().clone();
+            match method {
+                Method::GET => ctx.get_contact(&book, &uid, &query).await,
+                Method::DELETE => ctx.delete_contact(&book, &uid, &headers).await,
+                Method::PUT | Method::PATCH => {
+                    let body = read_json(req).await?;
+                    ctx.update_contact(&book, &uid, &headers, body, method == Method::PATCH).await
+                }
+                _ => Err(DavError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")),
+            }
+        }
+        "/api/v1/books/{book}/contacts/{uid}/documents" => {
+            let book = ctx.book(&params["book"]).await?;
+            ctx.documents(&book, &params["uid"]).await
+        }
+        "/api/v1/books/{book}/import" => {
+            let book = ctx.book(&params["book"]).await?;
+            transfer::import(&ctx, &book, &query, req).await
+        }
+        "/api/v1/views" if req.method() == Method::GET => ctx.list_views().await,
+        "/api/v1/views" => {
+            let body = read_json(req).await?;
+            ctx.save_view(None, body).await
+        }
+        "/api/v1/views/{id}" => {
+            let id: i64 = params["id"].parse().map_err(|_| DavError::not_found())?;
+            if req.method() == Method::DELETE {
+                ctx.delete_view(id).await
+            } else {
+                let body = read_json(req).await?;
+                ctx.save_view(Some(id), body).await
+            }
+        }
+        _ => Err(DavError::not_found()),
+    }
+}
+
+fn route_matches_path(template: &str, segments: &[String]) -> bool {
+    let parts: Vec<&str> = template.trim_start_matches("/api/v1/").split('/').collect();
+    parts.len() == segments.len() && parts.iter().zip(segments).all(|(p, s)| p.starts_with('{') || p == s)
+}
+
+async fn read_json(req: Request<Incoming>) -> DavResult<Value> {
+    let bytes = match Limited::new(req.into_body(), 1024 * 1024).collect().await {
+        Ok(c) => c.to_bytes(),
+        Err(_) => return Err(DavError::new(StatusCode::PAYLOAD_TOO_LARGE, "the JSON body exceeds 1 MiB")),
+    };
+    serde_json::from_slice(&bytes).map_err(|e| bad(format!("invalid JSON body: {e}")))
+}
+
+/// The OpenAPI 3 document, generated from `ROUTES`.
+pub fn openapi() -> Value {
+    let mut paths = serde_json::Map::new();
+    for (method, template, summary) in ROUTES {
+        let parameters: Vec<Value> = template
+            .split('/')
+            .filter_map(|p| p.strip_prefix('{').and_then(|p| p.strip_suffix('}')))
+            .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}))
+            .collect();
+        let entry = paths.entry(template.to_string()).or_insert_with(|| json!({}));
+        entry[method.to_lowercase()] = json!({
+            "summary": summary,
+            "parameters": parameters,
+            "security": [{"basic": []}],
+            "responses": {
+                "200": {"description": "success"},
+                "400": {"description": "bad input; the message names the problem", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+                "401": {"description": "authentication required"},
+                "404": {"description": "no such book, contact or view"},
+            }
+        });
+    }
+    json!({
+        "openapi": "3.0.3",
+        "info": {"title": "kartei contact API", "version": env!("CARGO_PKG_VERSION")},
+        "paths": paths,
+        "components": {
+            "securitySchemes": {"basic": {"type": "http", "scheme": "basic"}},
+            "schemas": {
+                "Error": {"type": "object", "properties": {"error": {"type": "string"}, "status": {"type": "integer"}}},
+                "Columns": {"type": "string", "enum": COLUMNS},
+            }
+        }
+    })
+}
+
+/// A parsed list/export request: which contacts, in which order, which columns.
+pub struct Selection {
+    pub query: ContactQuery,
+    pub columns: Option<Vec<String>>,
+    /// What the request asked for, for the audit trail.
+    pub description: Value,
+}
+
+pub struct ApiCtx {
+    pub app: Arc<App>,
+    pub user: AuthUser,
+}
+
+fn check_column(c: &str) -> DavResult<()> {
+    if COLUMNS.contains(&c) {
+        Ok(())
+    } else {
+        Err(bad(format!("unknown column '{c}' (known: {})", COLUMNS.join(", "))))
+    }
+}
+
+/// `{"and": [...]}`, `{"or": [...]}`, `{"not": {...}}` or `{"column": c, "op": o, "value": v}`.
+fn parse_filter(v: &Value, terms: &mut usize) -> DavResult<FieldFilter> {
+    *terms += 1;
+    if *terms > MAX_FILTER_TERMS {
+        return Err(bad(format!("the filter has more than {MAX_FILTER_TERMS} terms")));
+    }
+    let obj = v.as_object().ok_or_else(|| bad("filter: each term must be a JSON object"))?;
+    for (key, ctor) in [("and", FieldFilter::And as fn(Vec<FieldFilter>) -> FieldFilter), ("or", FieldFilter::Or)] {
+        if let Some(list) = obj.get(key) {
+            let list = list.as_array().ok_or_else(|| bad(format!("filter: \"{key}\" takes a list")))?;
+            return Ok(ctor(list.iter().map(|t| parse_filter(t, terms)).collect::<DavResult<Vec<_>>>()?));
+        }
+    }
+    if let Some(inner) = obj.get("not") {
+        return Ok(FieldFilter::Not(Box::new(parse_filter(inner, terms)?)));
+    }
+    let column =
+        obj.get("column").and_then(Value::as_str).ok_or_else(|| bad("filter: a condition needs \"column\""))?;
+    check_column(column)?;
+    let op = match obj.get("op").and_then(Value::as_str).unwrap_or("contains") {
+        "equals" => FieldOp::Equals,
+        "contains" => FieldOp::Contains,
+        "starts-with" => FieldOp::StartsWith,
+        "is-empty" => FieldOp::IsEmpty,
+        "is-not-empty" => FieldOp::IsNotEmpty,
+        "before" => FieldOp::Before,
+        "after" => FieldOp::After,
+        other => {
+            return Err(bad(format!(
+                "unknown operator '{other}' (known: equals, contains, starts-with, is-empty, is-not-empty, before, after)"
+            )));
+        }
+    };
+    let value = match obj.get("value") {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Number(n)) => n.to_string(),
+        Some(Value::Bool(b)) => b.to_string(),
+        None | Some(Value::Null) if matches!(op, FieldOp::IsEmpty | FieldOp::IsNotEmpty) => String::new(),
+        _ => return Err(bad(format!("filter: condition on '{column}' needs a string \"value\""))),
+    };
+    let value = if column == "phone" { phone_key(&value) } else { fold(&value) };
+    Ok(FieldFilter::Condition { column: column.to_string(), op, value })
+}
+
+fn encode_cursor(key: &str, id: i64) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json!([key, id]).to_string())
+}
+
+fn decode_cursor(cursor: &str) -> DavResult<(String, i64)> {
+    let invalid = || bad("cursor: not a cursor this server issued");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(cursor).map_err(|_| invalid())?;
+    let v: Value = serde_json::from_slice(&bytes).map_err(|_| invalid())?;
+    match v.as_array().map(Vec::as_slice) {
+        Some([Value::String(k), Value::Number(id)]) => Ok((k.clone(), id.as_i64().ok_or_else(invalid)?)),
+        _ => Err(invalid()),
+    }
+}
+
+/// The folded words of a quick search; a query that looks like a phone number is one phone key.
+pub fn search_words(q: &str) -> Vec<String> {
+    if looks_like_phone(q) {
+        return vec![phone_key(q)];
+    }
+    fold(q).split_whitespace().map(str::to_string).collect()
+}
+
+impl ApiCtx {
+    pub fn store(&self) -> &store::SharedStore {
+        &self.app.store
+    }
+
+    pub async fn visible_books(&self) -> DavResult<Vec<BookView>> {
+        let me = self.user.username.clone();
+        let books = store::blocking(self.store(), move |s| s.books_in_home(&me)).await?;
+        Ok(books.into_iter().filter(|b| self.user.scope.as_ref().is_none_or(|s| *s == b.segment)).collect())
+    }
+
+    pub async fn book(&self, segment: &str) -> DavResult<BookView> {
+        self.visible_books()
+            .await?
+            .into_iter()
+            .find(|b| b.segment == segment)
+            .ok_or_else(|| DavError::new(StatusCode::NOT_FOUND, format!("no address book '{segment}'")))
+    }
+
+    async fn list_books(&self) -> DavResult<Response<Body>> {
+        let books = self.visible_books().await?;
+        let list: Vec<Value> = books
+            .iter()
+            .map(|b| {
+                json!({"book": b.segment, "owner": b.owner, "display_name": b.display_name, "shared": b.shared,
+                       "writable": b.writable, "href": router::book_href(&self.user.username, &b.segment)})
+            })
+            .collect();
+        Ok(json_response(StatusCode::OK, &json!({ "books": list })))
+    }
+
+    /// Built-in views: all, staff (our own people: marked internal or with a login's e-mail), members (the rest).
+    async fn builtin_view(&self, name: &str) -> DavResult<Option<Value>> {
+        let staff = || async {
+            let users = store::blocking(self.store(), |s| s.users()).await?;
+            let mut any: Vec<Value> = vec![json!({"column": "internal", "op": "is-not-empty"})];
+            any.extend(users.iter().take(500).map(|u| json!({"column": "email", "op": "equals", "value": u.username})));
+            Ok::<Value, DavError>(json!({ "or": any }))
+        };
+        Ok(match name {
+            "all" => Some(json!({"name": "All contacts"})),
+            "staff" => Some(json!({"name": "Staff", "filter": staff().await?})),
+            "members" => Some(json!({"name": "Organization members", "filter": {"not": staff().await?}})),
+            _ => None,
+        })
+    }
+
+    async fn view_definition(&self, view: &str) -> DavResult<Value> {
+        if let Some(v) = self.builtin_view(view).await? {
+            return Ok(v);
+        }
+        let id: i64 = view.parse().map_err(|_| bad(format!("view: no view '{view}'")))?;
+        let me = self.user.username.clone();
+        let views = store::blocking(self.store(), move |s| s.views(&me)).await?;
+        let saved = views.into_iter().find(|v| v.id == id).ok_or_else(|| bad(format!("view: no view '{view}'")))?;
+        serde_json::from_str(&saved.definition)
+            .map_err(|e| DavError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+    }
+
+    /// Reads q / filter / view / sort / columns / book / limit / cursor into a store query.
+    pub async fn selection(&self, params: &HashMap<String, String>) -> DavResult<Selection> {
+        let view = match params.get("view") {
+            Some(v) => self.view_definition(v).await?,
+            None => json!({}),
+        };
+        let mut terms = 0;
+        let mut filters = Vec::new();
+        if let Some(f) = view.get("filter") {
+            filters.push(parse_filter(f, &mut terms)?);
+        }
+        if let Some(f) = params.get("filter") {
+            let v: Value = serde_json::from_str(f).map_err(|e| bad(format!("filter: invalid JSON: {e}")))?;
+            filters.push(parse_filter(&v, &mut terms)?);
+        }
+        let mut words = Vec::new();
+        for q in [view.get("q").and_then(Value::as_str), params.get("q").map(String::as_str)].into_iter().flatten() {
+            words.extend(search_words(q));
+        }
+        let sort_spec = params
+            .get("sort")
+            .cloned()
+            .or_else(|| view.get("sort").and_then(Value::as_str).map(str::to_string))
+            .unwrap_or_else(|| "fn".into());
+        let (desc, column) = match sort_spec.strip_prefix('-') {
+            Some(c) => (true, c.to_string()),
+            None => (false, sort_spec.clone()),
+        };
+        check_column(&column).map_err(|e| bad(format!("sort: {}", e.message)))?;
+        let columns_spec = params.get("columns").cloned().or_else(|| {
+            view.get("columns")
+                .and_then(Value::as_array)
+                .map(|c| c.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(","))
+        });
+        let columns = match columns_spec.filter(|c| !c.is_empty()) {
+            Some(c) => {
+                let list: Vec<String> = c.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+                for col in &list {
+                    check_column(col).map_err(|e| bad(format!("columns: {}", e.message)))?;
+                }
+                Some(list)
+            }
+            None => None,
+        };
+        let books = match params.get("book") {
+            Some(b) => vec![self.book(b).await?],
+            None => self.visible_books().await?,
+        };
+        let limit = match params.get("limit") {
+            Some(l) => {
+                let n: usize = l.parse().map_err(|_| bad(format!("limit: '{l}' is not a number")))?;
+                if n == 0 || n > MAX_PAGE {
+                    return Err(bad(format!("limit: must be between 1 and {MAX_PAGE}")));
+                }
+                n
+            }
+            None => DEFAULT_PAGE,
+        };
+        let after = params.get("cursor").filter(|c| !c.is_empty()).map(|c| decode_cursor(c)).transpose()?;
+        let filter = match filters.len() {
+            0 => None,
+            1 => filters.pop(),
+            _ => Some(FieldFilter::And(filters)),
+        };
+        let description = json!({
+            "q": params.get("q"), "filter": params.get("filter"), "view": params.get("view"), "book": params.get("book"), "sort": sort_spec,
+        });
+        Ok(Selection {
+            query: ContactQuery {
+                books: books.iter().map(|b| b.id).collect(),
+                words,
+                filter,
+                sort: (column, desc),
+                after,
+                limit: Some(limit),
+            },
+            columns,
+            description,
+        })
+    }
+
+    /// The book (as this user sees it) a card id belongs to.
+    pub async fn book_segments(&self) -> DavResult<HashMap<i64, String>> {
+        Ok(self.visible_books().await?.into_iter().map(|b| (b.id, b.segment)).collect())
+    }
+
+    pub fn item_json(
+        &self,
+        segment: &str,
+        meta: &store::CardMeta,
+        contact: &Contact,
+        columns: Option<&[String]>,
+    ) -> Value {
+        let mut item = json!({
+            "uid": meta.uid,
+            "href": router::card_href(&self.user.username, segment, &meta.name),
+            "book": segment,
+            "etag": format!("\"{}\"", meta.etag),
+            "fn": contact.formatted_name,
+        });
+        match columns {
+            Some(cols) => {
+                for c in cols {
+                    item[c.as_str()] = Value::String(contact.column(c));
+                }
+            }
+            None => {
+                if let Ok(Value::Object(fields)) = serde_json::to_value(contact) {
+                    for (k, v) in fields {
+                        item[k] = v;
+                    }
+                }
+            }
+        }
+        item
+    }
+
+    async fn list_contacts(&self, params: &HashMap<String, String>) -> DavResult<Response<Body>> {
+        let selection = self.selection(params).await?;
+        let limit = selection.query.limit.unwrap_or(DEFAULT_PAGE);
+        let mut query = selection.query.clone();
+        query.limit = Some(limit + 1);
+        let found = store::blocking(self.store(), move |s| s.search_contacts(&query)).await?;
+        let segments = self.book_segments().await?;
+        let more = found.len() > limit;
+        let page = &found[..found.len().min(limit)];
+        let items: Vec<Value> = page
+            .iter()
+            .filter_map(|f| {
+                let card = vcard::parse_stored(&f.vcard)?;
+                let segment = segments.get(&f.book)?;
+                Some(self.item_json(segment, &f.meta, &project(&card), selection.columns.as_deref()))
+            })
+            .collect();
+        let next = if more { page.last().map(|l| encode_cursor(&l.sort_key, l.id)) } else { None };
+        Ok(json_response(StatusCode::OK, &json!({ "items": items, "next": next })))
+    }
+
+    async fn find(&self, book: &BookView, uid: &str) -> DavResult<store::Card> {
+        let (id, u) = (book.id, uid.to_string());
+        store::blocking(self.store(), move |s| s.card_by_uid(id, &u)).await?.ok_or_else(|| {
+            DavError::new(StatusCode::NOT_FOUND, format!("no contact with UID '{uid}' in '{}'", book.segment))
+        })
+    }
+
+    async fn get_contact(
+        &self,
+        book: &BookView,
+        uid: &str,
+        params: &HashMap<String, String>,
+    ) -> DavResult<Response<Body>> {
+        let card = self.find(book, uid).await?;
+        let etag = format!("\"{}\"", card.meta.etag);
+        let parsed = vcard::parse_stored(&card.vcard)
+            .ok_or_else(|| DavError::new(StatusCode::INTERNAL_SERVER_ERROR, "stored card does not parse"))?;
+        let (content_type, body) = match params.get("format").map(String::as_str) {
+            None | Some("json") => (
+                "application/json".to_string(),
+                self.item_json(&book.segment, &card.meta, &project(&parsed), None).to_string(),
+            ),
+            Some("vcard") => {
+                let version = params
+                    .get("version")
+                    .map(|v| Version::parse(v).ok_or_else(|| bad("version: use 3.0 or 4.0")))
+                    .transpose()?;
+                let (bytes, _) = vcard::render(&card.vcard, &card.meta.version, version, None);
+                ("text/vcard; charset=utf-8".to_string(), String::from_utf8_lossy(&bytes).into_owned())
+            }
+            Some("jscontact") => ("application/jscontact+json".to_string(), vcard::to_jscontact(&parsed)),
+            Some(other) => return Err(bad(format!("format: '{other}' is not json, vcard or jscontact"))),
+        };
+        Response::builder()
+            .status(StatusCode::OK)
+            .header(header::CONTENT_TYPE, content_type)
+            .header(header::ETAG, etag)
+            .body(body::full(body))
+            .map_err(|e| DavError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+    }
+
+    fn contact_from(value: Value) -> DavResult<Contact> {
+        let mut value = value;
+        if let Some(obj) = value.as_object_mut() {
+            // Read-only fields of an item are accepted (so a GET result can be sent back) and ignored.
+            for k in ["uid", "href", "book", "etag"] {
+                obj.remove(k);
+            }
+        }
+        serde_json::from_value(value).map_err(|e| bad(format!("invalid contact: {e}")))
+    }
+
+    async fn store_card(
+        &self,
+        book: &BookView,
+        name: String,
+        text: String,
+        pre: Precondition,
+    ) -> DavResult<PutOutcome> {
+        App::require_writable(book)?;
+        let valid = vcard::validate(text.as_bytes())
+            .map_err(|e| bad(format!("the contact does not make a valid vCard: {e:?}")))?;
+        let id = book.id;
+        let result = store::blocking(self.store(), move |s| s.put_card(id, &name, &valid.new_card, &pre)).await;
+        match result {
+            Err(store::Error::UidConflict(existing)) => {
+                Err(DavError::new(StatusCode::CONFLICT, format!("a contact with this UID exists ({existing})")))
+            }
+            other => Ok(other?),
+        }
+    }
+
+    async fn create_contact(&self, book: &BookView, body: Value) -> DavResult<Response<Body>> {
+        let uid = body.get("uid").and_then(Value::as_str).map(str::to_string).unwrap_or_else(new_uid);
+        let contact = Self::contact_from(body)?;
+        if contact.formatted_name.trim().is_empty() {
+            return Err(bad("fn: a contact needs a formatted name"));
+        }
+        let name = format!("{}.vcf", uid.replace(['/', '\\', '\0'], "_"));
+        let text = contact.to_new_vcard(&uid);
+        self.store_card(book, name, text, Precondition::MustNotExist).await?;
+        self.audit("contact.create", book, &uid).await;
+        let card = self.find(book, &uid).await?;
+        let item = self.item_json(&book.segment, &card.meta, &contact, None);
+        let mut r = json_response(StatusCode::CREATED, &item);
+        if let Ok(v) = format!("\"{}\"", card.meta.etag).parse() {
+            r.headers_mut().insert(header::ETAG, v);
+        }
+        Ok(r)
+    }
+
+    async fn update_contact(
+        &self,
+        book: &BookView,
+        uid: &str,
+        headers: &HeaderMap,
+        body: Value,
+        patch: bool,
+    ) -> DavResult<Response<Body>> {
+        let card = self.find(book, uid).await?;
+        let pre = crate::methods::precondition(headers)?;
+        if let Precondition::EtagIn(tags) = &pre
+            && !tags.contains(&card.meta.etag)
+        {
+            return Err(DavError::new(
+                StatusCode::PRECONDITION_FAILED,
+                "the contact changed since it was read (If-Match)",
+            ));
+        }
+        let stored = String::from_utf8_lossy(&card.vcard).into_owned();
+        let parsed = vcard::parse_stored(&card.vcard)
+            .ok_or_else(|| DavError::new(StatusCode::INTERNAL_SERVER_ERROR, "stored card does not parse"))?;
+        let old = project(&parsed);
+        let new = if patch {
+            let mut merged = serde_json::to_value(&old)
+                .map_err(|e| DavError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+            let changes = body.as_object().ok_or_else(|| bad("a PATCH body must be a JSON object"))?;
+            for (k, v) in changes {
+                if !["uid", "href", "book", "etag"].contains(&k.as_str()) {
+                    merged[k] = v.clone();
+                }
+            }
+            Self::contact_from(merged)?
+        } else {
+            Self::contact_from(body)?
+        };
+        let version = Version::parse(&card.meta.version).unwrap_or(Version::V4);
+        let text = vcard::contact::apply_changes(&stored, version, &old, &new);
+        // The stored ETag guards the write, so a device's concurrent change is never overwritten.
+        let guard = Precondition::EtagIn(vec![card.meta.etag.clone()]);
+        self.store_card(book, card.meta.name.clone(), text, guard).await?;
+        self.audit("contact.update", book, uid).await;
+        let updated = self.find(book, uid).await?;
+        let item = self.item_json(&book.segment, &updated.meta, &new, None);
+        let mut r = json_response(StatusCode::OK, &item);
+        if let Ok(v) = format!("\"{}\"", updated.meta.etag).parse() {
+            r.headers_mut().insert(header::ETAG, v);
+        }
+        Ok(r)
+    }
+
+    async fn delete_contact(&self, book: &BookView, uid: &str, headers: &HeaderMap) -> DavResult<Response<Body>> {
+        App::require_writable(book)?;
+        let card = self.find(book, uid).await?;
+        let pre = crate::methods::precondition(headers)?;
+        let (id, name) = (book.id, card.meta.name.clone());
+        store::blocking(self.store(), move |s| s.delete_card(id, &name, &pre)).await?;
+        self.audit("contact.delete", book, uid).await;
+        Ok(json_response(StatusCode::OK, &json!({"deleted": uid})))
+    }
+
+    async fn documents(&self, book: &BookView, uid: &str) -> DavResult<Response<Body>> {
+        let card = self.find(book, uid).await?;
+        let parsed = vcard::parse_stored(&card.vcard)
+            .ok_or_else(|| DavError::new(StatusCode::INTERNAL_SERVER_ERROR, "stored card does not parse"))?;
+        let contact = project(&parsed);
+        let owner = book.owner.clone();
+        let paths = contact.documents.clone();
+        let entries = store::blocking(self.store(), move |s| {
+            paths
+                .iter()
+                .map(|p| Ok((p.clone(), s.file(&owner, p.trim_matches('/'))?)))
+                .collect::<store::Result<Vec<_>>>()
+        })
+        .await?;
+        let list: Vec<Value> = entries
+            .into_iter()
+            .map(|(path, entry)| {
+                let clean = path.trim_matches('/');
+                json!({
+                    "path": clean,
+                    "href": format!("/dav/files/{}/{}", router::encode(&book.owner), clean.split('/').map(router::encode).collect::<Vec<_>>().join("/")),
+                    "exists": entry.is_some(),
+                    "size": entry.as_ref().map(|e| e.size),
+                    "content_type": entry.as_ref().and_then(|e| e.content_type.clone()),
+                })
+            })
+            .collect();
+        Ok(json_response(StatusCode::OK, &json!({ "documents": list })))
+    }
+
+    async fn list_views(&self) -> DavResult<Response<Body>> {
+        let me = self.user.username.clone();
+        let saved = store::blocking(self.store(), move |s| s.views(&me)).await?;
+        let mut list = vec![
+            json!({"id": "all", "name": "All contacts", "builtin": true}),
+            json!({"id": "staff", "name": "Staff", "builtin": true}),
+            json!({"id": "members", "name": "Organization members", "builtin": true}),
+        ];
+        for v in saved {
+            let mut def: Value = serde_json::from_str(&v.definition).unwrap_or_else(|_| json!({}));
+            def["id"] = json!(v.id.to_string());
+            def["name"] = json!(v.name);
+            def["builtin"] = json!(false);
+            list.push(def);
+        }
+        Ok(json_response(StatusCode::OK, &json!({ "views": list })))
+    }
+
+    async fn save_view(&self, id: Option<i64>, body: Value) -> DavResult<Response<Body>> {
+        let obj = body.as_object().ok_or_else(|| bad("a view must be a JSON object"))?;
+        for key in obj.keys() {
+            if !["name", "q", "filter", "sort", "columns", "id", "builtin"].contains(&key.as_str()) {
+                return Err(bad(format!("view: unknown field '{key}'")));
+            }
+        }
+        let name = obj
+            .get("name")
+            .and_then(Value::as_str)
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .ok_or_else(|| bad("name: a view needs a name"))?;
+        // Validate by building the selection it describes.
+        let mut probe = HashMap::new();
+        if let Some(f) = obj.get("filter") {
+            probe.insert("filter".to_string(), f.to_string());
+        }
+        if let Some(s) = obj.get("sort").and_then(Value::as_str) {
+            probe.insert("sort".to_string(), s.to_string());
+        }
+        if let Some(c) = obj.get("columns") {
+            let list = c.as_array().ok_or_else(|| bad("columns: a list of column names"))?;
+            probe.insert("columns".to_string(), list.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(","));
+        }
+        self.selection(&probe).await?;
+        let definition = json!({
+            "q": obj.get("q").cloned().unwrap_or(Value::Null),
+            "filter": obj.get("filter").cloned().unwrap_or(Value::Null),
+            "sort": obj.get("sort").cloned().unwrap_or(Value::Null),
+            "columns": obj.get("columns").cloned().unwrap_or(Value::Null),
+        });
+        let definition = Value::Object(
+            definition
+                .as_object()
+                .map(|m| m.iter().filter(|(_, v)| !v.is_null()).map(|(k, v)| (k.clone(), v.clone())).collect())
+                .unwrap_or_default(),
+        );
+        let (me, n, d) = (self.user.username.clone(), name.to_string(), definition.to_string());
+        let saved = match store::blocking(self.store(), move |s| s.save_view(&me, id, &n, &d)).await {
+            Err(store::Error::AlreadyExists) => {
+                return Err(DavError::new(StatusCode::CONFLICT, format!("a view named '{name}' exists")));
+            }
+            Err(store::Error::NotFound) => return Err(DavError::new(StatusCode::NOT_FOUND, "no such view")),
+            other => other?,
+        };
+        let mut out = definition;
+        out["id"] = json!(saved.id.to_string());
+        out["name"] = json!(saved.name);
+        Ok(json_response(if id.is_some() { StatusCode::OK } else { StatusCode::CREATED }, &out))
+    }
+
+    async fn delete_view(&self, id: i64) -> DavResult<Response<Body>> {
+        let me = self.user.username.clone();
+        if !store::blocking(self.store(), move |s| s.delete_view(&me, id)).await? {
+            return Err(DavError::new(StatusCode::NOT_FOUND, "no such view"));
+        }
+        Ok(json_response(StatusCode::OK, &json!({"deleted": id.to_string()})))
+    }
+
+    pub async fn audit(&self, action: &str, book: &BookView, detail: &str) {
+        let (actor, action, target, detail) = (
+            self.user.username.clone(),
+            action.to_string(),
+            format!("{}/{}", book.owner, book.owner_segment),
+            detail.to_string(),
+        );
+        if let Err(e) = store::blocking(self.store(), move |s| s.audit(&actor, &action, &target, &detail)).await {
+            tracing::error!(error = %e, "could not write an audit record");
+        }
+    }
+}
+
+/// A random UID in UUID form (version 4 layout).
+pub fn new_uid() -> String {
+    let t = auth::generate_token("");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(&t).unwrap_or_default();
+    let hex: String = bytes.iter().take(16).map(|b| format!("{b:02x}")).collect();
+    format!("{}-{}-4{}-a{}-{}", &hex[0..8], &hex[8..12], &hex[13..16], &hex[17..20], &hex[20..32])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_match_templates() {
+        let segs = |p: &str| p.split('/').map(str::to_string).collect::<Vec<_>>();
+        let (i, params) = route("GET", &segs("books/contacts/contacts/abc")).expect("route");
+        assert_eq!(ROUTES[i].1, "/api/v1/books/{book}/contacts/{uid}");
+        assert_eq!(params["book"], "contacts");
+        assert_eq!(params["uid"], "abc");
+        assert!(route("POST", &segs("contacts")).is_none());
+    }
+
+    #[test]
+    fn every_route_is_in_the_openapi_document() {
+        let doc = openapi();
+        for (method, path, _) in ROUTES {
+            assert!(doc["paths"][path][method.to_lowercase()].is_object(), "{method} {path}");
+        }
+    }
+
+    #[test]
+    fn cursors_round_trip_and_reject_garbage() {
+        let c = encode_cursor("müller", 42);
+        assert_eq!(decode_cursor(&c).ok(), Some(("müller".to_string(), 42)));
+        assert!(decode_cursor("garbage!").is_err());
+        assert!(decode_cursor(&base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("[1,2]")).is_err());
+    }
+
+    #[test]
+    fn uids_look_like_uuids() {
+        let u = new_uid();
+        assert_eq!(u.len(), 36);
+        assert_eq!(u.matches('-').count(), 4);
+    }
+}

@@ -1,0 +1,558 @@
+//! Export (CSV or vCard, with a stated purpose that is audited) and import (vCard or CSV, dry run, matching
+//! by UID then e-mail, atomic per file).
+
+use super::{ApiCtx, bad, json_response, new_uid};
+use crate::body::{self, Body};
+use crate::error::{DavError, DavResult};
+use crate::store::{self, BookView, NewCard, Precondition};
+use crate::vcard::contact::{Address, COLUMNS, Contact, Name, Typed, apply_changes, project};
+use crate::vcard::{self, Version};
+use http_body_util::{BodyExt, Limited};
+use hyper::{Request, Response, StatusCode, header};
+use serde_json::{Value, json};
+use std::collections::HashMap;
+
+const EXPORT_PAGE: usize = 1000;
+const MAX_IMPORT_BYTES: usize = 64 * 1024 * 1024;
+const DEFAULT_CSV_COLUMNS: &[&str] =
+    &["fn", "given", "family", "org", "title", "email", "phone", "street", "city", "postal_code", "country"];
+
+/// `GET /api/v1/contacts/export?format=csv|vcf&purpose=…`: every matching contact, audited with the purpose.
+pub async fn export(ctx: &ApiCtx, params: &HashMap<String, String>) -> DavResult<Response<Body>> {
+    let purpose = params.get("purpose").map(|p| p.trim()).filter(|p| !p.is_empty()).ok_or_else(|| {
+        bad("purpose: an export must state its purpose (for example purpose=Newsletter); it is recorded in the audit log")
+    })?;
+    if purpose.chars().count() > 200 {
+        return Err(bad("purpose: at most 200 characters"));
+    }
+    let format = params.get("format").map(String::as_str).unwrap_or("csv");
+    if !matches!(format, "csv" | "vcf") {
+        return Err(bad(format!("format: '{format}' is not csv or vcf")));
+    }
+    let version =
+        params.get("version").map(|v| Version::parse(v).ok_or_else(|| bad("version: use 3.0 or 4.0"))).transpose()?;
+    let mut paging = params.clone();
+    paging.remove("cursor");
+    paging.insert("limit".into(), EXPORT_PAGE.to_string());
+    let selection = ctx.selection(&paging).await?;
+    let columns: Vec<String> =
+        selection.columns.clone().unwrap_or_else(|| DEFAULT_CSV_COLUMNS.iter().map(|c| c.to_string()).collect());
+    let segments = ctx.book_segments().await?;
+
+    let mut csv_out = csv::WriterBuilder::new().terminator(csv::Terminator::CRLF).from_writer(Vec::new());
+    let mut vcf_out: Vec<u8> = Vec::new();
+    if format == "csv" {
+        csv_out.write_record(&columns).map_err(|e| DavError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    }
+    let mut exported: Vec<String> = Vec::new();
+    let mut query = selection.query.clone();
+    loop {
+        let q = query.clone();
+        let page = store::blocking(ctx.store(), move |s| s.search_contacts(&q)).await?;
+        for found in &page {
+            let Some(segment) = segments.get(&found.book) else { continue };
+            exported.push(crate::router::card_href(&ctx.user.username, segment, &found.meta.name));
+            if format == "csv" {
+                let Some(card) = vcard::parse_stored(&found.vcard) else { continue };
+                let contact = project(&card);
+                let row: Vec<String> = columns.iter().map(|c| contact.column(c).replace('\n', "; ")).collect();
+                csv_out
+                    .write_record(&row)
+                    .map_err(|e| DavError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+            } else {
+                let (bytes, _) = vcard::render(&found.vcard, &found.meta.version, version, None);
+                vcf_out.extend_from_slice(&bytes);
+                if !bytes.ends_with(b"\n") {
+                    vcf_out.extend_from_slice(b"\r\n");
+                }
+            }
+        }
+        match page.last() {
+            Some(last) if page.len() == EXPORT_PAGE => query.after = Some((last.sort_key.clone(), last.id)),
+            _ => break,
+        }
+    }
+    let detail = json!({
+        "purpose": purpose, "format": format, "selection": selection.description, "count": exported.len(), "contacts": exported,
+    });
+    let (actor, d) = (ctx.user.username.clone(), detail.to_string());
+    store::blocking(ctx.store(), move |s| s.audit(&actor, "export", "contacts", &d)).await?;
+    tracing::info!(user = %ctx.user.username, purpose, format, count = exported.len(), "contacts exported");
+
+    let (content_type, bytes, ext) = if format == "csv" {
+        let mut bytes =
+            csv_out.into_inner().map_err(|e| DavError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        if params.get("bom").map(String::as_str) != Some("false") {
+            // Excel only reads UTF-8 CSV correctly when it starts with a byte-order mark.
+            bytes.splice(0..0, *b"\xEF\xBB\xBF");
+        }
+        ("text/csv; charset=utf-8", bytes, "csv")
+    } else {
+        ("text/vcard; charset=utf-8", vcf_out, "vcf")
+    };
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, content_type)
+        .header(header::CONTENT_DISPOSITION, format!("attachment; filename=\"contacts.{ext}\""))
+        .header("X-Exported-Count", exported.len().to_string())
+        .body(body::full(bytes))
+        .map_err(|e| DavError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+}
+
+/// A CSV header as a contact column: our own names, Google Contacts and Outlook exports.
+fn auto_column(header: &str) -> Option<&'static str> {
+    let h = header.trim().trim_start_matches('\u{feff}').to_lowercase();
+    if let Some(c) = COLUMNS.iter().find(|c| **c == h) {
+        return Some(c);
+    }
+    let starts = |p: &str| h.starts_with(p);
+    Some(match h.as_str() {
+        "name" | "display name" | "full name" => "fn",
+        "given name" | "first name" | "vorname" => "given",
+        "family name" | "last name" | "surname" | "nachname" => "family",
+        "company" | "organization" | "organisation" | "firma" => "org",
+        "job title" | "position" => "title",
+        "birthday" | "geburtstag" => "birthday",
+        "notes" | "note" | "notizen" => "note",
+        "web page" | "website" => "website",
+        "categories" | "group membership" | "labels" => "categories",
+        "gender" => "gender",
+        "department" => "department",
+        _ if starts("e-mail") && (h.ends_with("value") || h.ends_with("address")) => "email",
+        _ if h == "email" || h == "e-mail" => "email",
+        _ if starts("phone") && h.ends_with("value") => "phone",
+        _ if h.ends_with(" phone") || h == "phone" || h == "mobile" || h == "telefon" => "phone",
+        _ if starts("organization") && h.ends_with("- name") => "org",
+        _ if starts("organization") && h.ends_with("- title") => "title",
+        _ if starts("organization") && h.ends_with("- department") => "department",
+        _ if starts("address 1") && h.ends_with("- street") => "street",
+        _ if starts("address 1") && h.ends_with("- city") => "city",
+        _ if starts("address 1") && h.ends_with("- postal code") => "postal_code",
+        _ if starts("address 1") && h.ends_with("- country") => "country",
+        _ if starts("website") && h.ends_with("value") => "website",
+        "business street" | "home street" | "street" | "straße" => "street",
+        "business city" | "home city" | "city" | "ort" | "stadt" => "city",
+        "business postal code" | "home postal code" | "postal code" | "zip" | "plz" => "postal_code",
+        "business country/region" | "home country/region" | "country" | "land" => "country",
+        _ => return None,
+    })
+}
+
+/// Puts one CSV value into the contact field behind `column`.
+fn set_column(c: &mut Contact, column: &str, value: &str) {
+    let v = value.trim();
+    if v.is_empty() {
+        return;
+    }
+    let address = |c: &mut Contact| -> usize {
+        if c.addresses.is_empty() {
+            c.addresses.push(Address::default());
+        }
+        0
+    };
+    match column {
+        "fn" => c.formatted_name = v.into(),
+        "family" => c.name.family = v.into(),
+        "given" => c.name.given = v.into(),
+        "org" => c.org = v.into(),
+        "department" => c.department = v.into(),
+        "title" => c.title = v.into(),
+        "role" => c.role = v.into(),
+        "degree" => c.degree = v.into(),
+        "email" => c.emails.extend(
+            v.split(';').map(|e| Typed { value: e.trim().to_string(), types: vec![] }).filter(|e| !e.value.is_empty()),
+        ),
+        "phone" => c.phones.extend(
+            v.split(';').map(|p| Typed { value: p.trim().to_string(), types: vec![] }).filter(|p| !p.value.is_empty()),
+        ),
+        "street" => {
+            let i = address(c);
+            c.addresses[i].street = v.into()
+        }
+        "city" => {
+            let i = address(c);
+            c.addresses[i].city = v.into()
+        }
+        "postal_code" => {
+            let i = address(c);
+            c.addresses[i].postal_code = v.into()
+        }
+        "country" => {
+            let i = address(c);
+            c.addresses[i].country = v.into()
+        }
+        "birthday" => c.birthday = v.into(),
+        "gender" => c.gender = v.into(),
+        "website" => c.websites.push(v.into()),
+        "social" => c.social.push(v.into()),
+        "categories" => c.categories.extend(
+            v.split([',', ';'])
+                .flat_map(|x| x.split(":::"))
+                .map(|x| x.trim().trim_start_matches('*').trim().to_string())
+                .filter(|x| !x.is_empty()),
+        ),
+        "note" => c.note = v.into(),
+        "influence" => c.influence = v.into(),
+        "attitude" => c.attitude = v.into(),
+        "personality" => c.personality = v.into(),
+        "internal" => c.internal = matches!(v.to_lowercase().as_str(), "true" | "yes" | "1" | "ja"),
+        _ => {}
+    }
+}
+
+/// One contact to import, before matching.
+struct ImportRow {
+    row: usize,
+    uid: Option<String>,
+    contact: Contact,
+    /// For vCard imports: the card text to store (3.0/4.0 as given, older versions converted to 4.0).
+    vcard: Option<String>,
+}
+
+fn parse_csv(text: &str, mapping: Option<&Value>) -> DavResult<Vec<Result<ImportRow, (usize, String)>>> {
+    let text = text.trim_start_matches('\u{feff}');
+    let header_line = text.lines().next().unwrap_or("");
+    let delimiter = if header_line.matches(';').count() > header_line.matches(',').count() { b';' } else { b',' };
+    let mut reader = csv::ReaderBuilder::new().delimiter(delimiter).flexible(false).from_reader(text.as_bytes());
+    let headers = reader.headers().map_err(|e| bad(format!("CSV header: {e}")))?.clone();
+    let mut columns: Vec<Option<String>> = headers.iter().map(|h| auto_column(h).map(str::to_string)).collect();
+    if let Some(map) = mapping {
+        let map = map.as_object().ok_or_else(|| bad("mapping: a JSON object {\"CSV header\": \"column\"}"))?;
+        for (csv_header, column) in map {
+            let column = column
+                .as_str()
+                .ok_or_else(|| bad(format!("mapping: the column for '{csv_header}' must be a string")))?;
+            if !column.is_empty() && !COLUMNS.contains(&column) {
+                return Err(bad(format!("mapping: unknown column '{column}'")));
+            }
+            let index = headers
+                .iter()
+                .position(|h| h.trim() == csv_header)
+                .ok_or_else(|| bad(format!("mapping: the CSV has no column '{csv_header}'")))?;
+            columns[index] = if column.is_empty() { None } else { Some(column.to_string()) };
+        }
+    }
+    if columns.iter().all(Option::is_none) {
+        return Err(bad("CSV: no column could be mapped to a contact field; give a mapping"));
+    }
+    let mut rows = Vec::new();
+    for (i, record) in reader.records().enumerate() {
+        let row = i + 2; // 1-based, after the header line
+        match record {
+            Err(e) => rows.push(Err((row, format!("malformed CSV row: {e}")))),
+            Ok(record) => {
+                let mut contact = Contact::default();
+                let mut uid = None;
+                for (value, column) in record.iter().zip(&columns) {
+                    if let Some(c) = column {
+                        set_column(&mut contact, c, value);
+                    }
+                }
+                if let Some(i) = headers.iter().position(|h| h.trim().eq_ignore_ascii_case("uid")) {
+                    uid = record.get(i).map(str::trim).filter(|u| !u.is_empty()).map(str::to_string);
+                }
+                if contact.formatted_name.is_empty() {
+                    let composed = [contact.name.given.as_str(), contact.name.family.as_str()]
+                        .iter()
+                        .filter(|s| !s.is_empty())
+                        .copied()
+                        .collect::<Vec<_>>()
+                        .join(" ");
+                    contact.formatted_name = if composed.is_empty() { contact.org.clone() } else { composed };
+                }
+                if contact.formatted_name.is_empty() && contact.emails.is_empty() {
+                    rows.push(Err((row, "the row has neither a name nor an e-mail address".into())));
+                } else {
+                    if contact.formatted_name.is_empty() {
+                        contact.formatted_name = contact.emails[0].value.clone();
+                    }
+                    rows.push(Ok(ImportRow { row, uid, contact, vcard: None }));
+                }
+            }
+        }
+    }
+    Ok(rows)
+}
+
+fn parse_vcf(text: &str) -> Vec<Result<ImportRow, (usize, String)>> {
+    let mut out = Vec::new();
+    let mut parser = calcard::Parser::new(text.trim_start_matches('\u{feff}'));
+    let mut n = 0;
+    loop {
+        n += 1;
+        match parser.entry() {
+            calcard::Entry::VCard(card) => {
+                let contact = project(&card);
+                let uid = card.uid().map(str::trim).filter(|u| !u.is_empty()).map(str::to_string);
+                let version = match card.version() {
+                    Some(calcard::vcard::VCardVersion::V3_0) => Version::V3,
+                    _ => Version::V4,
+                };
+                let mut text = vcard::write_as(&card, version);
+                if uid.is_none() || card.property(&calcard::vcard::VCardProperty::Fn).is_none() {
+                    // Older producers (vCard 2.1, Outlook) omit UID or FN: the stored card gets them.
+                    let fallback_fn = if contact.formatted_name.is_empty() {
+                        [contact.name.given.as_str(), contact.name.family.as_str()].join(" ").trim().to_string()
+                    } else {
+                        contact.formatted_name.clone()
+                    };
+                    let mut additions = String::new();
+                    if uid.is_none() {
+                        additions.push_str(&format!("UID:{}\r\n", new_uid()));
+                    }
+                    if card.property(&calcard::vcard::VCardProperty::Fn).is_none() {
+                        additions.push_str(&format!(
+                            "FN:{}\r\n",
+                            if fallback_fn.is_empty() { "(no name)".to_string() } else { fallback_fn }
+                        ));
+                    }
+                    if let Some(pos) = text.rfind("END:VCARD") {
+                        text.insert_str(pos, &additions);
+                    }
+                }
+                out.push(Ok(ImportRow { row: n, uid, contact, vcard: Some(text) }));
+            }
+            calcard::Entry::Eof => break,
+            calcard::Entry::InvalidLine(line) => {
+                out.push(Err((n, format!("invalid line: {}", line.chars().take(60).collect::<String>()))))
+            }
+            _ => out.push(Err((n, "not a vCard".into()))),
+        }
+        if n > 1_000_000 {
+            break;
+        }
+    }
+    out
+}
+
+/// `POST /api/v1/books/{book}/import?format=vcf|csv&dry_run=true&mapping={…}`.
+pub async fn import(
+    ctx: &ApiCtx,
+    book: &BookView,
+    params: &HashMap<String, String>,
+    req: Request<hyper::body::Incoming>,
+) -> DavResult<Response<Body>> {
+    crate::app::App::require_writable(book)?;
+    let dry_run = matches!(params.get("dry_run").map(String::as_str), Some("true" | "1" | "yes"));
+    let content_type =
+        req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_lowercase();
+    let bytes = read_upload(req.into_body()).await?;
+    let text = String::from_utf8(bytes).map_err(|_| bad("the file is not UTF-8 text"))?;
+    let format = match params.get("format").map(String::as_str) {
+        Some(f) => f.to_string(),
+        None if content_type.contains("csv") => "csv".into(),
+        None if text.trim_start_matches('\u{feff}').trim_start().to_uppercase().starts_with("BEGIN:VCARD") => {
+            "vcf".into()
+        }
+        None => "csv".into(),
+    };
+    let mapping = match params.get("mapping") {
+        Some(m) => Some(serde_json::from_str::<Value>(m).map_err(|e| bad(format!("mapping: invalid JSON: {e}")))?),
+        None => None,
+    };
+    let rows = match format.as_str() {
+        "csv" => parse_csv(&text, mapping.as_ref())?,
+        "vcf" => parse_vcf(&text),
+        other => return Err(bad(format!("format: '{other}' is not csv or vcf"))),
+    };
+
+    // Existing cards by UID and by e-mail, to update instead of duplicating.
+    let id = book.id;
+    let index = store::blocking(ctx.store(), move |s| s.card_index(id)).await?;
+    let by_uid: HashMap<String, usize> = index.iter().enumerate().map(|(i, k)| (k.uid.clone(), i)).collect();
+    let mut by_email: HashMap<String, usize> = HashMap::new();
+    for (i, k) in index.iter().enumerate() {
+        for e in k.emails.lines().filter(|e| !e.is_empty()) {
+            by_email.entry(e.to_string()).or_insert(i);
+        }
+    }
+    let mut report = Vec::new();
+    let mut writes: Vec<(String, NewCard, Precondition)> = Vec::new();
+    let mut touched: HashMap<String, usize> = HashMap::new();
+    let (mut created, mut updated, mut rejected) = (0, 0, 0);
+    for row in rows {
+        let incoming = match row {
+            Ok(i) => i,
+            Err((row, reason)) => {
+                rejected += 1;
+                report.push(json!({"row": row, "action": "reject", "reason": reason}));
+                continue;
+            }
+        };
+        let matched = incoming
+            .uid
+            .as_ref()
+            .and_then(|u| by_uid.get(u))
+            .or_else(|| incoming.contact.emails.iter().find_map(|e| by_email.get(&e.value.trim().to_lowercase())))
+            .copied();
+        let outcome: Result<(String, NewCard, Precondition, &str, String), String> = match matched {
+            Some(i) => {
+                let key = &index[i];
+                let (bid, name) = (book.id, key.name.clone());
+                let existing =
+                    store::blocking(ctx.store(), move |s| s.card(bid, &name)).await?.ok_or_else(DavError::not_found)?;
+                let text = match &incoming.vcard {
+                    // A vCard import replaces the card, keeping its UID so devices see an update.
+                    Some(v) => replace_uid(v, &key.uid),
+                    None => {
+                        let stored = String::from_utf8_lossy(&existing.vcard).into_owned();
+                        let old = vcard::parse_stored(&existing.vcard).map(|c| project(&c)).unwrap_or_default();
+                        let merged = merge_non_empty(&old, &incoming.contact);
+                        apply_changes(
+                            &stored,
+                            Version::parse(&existing.meta.version).unwrap_or(Version::V4),
+                            &old,
+                            &merged,
+                        )
+                    }
+                };
+                vcard::validate(text.as_bytes())
+                    .map(|v| {
+                        (
+                            key.name.clone(),
+                            v.new_card,
+                            Precondition::EtagIn(vec![key.etag.clone()]),
+                            "update",
+                            key.uid.clone(),
+                        )
+                    })
+                    .map_err(|e| format!("{e:?}"))
+            }
+            None => {
+                let uid = incoming.uid.clone().unwrap_or_else(new_uid);
+                let text = incoming.vcard.clone().unwrap_or_else(|| incoming.contact.to_new_vcard(&uid));
+                let name = format!("{}.vcf", uid.replace(['/', '\\', '\0'], "_"));
+                vcard::validate(text.as_bytes())
+                    .map(|v| (name, v.new_card, Precondition::MustNotExist, "create", uid))
+                    .map_err(|e| format!("{e:?}"))
+            }
+        };
+        match outcome {
+            Ok((name, card, pre, action, uid)) => {
+                if let Some(first) = touched.get(&name) {
+                    rejected += 1;
+                    report.push(json!({"row": incoming.row, "action": "reject", "uid": uid, "reason": format!("the same contact as row {first}")}));
+                    continue;
+                }
+                touched.insert(name.clone(), incoming.row);
+                if action == "create" {
+                    created += 1
+                } else {
+                    updated += 1
+                }
+                report.push(
+                    json!({"row": incoming.row, "action": action, "uid": uid, "fn": incoming.contact.formatted_name}),
+                );
+                writes.push((name, card, pre));
+            }
+            Err(reason) => {
+                rejected += 1;
+                report.push(json!({"row": incoming.row, "action": "reject", "reason": reason}));
+            }
+        }
+    }
+    let summary =
+        json!({"dry_run": dry_run, "created": created, "updated": updated, "rejected": rejected, "rows": report});
+    if dry_run {
+        return Ok(json_response(StatusCode::OK, &summary));
+    }
+    if rejected > 0 {
+        // Atomic per file: nothing is written while any row is refused.
+        let mut s = summary;
+        s["error"] =
+            json!(format!("{rejected} rows were refused; nothing was imported (see rows, or run with dry_run=true)"));
+        return Ok(json_response(StatusCode::UNPROCESSABLE_ENTITY, &s));
+    }
+    let count = writes.len();
+    let bid = book.id;
+    match store::blocking(ctx.store(), move |s| s.put_cards(bid, &writes)).await {
+        Ok(_) => {}
+        Err(store::Error::PreconditionFailed) => {
+            return Err(DavError::new(
+                StatusCode::CONFLICT,
+                "the book changed during the import; nothing was imported, try again",
+            ));
+        }
+        Err(store::Error::UidConflict(existing)) => {
+            return Err(DavError::new(
+                StatusCode::CONFLICT,
+                format!("a UID in the file is already used by {existing}; nothing was imported"),
+            ));
+        }
+        Err(e) => return Err(e.into()),
+    }
+    ctx.audit(
+        "import",
+        book,
+        &json!({"format": format, "created": created, "updated": updated, "count": count}).to_string(),
+    )
+    .await;
+    Ok(json_response(StatusCode::OK, &summary))
+}
+
+fn replace_uid(text: &str, uid: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut replaced = false;
+    for line in text.split_inclusive('\n') {
+        if !replaced && line.len() >= 4 && line[..4].eq_ignore_ascii_case("UID:") {
+            out.push_str(&format!("UID:{uid}\r\n"));
+            replaced = true;
+        } else {
+            out.push_str(line);
+        }
+    }
+    out
+}
+
+/// A CSV row fills fields; an empty cell leaves the existing value alone.
+fn merge_non_empty(old: &Contact, new: &Contact) -> Contact {
+    let mut m = old.clone();
+    let pick = |a: &mut String, b: &String| {
+        if !b.is_empty() {
+            *a = b.clone();
+        }
+    };
+    pick(&mut m.formatted_name, &new.formatted_name);
+    let Name { family, given, .. } = &new.name;
+    pick(&mut m.name.family, family);
+    pick(&mut m.name.given, given);
+    for (a, b) in [
+        (&mut m.org, &new.org),
+        (&mut m.department, &new.department),
+        (&mut m.title, &new.title),
+        (&mut m.birthday, &new.birthday),
+        (&mut m.note, &new.note),
+    ] {
+        pick(a, b);
+    }
+    for e in &new.emails {
+        if !m.emails.iter().any(|x| x.value.eq_ignore_ascii_case(&e.value)) {
+            m.emails.push(e.clone());
+        }
+    }
+    for p in &new.phones {
+        if !m.phones.iter().any(|x| x.value == p.value) {
+            m.phones.push(p.clone());
+        }
+    }
+    if !new.addresses.is_empty() && new.addresses != m.addresses {
+        m.addresses = new.addresses.clone();
+    }
+    for c in &new.categories {
+        if !m.categories.contains(c) {
+            m.categories.push(c.clone());
+        }
+    }
+    m
+}
+
+async fn read_upload(body: hyper::body::Incoming) -> DavResult<Vec<u8>> {
+    match Limited::new(body, MAX_IMPORT_BYTES).collect().await {
+        Ok(c) => Ok(c.to_bytes().to_vec()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(DavError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("imports may be at most {} MiB", MAX_IMPORT_BYTES / 1024 / 1024),
+        )),
+        Err(e) => Err(bad(format!("could not read the upload: {e}"))),
+    }
+}
