@@ -264,7 +264,9 @@ impl App {
                 }
             }
             Route::Home { .. } | Route::AddressBook { .. } | Route::Card { .. } => Err(DavError::not_found()),
-            Route::WellKnown | Route::Admin(_) | Route::Account(_) | Route::Api(_) | Route::Files { .. } => Err(DavError::not_found()),
+            Route::WellKnown | Route::Admin(_) | Route::Account(_) | Route::Api(_) | Route::Files { .. } => {
+                Err(DavError::not_found())
+            }
         }
     }
 

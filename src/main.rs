@@ -41,6 +41,47 @@ enum Command {
     Restore { file: PathBuf },
     /// Verify the database's integrity and that every stored card parses.
     Check,
+    /// Import a .vcf or .csv file into a user's address book (atomic; matches by UID, then e-mail).
+    Import {
+        file: PathBuf,
+        #[arg(long)]
+        user: String,
+        #[arg(long, default_value = "contacts")]
+        book: String,
+        /// csv or vcf (guessed from the content when left out)
+        #[arg(long)]
+        format: Option<String>,
+        /// JSON object mapping CSV headers to columns, e.g. '{"Mail": "email"}'
+        #[arg(long)]
+        mapping: Option<String>,
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Export a user's contacts as CSV or vCard; the purpose is recorded in the audit log.
+    Export {
+        #[arg(long)]
+        user: String,
+        #[arg(long)]
+        purpose: String,
+        #[arg(long)]
+        book: Option<String>,
+        #[arg(long)]
+        q: Option<String>,
+        /// JSON filter as in the API, e.g. '{"column": "city", "op": "equals", "value": "Berlin"}'
+        #[arg(long)]
+        filter: Option<String>,
+        /// Comma-separated columns (CSV)
+        #[arg(long)]
+        columns: Option<String>,
+        #[arg(long, default_value = "csv")]
+        format: String,
+        /// vCard version for format vcf (3.0 or 4.0)
+        #[arg(long)]
+        version: Option<String>,
+        /// Write here instead of standard output
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -315,6 +356,12 @@ fn offline(config: &Config, command: Command) -> Result<(), String> {
             println!("backup written to {}", file.display());
         }
         Command::Check => check(store)?,
+        Command::Import { file, user, book, format, mapping, dry_run } => {
+            import(store, &file, &user, &book, format, mapping, dry_run)?
+        }
+        Command::Export { user, purpose, book, q, filter, columns, format, version, output } => {
+            export(store, ExportArgs { user, purpose, book, q, filter, columns, format, version, output })?
+        }
         Command::Serve | Command::Restore { .. } => unreachable!("handled above"),
     }
     Ok(())
@@ -363,5 +410,118 @@ fn restore(config: &Config, file: &std::path::Path) -> Result<(), String> {
     }
     std::fs::copy(file, &target).map_err(|e| format!("cannot copy the backup into place: {e}"))?;
     println!("restored {} into {}", file.display(), target.display());
+    Ok(())
+}
+
+fn progress_bar(done: usize, total: usize) {
+    let width = 30;
+    let filled = if total == 0 { width } else { done * width / total };
+    eprint!("\r[{}{}] {done}/{total}", "#".repeat(filled), ".".repeat(width - filled));
+    if done >= total {
+        eprintln!();
+    }
+}
+
+fn import(
+    store: &dyn Store,
+    file: &std::path::Path,
+    user: &str,
+    book: &str,
+    format: Option<String>,
+    mapping: Option<String>,
+    dry_run: bool,
+) -> Result<(), String> {
+    use kartei::api::transfer::{ImportRequest, detect_format, run_import};
+    let bytes = std::fs::read(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    let text = String::from_utf8(bytes).map_err(|_| format!("{} is not UTF-8 text", file.display()))?;
+    let view =
+        store.book_in_home(user, book).map_err(|e| e.to_string())?.ok_or(format!("{user} has no book '{book}'"))?;
+    let ext = file.extension().and_then(|e| e.to_str()).unwrap_or("").to_lowercase();
+    let format = format.unwrap_or_else(|| if ext == "vcf" { "vcf".into() } else { detect_format(&ext, &text) });
+    let mapping = mapping.map(|m| serde_json::from_str(&m).map_err(|e| format!("--mapping: {e}"))).transpose()?;
+    let request = ImportRequest { format, mapping, dry_run };
+    let (status, summary) =
+        run_import(store, &view, &text, &request, &mut progress_bar).map_err(|e| e.message.to_string())?;
+    for row in summary["rows"].as_array().into_iter().flatten().filter(|r| r["action"] == "reject") {
+        eprintln!("row {}: refused: {}", row["row"], row["reason"].as_str().unwrap_or(""));
+    }
+    println!(
+        "{}created {}, updated {}, refused {}",
+        if dry_run { "dry run: " } else { "" },
+        summary["created"],
+        summary["updated"],
+        summary["rejected"]
+    );
+    if status.is_success() {
+        if !dry_run {
+            let _ = store.audit("cli", "import", &format!("{user}/{book}"), &json!({"file": file.display().to_string(), "created": summary["created"], "updated": summary["updated"]}).to_string());
+        }
+        Ok(())
+    } else {
+        Err("nothing was imported".into())
+    }
+}
+
+struct ExportArgs {
+    user: String,
+    purpose: String,
+    book: Option<String>,
+    q: Option<String>,
+    filter: Option<String>,
+    columns: Option<String>,
+    format: String,
+    version: Option<String>,
+    output: Option<PathBuf>,
+}
+
+fn export(store: &dyn Store, args: ExportArgs) -> Result<(), String> {
+    use kartei::api::transfer::{export_request, run_export};
+    use kartei::store::ContactQuery;
+    let books = store.books_in_home(&args.user).map_err(|e| e.to_string())?;
+    let books: Vec<_> = books.into_iter().filter(|b| args.book.as_ref().is_none_or(|s| *s == b.segment)).collect();
+    if books.is_empty() {
+        return Err(format!("{} has no such book", args.user));
+    }
+    let filter = match &args.filter {
+        Some(f) => {
+            let v: serde_json::Value = serde_json::from_str(f).map_err(|e| format!("--filter: {e}"))?;
+            Some(kartei::api::parse_filter(&v, &mut 0).map_err(|e| e.message.to_string())?)
+        }
+        None => None,
+    };
+    let columns = match &args.columns {
+        Some(c) => {
+            let list: Vec<String> = c.split(',').map(|s| s.trim().to_string()).collect();
+            for col in &list {
+                kartei::api::check_column(col).map_err(|e| e.message.to_string())?;
+            }
+            Some(list)
+        }
+        None => None,
+    };
+    let mut params = std::collections::HashMap::new();
+    params.insert("purpose".to_string(), args.purpose.clone());
+    params.insert("format".to_string(), args.format.clone());
+    if let Some(v) = &args.version {
+        params.insert("version".to_string(), v.clone());
+    }
+    let description = json!({"q": args.q, "filter": args.filter, "book": args.book, "via": "cli"});
+    let request = export_request(&params, columns, description).map_err(|e| e.message.to_string())?;
+    let query = ContactQuery {
+        books: books.iter().map(|b| b.id).collect(),
+        words: args.q.as_deref().map(kartei::api::search_words).unwrap_or_default(),
+        filter,
+        sort: ("fn".into(), false),
+        after: None,
+        limit: None,
+    };
+    let segments = books.iter().map(|b| (b.id, b.segment.clone())).collect();
+    let (bytes, count) =
+        run_export(store, &args.user, &segments, query, &request).map_err(|e| e.message.to_string())?;
+    match &args.output {
+        Some(path) => std::fs::write(path, &bytes).map_err(|e| format!("cannot write {}: {e}", path.display()))?,
+        None => std::io::Write::write_all(&mut std::io::stdout(), &bytes).map_err(|e| e.to_string())?,
+    }
+    eprintln!("exported {count} contacts (purpose: {})", args.purpose);
     Ok(())
 }

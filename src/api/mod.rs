@@ -5,7 +5,7 @@
 //! `ROUTES` is the one list of endpoints: dispatch matches against it and the OpenAPI document is generated
 //! from it, so the two cannot drift apart.
 
-mod transfer;
+pub mod transfer;
 
 use crate::app::{App, AuthUser};
 use crate::auth;
@@ -244,7 +244,7 @@ pub struct ApiCtx {
     pub user: AuthUser,
 }
 
-fn check_column(c: &str) -> DavResult<()> {
+pub fn check_column(c: &str) -> DavResult<()> {
     if COLUMNS.contains(&c) {
         Ok(())
     } else {
@@ -253,7 +253,7 @@ fn check_column(c: &str) -> DavResult<()> {
 }
 
 /// `{"and": [...]}`, `{"or": [...]}`, `{"not": {...}}` or `{"column": c, "op": o, "value": v}`.
-fn parse_filter(v: &Value, terms: &mut usize) -> DavResult<FieldFilter> {
+pub fn parse_filter(v: &Value, terms: &mut usize) -> DavResult<FieldFilter> {
     *terms += 1;
     if *terms > MAX_FILTER_TERMS {
         return Err(bad(format!("the filter has more than {MAX_FILTER_TERMS} terms")));

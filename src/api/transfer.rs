@@ -17,8 +17,24 @@ const MAX_IMPORT_BYTES: usize = 64 * 1024 * 1024;
 const DEFAULT_CSV_COLUMNS: &[&str] =
     &["fn", "given", "family", "org", "title", "email", "phone", "street", "city", "postal_code", "country"];
 
-/// `GET /api/v1/contacts/export?format=csv|vcf&purpose=…`: every matching contact, audited with the purpose.
-pub async fn export(ctx: &ApiCtx, params: &HashMap<String, String>) -> DavResult<Response<Body>> {
+/// What to export and why.
+pub struct ExportRequest {
+    /// "csv" or "vcf".
+    pub format: String,
+    pub purpose: String,
+    pub columns: Vec<String>,
+    pub version: Option<Version>,
+    pub bom: bool,
+    /// The request as given, for the audit record.
+    pub description: Value,
+}
+
+/// Checks the parts of an export request that do not depend on the selection.
+pub fn export_request(
+    params: &HashMap<String, String>,
+    columns: Option<Vec<String>>,
+    description: Value,
+) -> DavResult<ExportRequest> {
     let purpose = params.get("purpose").map(|p| p.trim()).filter(|p| !p.is_empty()).ok_or_else(|| {
         bad("purpose: an export must state its purpose (for example purpose=Newsletter); it is recorded in the audit log")
     })?;
@@ -31,36 +47,73 @@ pub async fn export(ctx: &ApiCtx, params: &HashMap<String, String>) -> DavResult
     }
     let version =
         params.get("version").map(|v| Version::parse(v).ok_or_else(|| bad("version: use 3.0 or 4.0"))).transpose()?;
+    Ok(ExportRequest {
+        format: format.to_string(),
+        purpose: purpose.to_string(),
+        columns: columns.unwrap_or_else(|| DEFAULT_CSV_COLUMNS.iter().map(|c| c.to_string()).collect()),
+        version,
+        bom: params.get("bom").map(String::as_str) != Some("false"),
+        description,
+    })
+}
+
+/// `GET /api/v1/contacts/export?format=csv|vcf&purpose=…`: every matching contact, audited with the purpose.
+pub async fn export(ctx: &ApiCtx, params: &HashMap<String, String>) -> DavResult<Response<Body>> {
     let mut paging = params.clone();
     paging.remove("cursor");
     paging.insert("limit".into(), EXPORT_PAGE.to_string());
     let selection = ctx.selection(&paging).await?;
-    let columns: Vec<String> =
-        selection.columns.clone().unwrap_or_else(|| DEFAULT_CSV_COLUMNS.iter().map(|c| c.to_string()).collect());
+    let request = export_request(params, selection.columns.clone(), selection.description.clone())?;
     let segments = ctx.book_segments().await?;
+    let store = ctx.store().clone();
+    let user = ctx.user.username.clone();
+    let query = selection.query;
+    let format = request.format.clone();
+    let (bytes, count) =
+        tokio::task::spawn_blocking(move || run_export(store.as_ref(), &user, &segments, query, &request))
+            .await
+            .map_err(|e| DavError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    let (content_type, ext) =
+        if format == "csv" { ("text/csv; charset=utf-8", "csv") } else { ("text/vcard; charset=utf-8", "vcf") };
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, content_type)
+        .header(header::CONTENT_DISPOSITION, format!("attachment; filename=\"contacts.{ext}\""))
+        .header("X-Exported-Count", count.to_string())
+        .body(body::full(bytes))
+        .map_err(|e| DavError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+}
 
+/// Writes every contact the query matches (all pages) as CSV or vCard and records the export — who, when,
+/// purpose, selection, count and which contacts — in the audit log. Returns the file and the count.
+pub fn run_export(
+    store: &dyn store::Store,
+    username: &str,
+    segments: &HashMap<i64, String>,
+    mut query: store::ContactQuery,
+    request: &ExportRequest,
+) -> DavResult<(Vec<u8>, usize)> {
+    let internal = |e: csv::Error| DavError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
     let mut csv_out = csv::WriterBuilder::new().terminator(csv::Terminator::CRLF).from_writer(Vec::new());
     let mut vcf_out: Vec<u8> = Vec::new();
-    if format == "csv" {
-        csv_out.write_record(&columns).map_err(|e| DavError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    if request.format == "csv" {
+        csv_out.write_record(&request.columns).map_err(internal)?;
     }
+    query.limit = Some(EXPORT_PAGE);
+    query.after = None;
     let mut exported: Vec<String> = Vec::new();
-    let mut query = selection.query.clone();
     loop {
-        let q = query.clone();
-        let page = store::blocking(ctx.store(), move |s| s.search_contacts(&q)).await?;
+        let page = store.search_contacts(&query)?;
         for found in &page {
             let Some(segment) = segments.get(&found.book) else { continue };
-            exported.push(crate::router::card_href(&ctx.user.username, segment, &found.meta.name));
-            if format == "csv" {
+            exported.push(crate::router::card_href(username, segment, &found.meta.name));
+            if request.format == "csv" {
                 let Some(card) = vcard::parse_stored(&found.vcard) else { continue };
                 let contact = project(&card);
-                let row: Vec<String> = columns.iter().map(|c| contact.column(c).replace('\n', "; ")).collect();
-                csv_out
-                    .write_record(&row)
-                    .map_err(|e| DavError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+                let row: Vec<String> = request.columns.iter().map(|c| contact.column(c).replace('\n', "; ")).collect();
+                csv_out.write_record(&row).map_err(internal)?;
             } else {
-                let (bytes, _) = vcard::render(&found.vcard, &found.meta.version, version, None);
+                let (bytes, _) = vcard::render(&found.vcard, &found.meta.version, request.version, None);
                 vcf_out.extend_from_slice(&bytes);
                 if !bytes.ends_with(b"\n") {
                     vcf_out.extend_from_slice(b"\r\n");
@@ -73,30 +126,23 @@ pub async fn export(ctx: &ApiCtx, params: &HashMap<String, String>) -> DavResult
         }
     }
     let detail = json!({
-        "purpose": purpose, "format": format, "selection": selection.description, "count": exported.len(), "contacts": exported,
+        "purpose": request.purpose, "format": request.format, "selection": request.description,
+        "count": exported.len(), "contacts": exported,
     });
-    let (actor, d) = (ctx.user.username.clone(), detail.to_string());
-    store::blocking(ctx.store(), move |s| s.audit(&actor, "export", "contacts", &d)).await?;
-    tracing::info!(user = %ctx.user.username, purpose, format, count = exported.len(), "contacts exported");
-
-    let (content_type, bytes, ext) = if format == "csv" {
+    store.audit(username, "export", "contacts", &detail.to_string())?;
+    tracing::info!(user = %username, purpose = %request.purpose, format = %request.format, count = exported.len(), "contacts exported");
+    let bytes = if request.format == "csv" {
         let mut bytes =
             csv_out.into_inner().map_err(|e| DavError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-        if params.get("bom").map(String::as_str) != Some("false") {
+        if request.bom {
             // Excel only reads UTF-8 CSV correctly when it starts with a byte-order mark.
             bytes.splice(0..0, *b"\xEF\xBB\xBF");
         }
-        ("text/csv; charset=utf-8", bytes, "csv")
+        bytes
     } else {
-        ("text/vcard; charset=utf-8", vcf_out, "vcf")
+        vcf_out
     };
-    Response::builder()
-        .status(StatusCode::OK)
-        .header(header::CONTENT_TYPE, content_type)
-        .header(header::CONTENT_DISPOSITION, format!("attachment; filename=\"contacts.{ext}\""))
-        .header("X-Exported-Count", exported.len().to_string())
-        .body(body::full(bytes))
-        .map_err(|e| DavError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+    Ok((bytes, exported.len()))
 }
 
 /// A CSV header as a contact column: our own names, Google Contacts and Outlook exports.
@@ -325,6 +371,25 @@ fn parse_vcf(text: &str) -> Vec<Result<ImportRow, (usize, String)>> {
     out
 }
 
+/// What an import run was asked to do.
+pub struct ImportRequest {
+    /// "csv" or "vcf".
+    pub format: String,
+    pub mapping: Option<Value>,
+    pub dry_run: bool,
+}
+
+/// Guesses the format of an upload from its Content-Type and first bytes.
+pub fn detect_format(content_type: &str, text: &str) -> String {
+    if content_type.contains("csv") {
+        "csv".into()
+    } else if text.trim_start_matches('\u{feff}').trim_start().to_uppercase().starts_with("BEGIN:VCARD") {
+        "vcf".into()
+    } else {
+        "csv".into()
+    }
+}
+
 /// `POST /api/v1/books/{book}/import?format=vcf|csv&dry_run=true&mapping={…}`.
 pub async fn import(
     ctx: &ApiCtx,
@@ -333,32 +398,48 @@ pub async fn import(
     req: Request<hyper::body::Incoming>,
 ) -> DavResult<Response<Body>> {
     crate::app::App::require_writable(book)?;
-    let dry_run = matches!(params.get("dry_run").map(String::as_str), Some("true" | "1" | "yes"));
     let content_type =
         req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_lowercase();
     let bytes = read_upload(req.into_body()).await?;
     let text = String::from_utf8(bytes).map_err(|_| bad("the file is not UTF-8 text"))?;
-    let format = match params.get("format").map(String::as_str) {
-        Some(f) => f.to_string(),
-        None if content_type.contains("csv") => "csv".into(),
-        None if text.trim_start_matches('\u{feff}').trim_start().to_uppercase().starts_with("BEGIN:VCARD") => {
-            "vcf".into()
-        }
-        None => "csv".into(),
+    let request = ImportRequest {
+        format: params.get("format").cloned().unwrap_or_else(|| detect_format(&content_type, &text)),
+        mapping: match params.get("mapping") {
+            Some(m) => Some(serde_json::from_str::<Value>(m).map_err(|e| bad(format!("mapping: invalid JSON: {e}")))?),
+            None => None,
+        },
+        dry_run: matches!(params.get("dry_run").map(String::as_str), Some("true" | "1" | "yes")),
     };
-    let mapping = match params.get("mapping") {
-        Some(m) => Some(serde_json::from_str::<Value>(m).map_err(|e| bad(format!("mapping: invalid JSON: {e}")))?),
-        None => None,
-    };
-    let rows = match format.as_str() {
-        "csv" => parse_csv(&text, mapping.as_ref())?,
-        "vcf" => parse_vcf(&text),
+    let store = ctx.store().clone();
+    let target = book.clone();
+    let (status, summary) =
+        tokio::task::spawn_blocking(move || run_import(store.as_ref(), &target, &text, &request, &mut |_, _| {}))
+            .await
+            .map_err(|e| DavError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    if status == StatusCode::OK && !summary["dry_run"].as_bool().unwrap_or(true) {
+        ctx.audit("import", book, &json!({"created": summary["created"], "updated": summary["updated"]}).to_string())
+            .await;
+    }
+    Ok(json_response(status, &summary))
+}
+
+/// Plans and (unless a dry run) applies an import in one transaction. `progress(done, total)` is called as
+/// rows are planned. Answers 200 with the row report, or 422 with it when any row was refused (nothing is
+/// written then: an import is atomic per file).
+pub fn run_import(
+    store: &dyn store::Store,
+    book: &BookView,
+    text: &str,
+    request: &ImportRequest,
+    progress: &mut dyn FnMut(usize, usize),
+) -> DavResult<(StatusCode, Value)> {
+    let rows = match request.format.as_str() {
+        "csv" => parse_csv(text, request.mapping.as_ref())?,
+        "vcf" => parse_vcf(text),
         other => return Err(bad(format!("format: '{other}' is not csv or vcf"))),
     };
-
     // Existing cards by UID and by e-mail, to update instead of duplicating.
-    let id = book.id;
-    let index = store::blocking(ctx.store(), move |s| s.card_index(id)).await?;
+    let index = store.card_index(book.id)?;
     let by_uid: HashMap<String, usize> = index.iter().enumerate().map(|(i, k)| (k.uid.clone(), i)).collect();
     let mut by_email: HashMap<String, usize> = HashMap::new();
     for (i, k) in index.iter().enumerate() {
@@ -366,11 +447,15 @@ pub async fn import(
             by_email.entry(e.to_string()).or_insert(i);
         }
     }
+    let total = rows.len();
     let mut report = Vec::new();
     let mut writes: Vec<(String, NewCard, Precondition)> = Vec::new();
     let mut touched: HashMap<String, usize> = HashMap::new();
     let (mut created, mut updated, mut rejected) = (0, 0, 0);
-    for row in rows {
+    for (done, row) in rows.into_iter().enumerate() {
+        if done % 500 == 0 {
+            progress(done, total);
+        }
         let incoming = match row {
             Ok(i) => i,
             Err((row, reason)) => {
@@ -388,9 +473,7 @@ pub async fn import(
         let outcome: Result<(String, NewCard, Precondition, &str, String), String> = match matched {
             Some(i) => {
                 let key = &index[i];
-                let (bid, name) = (book.id, key.name.clone());
-                let existing =
-                    store::blocking(ctx.store(), move |s| s.card(bid, &name)).await?.ok_or_else(DavError::not_found)?;
+                let existing = store.card(book.id, &key.name)?.ok_or_else(DavError::not_found)?;
                 let text = match &incoming.vcard {
                     // A vCard import replaces the card, keeping its UID so devices see an update.
                     Some(v) => replace_uid(v, &key.uid),
@@ -398,23 +481,14 @@ pub async fn import(
                         let stored = String::from_utf8_lossy(&existing.vcard).into_owned();
                         let old = vcard::parse_stored(&existing.vcard).map(|c| project(&c)).unwrap_or_default();
                         let merged = merge_non_empty(&old, &incoming.contact);
-                        apply_changes(
-                            &stored,
-                            Version::parse(&existing.meta.version).unwrap_or(Version::V4),
-                            &old,
-                            &merged,
-                        )
+                        let version = Version::parse(&existing.meta.version).unwrap_or(Version::V4);
+                        apply_changes(&stored, version, &old, &merged)
                     }
                 };
                 vcard::validate(text.as_bytes())
                     .map(|v| {
-                        (
-                            key.name.clone(),
-                            v.new_card,
-                            Precondition::EtagIn(vec![key.etag.clone()]),
-                            "update",
-                            key.uid.clone(),
-                        )
+                        let pre = Precondition::EtagIn(vec![key.etag.clone()]);
+                        (key.name.clone(), v.new_card, pre, "update", key.uid.clone())
                     })
                     .map_err(|e| format!("{e:?}"))
             }
@@ -431,7 +505,8 @@ pub async fn import(
             Ok((name, card, pre, action, uid)) => {
                 if let Some(first) = touched.get(&name) {
                     rejected += 1;
-                    report.push(json!({"row": incoming.row, "action": "reject", "uid": uid, "reason": format!("the same contact as row {first}")}));
+                    let reason = format!("the same contact as row {first}");
+                    report.push(json!({"row": incoming.row, "action": "reject", "uid": uid, "reason": reason}));
                     continue;
                 }
                 touched.insert(name.clone(), incoming.row);
@@ -451,43 +526,28 @@ pub async fn import(
             }
         }
     }
-    let summary =
-        json!({"dry_run": dry_run, "created": created, "updated": updated, "rejected": rejected, "rows": report});
-    if dry_run {
-        return Ok(json_response(StatusCode::OK, &summary));
+    progress(total, total);
+    let mut summary = json!({"dry_run": request.dry_run, "created": created, "updated": updated, "rejected": rejected, "rows": report});
+    if request.dry_run {
+        return Ok((StatusCode::OK, summary));
     }
     if rejected > 0 {
-        // Atomic per file: nothing is written while any row is refused.
-        let mut s = summary;
-        s["error"] =
+        summary["error"] =
             json!(format!("{rejected} rows were refused; nothing was imported (see rows, or run with dry_run=true)"));
-        return Ok(json_response(StatusCode::UNPROCESSABLE_ENTITY, &s));
+        return Ok((StatusCode::UNPROCESSABLE_ENTITY, summary));
     }
-    let count = writes.len();
-    let bid = book.id;
-    match store::blocking(ctx.store(), move |s| s.put_cards(bid, &writes)).await {
-        Ok(_) => {}
-        Err(store::Error::PreconditionFailed) => {
-            return Err(DavError::new(
-                StatusCode::CONFLICT,
-                "the book changed during the import; nothing was imported, try again",
-            ));
-        }
-        Err(store::Error::UidConflict(existing)) => {
-            return Err(DavError::new(
-                StatusCode::CONFLICT,
-                format!("a UID in the file is already used by {existing}; nothing was imported"),
-            ));
-        }
-        Err(e) => return Err(e.into()),
+    match store.put_cards(book.id, &writes) {
+        Ok(_) => Ok((StatusCode::OK, summary)),
+        Err(store::Error::PreconditionFailed) => Err(DavError::new(
+            StatusCode::CONFLICT,
+            "the book changed during the import; nothing was imported, try again",
+        )),
+        Err(store::Error::UidConflict(existing)) => Err(DavError::new(
+            StatusCode::CONFLICT,
+            format!("a UID in the file is already used by {existing}; nothing was imported"),
+        )),
+        Err(e) => Err(e.into()),
     }
-    ctx.audit(
-        "import",
-        book,
-        &json!({"format": format, "created": created, "updated": updated, "count": count}).to_string(),
-    )
-    .await;
-    Ok(json_response(StatusCode::OK, &summary))
 }
 
 fn replace_uid(text: &str, uid: &str) -> String {

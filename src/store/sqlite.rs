@@ -816,7 +816,11 @@ impl Store for SqliteStore {
                 check_precondition(existing.as_deref(), pre)?;
                 upsert_card(tx, book, name, card, existing.is_some())?;
                 let etag = card.etag.clone();
-                outcomes.push(if existing.is_some() { PutOutcome::Updated { etag } } else { PutOutcome::Created { etag } });
+                outcomes.push(if existing.is_some() {
+                    PutOutcome::Updated { etag }
+                } else {
+                    PutOutcome::Created { etag }
+                });
             }
             Ok(outcomes)
         })
@@ -826,7 +830,9 @@ impl Store for SqliteStore {
         self.read(|c| {
             let mut stmt = c.prepare_cached("SELECT name, uid, etag, emails FROM cards WHERE book_id = ?1")?;
             let keys = stmt
-                .query_map([book], |r| Ok(CardKey { name: r.get(0)?, uid: r.get(1)?, etag: r.get(2)?, emails: r.get(3)? }))?
+                .query_map([book], |r| {
+                    Ok(CardKey { name: r.get(0)?, uid: r.get(1)?, etag: r.get(2)?, emails: r.get(3)? })
+                })?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             Ok(keys)
         })

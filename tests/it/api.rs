@@ -443,3 +443,57 @@ async fn openapi_lists_every_route_and_read_only_books_stay_read_only() {
     assert_eq!(anonymous.status(), 401);
     s.stop().await;
 }
+
+#[tokio::test]
+async fn cli_import_and_export_work_on_the_live_database() {
+    let s = TestServer::start().await;
+    let alice = seed(&s).await;
+    let config = s.dir.path().join("cli.toml");
+    std::fs::write(&config, format!("[storage]\ndata_dir = \"{}\"\n", s.config.storage.data_dir.display()))
+        .expect("config");
+    let csv = s.dir.path().join("people.csv");
+    std::fs::write(&csv, "fn,email,city\nCarla CLI,carla@cli.de,Hamburg\nDieter CLI,dieter@cli.de,Bremen\n")
+        .expect("csv");
+    let run = |args: Vec<String>| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_kartei"))
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .output()
+            .expect("kartei");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, out, err) =
+        run(vec!["import".into(), csv.display().to_string(), "--user".into(), "alice".into(), "--dry-run".into()]);
+    assert!(ok && out.contains("dry run: created 2"), "{out}{err}");
+    assert!(err.contains("2/2"), "progress is shown: {err}");
+    assert!(search(&alice, "q=cli").await.is_empty());
+    let (ok, out, err) = run(vec!["import".into(), csv.display().to_string(), "--user".into(), "alice".into()]);
+    assert!(ok && out.contains("created 2"), "{out}{err}");
+    assert_eq!(search(&alice, "q=cli").await, ["Carla CLI", "Dieter CLI"]);
+
+    let target = s.dir.path().join("out.csv");
+    let (ok, _, err) = run(vec![
+        "export".into(),
+        "--user".into(),
+        "alice".into(),
+        "--q".into(),
+        "cli".into(),
+        "--purpose".into(),
+        "Mail merge".into(),
+        "--columns".into(),
+        "fn,city".into(),
+        "--output".into(),
+        target.display().to_string(),
+    ]);
+    assert!(ok, "{err}");
+    let exported = std::fs::read_to_string(&target).expect("export file");
+    assert!(exported.contains("fn,city\r\nCarla CLI,Hamburg\r\nDieter CLI,Bremen\r\n"), "{exported}");
+    let (ok, _, err) = run(vec!["export".into(), "--user".into(), "alice".into(), "--purpose".into(), " ".into()]);
+    assert!(!ok && err.contains("purpose"), "{err}");
+    s.stop().await;
+}

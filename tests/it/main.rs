@@ -3,11 +3,9 @@
 
 mod support;
 
-mod accounts;
 mod api;
-mod clients;
 mod cards;
-mod corpus;
+mod clients;
 mod crash;
 mod discovery;
 mod files;
