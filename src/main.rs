@@ -415,7 +415,7 @@ fn restore(config: &Config, file: &std::path::Path) -> Result<(), String> {
 
 fn progress_bar(done: usize, total: usize) {
     let width = 30;
-    let filled = if total == 0 { width } else { done * width / total };
+    let filled = (done * width).checked_div(total).unwrap_or(width).min(width);
     eprint!("\r[{}{}] {done}/{total}", "#".repeat(filled), ".".repeat(width - filled));
     if done >= total {
         eprintln!();

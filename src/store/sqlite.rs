@@ -363,7 +363,7 @@ fn renumber(sql: &str, offset: usize) -> String {
 
 fn prefilter_sql(p: &Prefilter, sql: &mut String, args: &mut Vec<String>) {
     match p {
-        Prefilter::All => sql.push_str("1"),
+        Prefilter::All => sql.push('1'),
         Prefilter::Contains(field, needle) => {
             let column = match field {
                 IndexedField::Fn => "fn",

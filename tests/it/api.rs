@@ -376,8 +376,7 @@ async fn import_vcf_and_csv_with_dry_run_matching_and_atomicity() {
     let (status, r) = import("csv", csv.as_bytes().to_vec(), "").await;
     assert_eq!(status, 200, "{r}");
     assert_eq!((r["created"].as_u64(), r["updated"].as_u64()), (Some(1), Some(1)), "{r}");
-    let (_, lena, _) =
-        api(&alice, "GET", &format!("/api/v1/contacts?q=lena&columns=fn,org,city,phone"), None, &[]).await;
+    let (_, lena, _) = api(&alice, "GET", "/api/v1/contacts?q=lena&columns=fn,org,city,phone", None, &[]).await;
     assert_eq!(lena["items"][0]["fn"], "Lena Lang");
     assert_eq!(lena["items"][0]["city"], "Köln");
     assert_eq!(search(&alice, "q=0170%201234567").await, ["Lena Lang"]);

@@ -75,8 +75,11 @@ fn parse_trace(text: &str) -> Vec<Step> {
     steps
 }
 
-/// Multistatus answer reduced to what a client reads: href → (status, names of properties found).
-fn summarize(root: &Element) -> (HashMap<String, (Option<String>, BTreeSet<String>)>, Option<String>) {
+/// href → (status, names of properties found)
+type Summary = HashMap<String, (Option<String>, BTreeSet<String>)>;
+
+/// Multistatus answer reduced to what a client reads, plus the sync token.
+fn summarize(root: &Element) -> (Summary, Option<String>) {
     let mut out = HashMap::new();
     for r in root.children_named(DAV, "response") {
         let href = r.child(DAV, "href").map(|h| h.text.trim().to_string()).unwrap_or_default();

@@ -20,7 +20,7 @@ fn free_port() -> u16 {
 }
 
 async fn start_server(config: &Path, base: &str) -> Child {
-    let child = Command::new(BIN)
+    let mut child = Command::new(BIN)
         .arg("--config")
         .arg(config)
         .arg("serve")
@@ -37,6 +37,8 @@ async fn start_server(config: &Path, base: &str) -> Child {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let _ = child.kill();
+    let _ = child.wait();
     panic!("server did not come up at {base}");
 }
 
