@@ -401,7 +401,11 @@ pub async fn handle_admin(app: Arc<App>, segments: Vec<String>, req: Request<Inc
                 .collect();
             Ok(json_response(StatusCode::OK, &json!({ "records": list })))
         }
-        _ => Err(api_error(StatusCode::NOT_FOUND, "no such admin endpoint")),
+        // Integrations, subject access, erasure and retention live in `privacy`.
+        _ => match crate::privacy::handle_admin(app.clone(), &method, s.as_slice(), req).await {
+            Some(result) => result,
+            None => Err(api_error(StatusCode::NOT_FOUND, "no such admin endpoint")),
+        },
     }
 }
 

@@ -124,6 +124,14 @@ impl App {
                 .body(body::empty())
                 .map_err(|e| DavError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?),
             Route::Admin(segments) => admin::handle_admin(self, segments, req).await,
+            // Outside systems ingest with an integration's bearer token, not a person's password.
+            Route::Api(segments) if crate::ingest::is_ingest_path(&segments) => {
+                let (method, path) = (req.method().to_string(), req.uri().path().to_string());
+                Ok(match crate::ingest::handle(self, &segments, req).await {
+                    Ok(r) => r,
+                    Err(e) => crate::api::error_json(e, &method, &path),
+                })
+            }
             Route::Api(segments) => {
                 let user = self.authenticate(req.headers(), peer).await?;
                 Ok(crate::api::handle(self, user, segments, req).await)

@@ -14,6 +14,7 @@ pub struct Config {
     pub storage: StorageConfig,
     pub limits: LimitsConfig,
     pub auth: AuthConfig,
+    pub privacy: PrivacyConfig,
     pub log: LogConfig,
 }
 
@@ -135,6 +136,31 @@ impl Default for AuthConfig {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
+pub struct PrivacyConfig {
+    /// Processing purposes people can attach to contacts (`X-KARTEI-PURPOSE`) and name for exports.
+    pub purposes: Vec<String>,
+    /// Free-mail domains: an ingested contact's company is never derived from these. Replaces the list
+    /// shipped with kartei when set.
+    pub free_mail_domains: Option<Vec<String>>,
+    /// Added to the free-mail list (shipped or replaced).
+    pub extra_free_mail_domains: Vec<String>,
+    /// Seconds between runs of the event-history retention job.
+    pub retention_interval_secs: u64,
+}
+
+impl Default for PrivacyConfig {
+    fn default() -> Self {
+        PrivacyConfig {
+            purposes: ["Customer care", "Newsletter", "Mail merge", "Accounting"].map(String::from).to_vec(),
+            free_mail_domains: None,
+            extra_free_mail_domains: Vec::new(),
+            retention_interval_secs: 3600,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     /// A tracing filter: "info", "kartei=debug", ... (RUST_LOG overrides it).
     pub level: String,
@@ -205,6 +231,7 @@ mod tests {
         assert_eq!(example.storage.data_dir, default.storage.data_dir);
         assert_eq!(example.limits.max_resource_size, default.limits.max_resource_size);
         assert_eq!(example.auth.cache_secs, default.auth.cache_secs);
+        assert_eq!(example.privacy.purposes, default.privacy.purposes);
     }
 
     #[test]

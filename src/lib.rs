@@ -21,7 +21,9 @@ pub mod config;
 pub mod dav;
 pub mod error;
 pub mod files;
+pub mod ingest;
 pub mod methods;
+pub mod privacy;
 pub mod props;
 pub mod router;
 pub mod server;
@@ -55,6 +57,8 @@ pub struct Server {
     pub app: Arc<App>,
     shutdown: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
+    /// Background jobs (event-history retention), stopped with the server.
+    jobs: Vec<tokio::task::JoinHandle<()>>,
 }
 
 pub use app::App;
@@ -63,6 +67,9 @@ impl Server {
     /// Stops accepting, lets in-flight requests finish, and checkpoints the WAL.
     pub async fn stop(self) {
         let _ = self.shutdown.send(true);
+        for job in &self.jobs {
+            job.abort();
+        }
         let _ = self.task.await;
         let store = self.store.clone();
         let _ = tokio::task::spawn_blocking(move || store.checkpoint()).await;
@@ -130,5 +137,6 @@ pub async fn start(config: Config) -> Result<(Server, Option<Arc<tls::Reloadable
     let url = app.public_url.clone();
     let (shutdown, shutdown_rx) = watch::channel(false);
     let task = tokio::spawn(server::serve(app.clone(), listener, acceptor, shutdown_rx));
-    Ok((Server { addr: bound, url, admin_token, store, app, shutdown, task }, reload))
+    let jobs = vec![privacy::spawn_retention_job(store.clone(), app.config.privacy.retention_interval_secs)];
+    Ok((Server { addr: bound, url, admin_token, store, app, shutdown, task, jobs }, reload))
 }

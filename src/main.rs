@@ -439,7 +439,9 @@ fn import(
     let ext = file.extension().and_then(|e| e.to_str()).unwrap_or("").to_lowercase();
     let format = format.unwrap_or_else(|| if ext == "vcf" { "vcf".into() } else { detect_format(&ext, &text) });
     let mapping = mapping.map(|m| serde_json::from_str(&m).map_err(|e| format!("--mapping: {e}"))).transpose()?;
-    let request = ImportRequest { format, mapping, dry_run };
+    let file_name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let request =
+        ImportRequest { format, mapping, dry_run, actor: "cli".into(), source: format!("import: {file_name}") };
     let (status, summary) =
         run_import(store, &view, &text, &request, &mut progress_bar).map_err(|e| e.message.to_string())?;
     for row in summary["rows"].as_array().into_iter().flatten().filter(|r| r["action"] == "reject") {
@@ -454,7 +456,7 @@ fn import(
     );
     if status.is_success() {
         if !dry_run {
-            let _ = store.audit("cli", "import", &format!("{user}/{book}"), &json!({"file": file.display().to_string(), "created": summary["created"], "updated": summary["updated"]}).to_string());
+            let _ = store.audit("cli", "import", &format!("{user}/{book}"), &json!({"file": file.display().to_string(), "created": summary["created"], "updated": summary["updated"], "uids": kartei::api::transfer::imported_uids(&summary)}).to_string());
         }
         Ok(())
     } else {

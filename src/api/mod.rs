@@ -35,7 +35,11 @@ pub const ROUTES: &[(&str, &str, &str)] = &[
     ("PATCH", "/api/v1/books/{book}/contacts/{uid}", "Change some fields of a contact (If-Match)"),
     ("DELETE", "/api/v1/books/{book}/contacts/{uid}", "Delete a contact (If-Match)"),
     ("GET", "/api/v1/books/{book}/contacts/{uid}/documents", "Documents attached to a contact (X-KARTEI-DOCUMENT)"),
+    ("GET", "/api/v1/books/{book}/contacts/{uid}/history", "Where a contact came from, who changed it, its events"),
+    ("GET", "/api/v1/purposes", "The processing purposes contacts may carry (X-KARTEI-PURPOSE)"),
     ("POST", "/api/v1/books/{book}/import", "Import a .vcf or .csv file: dry_run, mapping; atomic per file"),
+    ("POST", "/api/v1/ingest", "Upsert a contact from an outside system by e-mail (integration bearer token)"),
+    ("POST", "/api/v1/books/{book}/ingest", "The same, naming the integration's book (integration bearer token)"),
     ("GET", "/api/v1/views", "Built-in and saved views"),
     ("POST", "/api/v1/views", "Save a view (name, q, filter, sort, columns)"),
     ("PUT", "/api/v1/views/{id}", "Change a saved view"),
@@ -87,17 +91,24 @@ pub async fn handle(app: Arc<App>, user: AuthUser, segments: Vec<String>, req: R
     let path = req.uri().path().to_string();
     match dispatch(app, user, segments, req).await {
         Ok(r) => r,
-        Err(e) => {
-            tracing::warn!(status = e.status.as_u16(), %method, %path, message = %e.message, "API request refused");
-            let mut r = json_response(e.status, &json!({"error": e.message, "status": e.status.as_u16()}));
-            for (name, value) in &e.headers {
-                if let Ok(v) = value.parse() {
-                    r.headers_mut().insert(name, v);
-                }
-            }
-            r
+        Err(e) => error_json(e, &method, &path),
+    }
+}
+
+/// An API error as `{"error": "...", "status": N}`, logged.
+pub fn error_json(e: DavError, method: &str, path: &str) -> Response<Body> {
+    if e.status.is_server_error() {
+        tracing::error!(status = e.status.as_u16(), %method, %path, message = %e.message, "API request failed");
+    } else {
+        tracing::warn!(status = e.status.as_u16(), %method, %path, message = %e.message, "API request refused");
+    }
+    let mut r = json_response(e.status, &json!({"error": e.message, "status": e.status.as_u16()}));
+    for (name, value) in &e.headers {
+        if let Ok(v) = value.parse() {
+            r.headers_mut().insert(name, v);
         }
     }
+    r
 }
 
 /// Decoded query parameters (`+` is a space, as in HTML forms).
@@ -160,6 +171,11 @@ async fn dispatch(
             let book = ctx.book(&params["book"]).await?;
             ctx.documents(&book, &params["uid"]).await
         }
+        "/api/v1/books/{book}/contacts/{uid}/history" => {
+            let book = ctx.book(&params["book"]).await?;
+            ctx.history(&book, &params["uid"]).await
+        }
+        "/api/v1/purposes" => Ok(json_response(StatusCode::OK, &json!({"purposes": ctx.app.config.privacy.purposes}))),
         "/api/v1/books/{book}/import" => {
             let book = ctx.book(&params["book"]).await?;
             transfer::import(&ctx, &book, &query, req).await
@@ -168,6 +184,10 @@ async fn dispatch(
         "/api/v1/views" => {
             let body = read_json(req).await?;
             ctx.save_view(None, body).await
+        }
+        // Reached only without an integration token: app.rs sends ingest requests with one to `ingest`.
+        "/api/v1/ingest" | "/api/v1/books/{book}/ingest" => {
+            Err(DavError::new(StatusCode::UNAUTHORIZED, "ingest takes an integration bearer token"))
         }
         "/api/v1/views/{id}" => {
             let id: i64 = params["id"].parse().map_err(|_| DavError::not_found())?;
@@ -208,7 +228,7 @@ pub fn openapi() -> Value {
         entry[method.to_lowercase()] = json!({
             "summary": summary,
             "parameters": parameters,
-            "security": [{"basic": []}],
+            "security": [if template.ends_with("/ingest") { json!({"integration": []}) } else { json!({"basic": []}) }],
             "responses": {
                 "200": {"description": "success"},
                 "400": {"description": "bad input; the message names the problem", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
@@ -222,7 +242,10 @@ pub fn openapi() -> Value {
         "info": {"title": "kartei contact API", "version": env!("CARGO_PKG_VERSION")},
         "paths": paths,
         "components": {
-            "securitySchemes": {"basic": {"type": "http", "scheme": "basic"}},
+            "securitySchemes": {
+                "basic": {"type": "http", "scheme": "basic"},
+                "integration": {"type": "http", "scheme": "bearer", "description": "token from POST /admin/v1/integrations"},
+            },
             "schemas": {
                 "Error": {"type": "object", "properties": {"error": {"type": "string"}, "status": {"type": "integer"}}},
                 "Columns": {"type": "string", "enum": COLUMNS},
@@ -578,7 +601,16 @@ impl ApiCtx {
         let valid = vcard::validate(text.as_bytes())
             .map_err(|e| bad(format!("the contact does not make a valid vCard: {e:?}")))?;
         let id = book.id;
-        let result = store::blocking(self.store(), move |s| s.put_card(id, &name, &valid.new_card, &pre)).await;
+        let actor = self.user.username.clone();
+        let result = store::blocking(self.store(), move |s| {
+            let outcome = s.put_card(id, &name, &valid.new_card, &pre)?;
+            let created = matches!(outcome, PutOutcome::Created { .. });
+            if let Err(e) = s.record_origin(id, &valid.new_card.uid, &actor, "api", created) {
+                tracing::warn!(error = %e, "could not record the card's origin");
+            }
+            Ok(outcome)
+        })
+        .await;
         match result {
             Err(store::Error::UidConflict(existing)) => {
                 Err(DavError::new(StatusCode::CONFLICT, format!("a contact with this UID exists ({existing})")))
@@ -587,9 +619,25 @@ impl ApiCtx {
         }
     }
 
+    /// Purposes must come from the admin's list (`[privacy] purposes`); ones already on the card may stay.
+    fn check_purposes(&self, purposes: &[String], already: &[String]) -> DavResult<()> {
+        let allowed = &self.app.config.privacy.purposes;
+        for p in purposes {
+            let known = allowed.iter().chain(already).any(|a| a.eq_ignore_ascii_case(p.trim()));
+            if !known {
+                return Err(bad(format!(
+                    "purposes: '{p}' is not a configured purpose (one of: {})",
+                    allowed.join(", ")
+                )));
+            }
+        }
+        Ok(())
+    }
+
     async fn create_contact(&self, book: &BookView, body: Value) -> DavResult<Response<Body>> {
         let uid = body.get("uid").and_then(Value::as_str).map(str::to_string).unwrap_or_else(new_uid);
         let contact = Self::contact_from(body)?;
+        self.check_purposes(&contact.purposes, &[])?;
         if contact.formatted_name.trim().is_empty() {
             return Err(bad("fn: a contact needs a formatted name"));
         }
@@ -641,6 +689,7 @@ impl ApiCtx {
         } else {
             Self::contact_from(body)?
         };
+        self.check_purposes(&new.purposes, &old.purposes)?;
         let version = Version::parse(&card.meta.version).unwrap_or(Version::V4);
         let text = vcard::contact::apply_changes(&stored, version, &old, &new);
         // The stored ETag guards the write, so a device's concurrent change is never overwritten.
@@ -664,6 +713,27 @@ impl ApiCtx {
         store::blocking(self.store(), move |s| s.delete_card(id, &name, &pre)).await?;
         self.audit("contact.delete", book, uid).await;
         Ok(json_response(StatusCode::OK, &json!({"deleted": uid})))
+    }
+
+    async fn history(&self, book: &BookView, uid: &str) -> DavResult<Response<Body>> {
+        let card = self.find(book, uid).await?;
+        let (id, uid) = (book.id, card.meta.uid.clone());
+        let (origin, events) =
+            store::blocking(self.store(), move |s| Ok((s.origin(id, &uid)?, s.events(id, &uid)?))).await?;
+        let events: Vec<Value> = events
+            .iter()
+            .map(|e| json!({"start": e.event.starts_at, "end": e.event.ends_at, "title": e.event.title, "host": e.event.host, "source": e.event.source}))
+            .collect();
+        Ok(json_response(
+            StatusCode::OK,
+            &json!({
+                "uid": card.meta.uid,
+                "created_at": card.meta.created_at,
+                "modified_at": card.meta.modified_at,
+                "origin": origin.map(|o| json!({"source": o.source, "created_at": o.created_at, "created_by": o.created_by, "changed_at": o.changed_at, "changed_by": o.changed_by, "changed_via": o.changed_via})),
+                "events": events,
+            }),
+        ))
     }
 
     async fn documents(&self, book: &BookView, uid: &str) -> DavResult<Response<Body>> {

@@ -4,7 +4,7 @@
 use super::{ApiCtx, bad, json_response, new_uid};
 use crate::body::{self, Body};
 use crate::error::{DavError, DavResult};
-use crate::store::{self, BookView, NewCard, Precondition};
+use crate::store::{self, BookView, NewCard, Precondition, PutOutcome};
 use crate::vcard::contact::{Address, COLUMNS, Contact, Name, Typed, apply_changes, project};
 use crate::vcard::{self, Version};
 use http_body_util::{BodyExt, Limited};
@@ -377,6 +377,9 @@ pub struct ImportRequest {
     pub format: String,
     pub mapping: Option<Value>,
     pub dry_run: bool,
+    /// Who imports, and the source noted as each contact's origin ("import: <file name>").
+    pub actor: String,
+    pub source: String,
 }
 
 /// Guesses the format of an upload from its Content-Type and first bytes.
@@ -409,6 +412,8 @@ pub async fn import(
             None => None,
         },
         dry_run: matches!(params.get("dry_run").map(String::as_str), Some("true" | "1" | "yes")),
+        actor: ctx.user.username.clone(),
+        source: format!("import: {}", params.get("filename").map(String::as_str).unwrap_or("upload")),
     };
     let store = ctx.store().clone();
     let target = book.clone();
@@ -417,8 +422,9 @@ pub async fn import(
             .await
             .map_err(|e| DavError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
     if status == StatusCode::OK && !summary["dry_run"].as_bool().unwrap_or(true) {
-        ctx.audit("import", book, &json!({"created": summary["created"], "updated": summary["updated"]}).to_string())
-            .await;
+        let detail =
+            json!({"created": summary["created"], "updated": summary["updated"], "uids": imported_uids(&summary)});
+        ctx.audit("import", book, &detail.to_string()).await;
     }
     Ok(json_response(status, &summary))
 }
@@ -537,7 +543,15 @@ pub fn run_import(
         return Ok((StatusCode::UNPROCESSABLE_ENTITY, summary));
     }
     match store.put_cards(book.id, &writes) {
-        Ok(_) => Ok((StatusCode::OK, summary)),
+        Ok(outcomes) => {
+            for ((_, card, _), outcome) in writes.iter().zip(&outcomes) {
+                let created = matches!(outcome, PutOutcome::Created { .. });
+                if let Err(e) = store.record_origin(book.id, &card.uid, &request.actor, &request.source, created) {
+                    tracing::warn!(error = %e, "could not record an imported card's origin");
+                }
+            }
+            Ok((StatusCode::OK, summary))
+        }
         Err(store::Error::PreconditionFailed) => Err(DavError::new(
             StatusCode::CONFLICT,
             "the book changed during the import; nothing was imported, try again",
@@ -548,6 +562,17 @@ pub fn run_import(
         )),
         Err(e) => Err(e.into()),
     }
+}
+
+/// The UIDs an import created or updated, from its row report (for the audit record).
+pub fn imported_uids(summary: &Value) -> Vec<Value> {
+    summary["rows"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| r["action"] != "reject")
+        .map(|r| r["uid"].clone())
+        .collect()
 }
 
 fn replace_uid(text: &str, uid: &str) -> String {

@@ -48,7 +48,18 @@ pub async fn handle(ctx: Ctx, target: Target, body: Incoming) -> DavResult<Respo
     let id = book.id;
     let card_name = name.clone();
     let new_card = valid.new_card;
-    let result = store::blocking(ctx.store(), move |s| s.put_card(id, &card_name, &new_card, &pre)).await;
+    let actor = ctx.user.username.clone();
+    let via = format!("carddav: {}", ctx.user_agent().chars().take(200).collect::<String>());
+    let result = store::blocking(ctx.store(), move |s| {
+        let outcome = s.put_card(id, &card_name, &new_card, &pre)?;
+        // Provenance is bookkeeping: failing to note it must not fail the write the client made.
+        let created = matches!(outcome, PutOutcome::Created { .. });
+        if let Err(e) = s.record_origin(id, &new_card.uid, &actor, &via, created) {
+            tracing::warn!(error = %e, "could not record the card's origin");
+        }
+        Ok(outcome)
+    })
+    .await;
     let (status, etag) = match result {
         Ok(PutOutcome::Created { etag }) => (StatusCode::CREATED, etag),
         Ok(PutOutcome::Updated { etag }) => (StatusCode::NO_CONTENT, etag),

@@ -5,8 +5,10 @@
 //! PostgreSQL backend can implement the same trait. The trait is synchronous: async callers go through
 //! [`blocking`], which moves the call onto tokio's blocking pool.
 
+mod records;
 mod sqlite;
 
+pub use records::{ContactEvent, Integration, LocatedCard, NewEvent, Origin, Records};
 pub use sqlite::SqliteStore;
 
 use std::sync::Arc;
@@ -290,7 +292,7 @@ pub type Result<T> = std::result::Result<T, Error>;
 /// Returning `false` stops the iteration (the client went away).
 pub type CardSink<'a> = dyn FnMut(&CardMeta, Option<&[u8]>) -> bool + 'a;
 
-pub trait Store: Send + Sync {
+pub trait Store: Records + Send + Sync {
     // --- users ---
     fn create_user(&self, username: &str, display_name: &str, password_hash: &str) -> Result<User>;
     fn user(&self, username: &str) -> Result<Option<User>>;

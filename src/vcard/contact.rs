@@ -67,6 +67,8 @@ pub struct Contact {
     pub internal: bool,
     /// Paths of documents in the owner's file area (`X-KARTEI-DOCUMENT`).
     pub documents: Vec<String>,
+    /// Processing purposes (GDPR) from the admin's list (`X-KARTEI-PURPOSE`).
+    pub purposes: Vec<String>,
 }
 
 /// Columns a filter or sort may name, in the order of the CSV default.
@@ -95,6 +97,7 @@ pub const COLUMNS: &[&str] = &[
     "attitude",
     "personality",
     "internal",
+    "purposes",
 ];
 
 fn first_text(card: &VCard, prop: VCardProperty) -> String {
@@ -199,6 +202,7 @@ pub fn project(card: &VCard) -> Contact {
         personality: other(card, "X-KARTEI-PERSONALITY").into_iter().next().unwrap_or_default(),
         internal: other(card, "X-KARTEI-INTERNAL").iter().any(|v| v.trim().eq_ignore_ascii_case("true")),
         documents: other(card, "X-KARTEI-DOCUMENT"),
+        purposes: other(card, "X-KARTEI-PURPOSE"),
     }
 }
 
@@ -281,6 +285,7 @@ impl Contact {
             "website" => join(self.websites.iter().map(String::as_str).collect()),
             "social" => join(self.social.iter().map(String::as_str).collect()),
             "categories" => join(self.categories.iter().map(String::as_str).collect()),
+            "purposes" => join(self.purposes.iter().map(String::as_str).collect()),
             "note" => self.note.clone(),
             "influence" => self.influence.clone(),
             "attitude" => self.attitude.clone(),
@@ -369,6 +374,7 @@ fn field_properties(field: &str) -> &'static [&'static str] {
         "personality" => &["X-KARTEI-PERSONALITY"],
         "internal" => &["X-KARTEI-INTERNAL"],
         "documents" => &["X-KARTEI-DOCUMENT"],
+        "purposes" => &["X-KARTEI-PURPOSE"],
         _ => &[],
     }
 }
@@ -394,6 +400,7 @@ const FIELDS: &[&str] = &[
     "personality",
     "internal",
     "documents",
+    "purposes",
 ];
 
 impl Contact {
@@ -502,6 +509,12 @@ impl Contact {
                 .filter(|d| !d.is_empty())
                 .map(|d| format!("X-KARTEI-DOCUMENT:{}", escape(d)))
                 .collect(),
+            "purposes" => self
+                .purposes
+                .iter()
+                .filter(|p| !p.is_empty())
+                .map(|p| format!("X-KARTEI-PURPOSE:{}", escape(p)))
+                .collect(),
             _ => vec![],
         }
     }
@@ -528,6 +541,7 @@ impl Contact {
             "personality" => self.personality != other.personality,
             "internal" => self.internal != other.internal,
             "documents" => self.documents != other.documents,
+            "purposes" => self.purposes != other.purposes,
             _ => false,
         }
     }

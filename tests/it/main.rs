@@ -9,6 +9,7 @@ mod clients;
 mod crash;
 mod discovery;
 mod files;
+mod privacy;
 mod proppatch;
 mod reports;
 mod sync;

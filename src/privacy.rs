@@ -1,0 +1,394 @@
+//! Personal-data duties (GDPR) on the admin API: integrations that feed contacts in, the subject-access
+//! report, erasure, and the retention of event history.
+//!
+//! Endpoints (admin bearer token, under `/admin/v1/`):
+//! - `POST integrations` `{"book": "owner/book", "name"}` → `{"id", "token", "book", "name"}` (token shown once);
+//!   `GET integrations`; `DELETE integrations/{id}`
+//! - `GET subject-access?email=…[&format=html]`: everything kartei holds about one e-mail address
+//! - `POST erase` `{"email"}`: removes the person from every book (devices see a deletion on their next sync)
+//! - `PUT users/{user}/books/{book}/retention` `{"days": N | null}`; `POST retention/run`
+//! - `GET purposes`: the configured processing purposes
+
+use crate::api::json_response;
+use crate::app::App;
+use crate::auth;
+use crate::body::{self, Body};
+use crate::error::{DavError, DavResult};
+use crate::ingest::normalize_email;
+use crate::router;
+use crate::store::{self, BookId, ContactEvent, LocatedCard, Precondition, SharedStore, Store};
+use crate::vcard::{self, contact::project};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode, header};
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// The vCard property that carries a contact's processing purposes to every client.
+pub const PURPOSE_PROPERTY: &str = "X-KARTEI-PURPOSE";
+
+fn now() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+fn err(status: StatusCode, message: impl Into<String>) -> DavError {
+    DavError::new(status, message.into())
+}
+
+async fn run<T: Send + 'static>(
+    app: &Arc<App>,
+    f: impl FnOnce(&dyn Store) -> Result<T, DavError> + Send + 'static,
+) -> DavResult<T> {
+    let store = app.store.clone();
+    tokio::task::spawn_blocking(move || f(store.as_ref()))
+        .await
+        .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+}
+
+async fn read_json(req: Request<Incoming>) -> DavResult<Value> {
+    let bytes = match Limited::new(req.into_body(), 64 * 1024).collect().await {
+        Ok(c) => c.to_bytes(),
+        Err(_) => return Err(err(StatusCode::PAYLOAD_TOO_LARGE, "the JSON body exceeds 64 KiB")),
+    };
+    serde_json::from_slice(&bytes).map_err(|e| err(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")))
+}
+
+fn string_field(body: &Value, name: &str) -> DavResult<String> {
+    body.get(name)
+        .and_then(Value::as_str)
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .ok_or_else(|| err(StatusCode::BAD_REQUEST, format!("{name}: required (a string)")))
+}
+
+/// The admin endpoints of this module; `None` when the path is not one of them.
+pub async fn handle_admin(
+    app: Arc<App>,
+    method: &Method,
+    segments: &[&str],
+    req: Request<Incoming>,
+) -> Option<DavResult<Response<Body>>> {
+    let result = match (method, segments) {
+        (&Method::POST, ["integrations"]) => create_integration(app, req).await,
+        (&Method::GET, ["integrations"]) => list_integrations(app).await,
+        (&Method::DELETE, ["integrations", id]) => delete_integration(app, id).await,
+        (&Method::GET, ["subject-access"]) => subject_access(app, &req).await,
+        (&Method::POST, ["erase"]) => erase(app, req).await,
+        (&Method::PUT, ["users", user, "books", book, "retention"]) => {
+            set_retention(app, user.to_string(), book.to_string(), req).await
+        }
+        (&Method::POST, ["retention", "run"]) => {
+            let deleted = run(&app, |s| Ok(expire_events(s, now())?)).await;
+            deleted.map(|d| json_response(StatusCode::OK, &json!({"deleted": d})))
+        }
+        (&Method::GET, ["purposes"]) => {
+            Ok(json_response(StatusCode::OK, &json!({"purposes": app.config.privacy.purposes})))
+        }
+        _ => return None,
+    };
+    Some(result)
+}
+
+async fn create_integration(app: Arc<App>, req: Request<Incoming>) -> DavResult<Response<Body>> {
+    let body = read_json(req).await?;
+    let book = string_field(&body, "book")?;
+    let name = string_field(&body, "name")?;
+    if name.chars().count() > 100 || name.chars().any(char::is_control) {
+        return Err(err(StatusCode::BAD_REQUEST, "name: at most 100 printable characters"));
+    }
+    let (owner, segment) = book
+        .split_once('/')
+        .map(|(o, s)| (o.to_string(), s.trim_matches('/').to_string()))
+        .ok_or_else(|| err(StatusCode::BAD_REQUEST, "book: write it as \"owner/book\""))?;
+    let token = auth::generate_token("kartei_int_");
+    let hash = auth::token_hash(&token);
+    let n = name.clone();
+    let integration = run(&app, move |s| {
+        let view = s
+            .book_in_home(&owner, &segment)?
+            .filter(|b| !b.shared)
+            .ok_or_else(|| err(StatusCode::NOT_FOUND, format!("no book '{owner}/{segment}'")))?;
+        let created = s.create_integration(view.id, &n, &hash).map_err(|e| match e {
+            store::Error::AlreadyExists => {
+                err(StatusCode::CONFLICT, format!("the book already has an integration '{n}'"))
+            }
+            other => DavError::from(other),
+        })?;
+        s.audit("admin", "integration.create", &format!("{owner}/{segment}"), &json!({"name": n}).to_string())?;
+        Ok(created)
+    })
+    .await?;
+    Ok(json_response(
+        StatusCode::CREATED,
+        &json!({
+            "id": integration.id,
+            "token": token,
+            "book": format!("{}/{}", integration.owner, integration.segment),
+            "name": integration.name,
+            "ingest_url": format!("{}/api/v1/ingest", app.public_url),
+        }),
+    ))
+}
+
+async fn list_integrations(app: Arc<App>) -> DavResult<Response<Body>> {
+    let list = run(&app, |s| Ok(s.integrations()?)).await?;
+    let items: Vec<Value> = list
+        .iter()
+        .map(|i| json!({"id": i.id, "book": format!("{}/{}", i.owner, i.segment), "name": i.name, "created_at": i.created_at}))
+        .collect();
+    Ok(json_response(StatusCode::OK, &json!({"integrations": items})))
+}
+
+async fn delete_integration(app: Arc<App>, id: &str) -> DavResult<Response<Body>> {
+    let id: i64 = id.parse().map_err(|_| err(StatusCode::BAD_REQUEST, "integration id: a number"))?;
+    let deleted = run(&app, move |s| {
+        let gone = s.delete_integration(id)?;
+        if gone {
+            s.audit("admin", "integration.delete", &id.to_string(), "")?;
+        }
+        Ok(gone)
+    })
+    .await?;
+    if !deleted {
+        return Err(err(StatusCode::NOT_FOUND, "no such integration"));
+    }
+    Ok(json_response(StatusCode::OK, &json!({"deleted": id})))
+}
+
+fn event_json(e: &ContactEvent) -> Value {
+    json!({
+        "start": e.event.starts_at, "end": e.event.ends_at, "title": e.event.title, "host": e.event.host,
+        "source": e.event.source, "recorded_at": e.recorded_at,
+    })
+}
+
+/// Processing purposes stored on a card.
+pub fn purposes_of(card: &calcard::vcard::VCard) -> Vec<String> {
+    card.entries
+        .iter()
+        .filter(|e| vcard::entry_is(e, PURPOSE_PROPERTY))
+        .flat_map(|e| vcard::property_text(e).split(',').map(|p| p.trim().to_string()).collect::<Vec<_>>())
+        .filter(|p| !p.is_empty())
+        .collect()
+}
+
+/// Everything kept about one e-mail address, as JSON.
+pub fn access_report(store: &dyn Store, email: &str) -> Result<Value, DavError> {
+    let cards = store.cards_with_email(None, email)?;
+    let mut needles = vec![email.to_string()];
+    let mut contacts = Vec::new();
+    let mut seen_events = std::collections::HashSet::new();
+    for LocatedCard { book, owner, segment, card } in &cards {
+        needles.push(card.meta.uid.clone());
+        needles.push(router::card_href(owner, segment, &card.meta.name));
+        let parsed = vcard::parse_stored(&card.vcard);
+        let events = store.events(*book, &card.meta.uid)?;
+        seen_events.extend(events.iter().map(|e| e.id));
+        contacts.push(json!({
+            "book": format!("{owner}/{segment}"),
+            "href": router::card_href(owner, segment, &card.meta.name),
+            "uid": card.meta.uid,
+            "created_at": card.meta.created_at,
+            "modified_at": card.meta.modified_at,
+            "contact": parsed.as_ref().map(|p| serde_json::to_value(project(p)).unwrap_or(Value::Null)),
+            "purposes": parsed.as_ref().map(purposes_of).unwrap_or_default(),
+            "origin": store.origin(*book, &card.meta.uid)?.map(|o| json!({
+                "source": o.source, "created_at": o.created_at, "created_by": o.created_by,
+                "changed_at": o.changed_at, "changed_by": o.changed_by, "changed_via": o.changed_via,
+            })),
+            "events": events.iter().map(event_json).collect::<Vec<_>>(),
+            "vcard": String::from_utf8_lossy(&card.vcard),
+        }));
+    }
+    let orphan_events: Vec<Value> =
+        store.events_for_email(email)?.iter().filter(|e| !seen_events.contains(&e.id)).map(event_json).collect();
+    let audit: Vec<Value> = store
+        .audit_mentioning(&needles)?
+        .iter()
+        .map(|r| json!({"id": r.id, "at": r.at, "actor": r.actor, "action": r.action, "target": r.target, "detail": r.detail}))
+        .collect();
+    Ok(json!({
+        "email": email,
+        "generated_at": now(),
+        "contacts": contacts,
+        "events_without_contact": orphan_events,
+        "audit": audit,
+    }))
+}
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+/// The JSON report as a readable document (for the data subject).
+fn report_html(report: &Value) -> String {
+    let text = |v: &Value| match v {
+        Value::String(s) => html_escape(s),
+        Value::Null => String::new(),
+        other => html_escape(&other.to_string()),
+    };
+    let email = text(&report["email"]);
+    let mut out = format!(
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>Data held about {email}</title></head><body>\n<h1>Data held about {email}</h1>\n"
+    );
+    let contacts = report["contacts"].as_array().cloned().unwrap_or_default();
+    out.push_str(&format!("<p>{} contact record(s).</p>\n", contacts.len()));
+    for c in &contacts {
+        out.push_str(&format!("<h2>{} in {}</h2>\n<dl>\n", text(&c["contact"]["fn"]), text(&c["book"])));
+        let origin = &c["origin"];
+        for (label, value) in [
+            ("Source", text(&origin["source"])),
+            ("Created by", text(&origin["created_by"])),
+            ("Last changed by", format!("{} ({})", text(&origin["changed_by"]), text(&origin["changed_via"]))),
+            (
+                "Purposes",
+                html_escape(
+                    &c["purposes"]
+                        .as_array()
+                        .map(|p| p.iter().map(|x| x.as_str().unwrap_or("")).collect::<Vec<_>>().join(", "))
+                        .unwrap_or_default(),
+                ),
+            ),
+        ] {
+            out.push_str(&format!("<dt>{label}</dt><dd>{value}</dd>\n"));
+        }
+        out.push_str("</dl>\n<h3>Stored data (vCard)</h3>\n<pre>");
+        out.push_str(&text(&c["vcard"]));
+        out.push_str("</pre>\n<h3>Events</h3>\n<ul>\n");
+        for e in c["events"].as_array().into_iter().flatten() {
+            out.push_str(&format!(
+                "<li>{} {} (host {}, via {})</li>\n",
+                text(&e["start"]),
+                text(&e["title"]),
+                text(&e["host"]),
+                text(&e["source"])
+            ));
+        }
+        out.push_str("</ul>\n");
+    }
+    out.push_str("<h2>Processing records</h2>\n<table>\n<tr><th>When (Unix time)</th><th>Who</th><th>What</th><th>Details</th></tr>\n");
+    for r in report["audit"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
+            text(&r["at"]),
+            text(&r["actor"]),
+            text(&r["action"]),
+            text(&r["detail"])
+        ));
+    }
+    out.push_str("</table>\n</body></html>\n");
+    out
+}
+
+async fn subject_access(app: Arc<App>, req: &Request<Incoming>) -> DavResult<Response<Body>> {
+    let params = crate::api::query_params(req.uri());
+    let raw = params.get("email").cloned().unwrap_or_default();
+    let email = normalize_email(&raw).map_err(DavError::from)?;
+    let wants_html = params.get("format").is_some_and(|f| f == "html")
+        || req.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("text/html"));
+    let report = run(&app, move |s| {
+        let report = access_report(s, &email)?;
+        s.audit("admin", "subject-access", &email, "")?;
+        Ok(report)
+    })
+    .await?;
+    if wants_html {
+        return Response::builder()
+            .status(StatusCode::OK)
+            .header(header::CONTENT_TYPE, "text/html; charset=utf-8")
+            .body(body::full(report_html(&report)))
+            .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()));
+    }
+    Ok(json_response(StatusCode::OK, &report))
+}
+
+/// Removes every card carrying `email` (a tombstone per card, so devices delete it), its event history and
+/// origin, and scrubs the address and the cards' UIDs from earlier audit records. Returns counts only.
+pub fn erase_subject(store: &dyn Store, email: &str) -> Result<Value, DavError> {
+    let cards = store.cards_with_email(None, email)?;
+    let mut needles = vec![email.to_string()];
+    let mut events = 0;
+    let mut books: Vec<BookId> = Vec::new();
+    for found in &cards {
+        match store.delete_card(found.book, &found.card.meta.name, &Precondition::None) {
+            Ok(()) | Err(store::Error::NotFound) => {}
+            Err(e) => return Err(e.into()),
+        }
+        events += store.forget_contact(found.book, &found.card.meta.uid, email)?;
+        needles.push(found.card.meta.uid.clone());
+        needles.push(router::card_href(&found.owner, &found.segment, &found.card.meta.name));
+        if !books.contains(&found.book) {
+            books.push(found.book);
+        }
+    }
+    // Events whose card was already gone.
+    events += store.forget_contact(-1, "", email)?;
+    let redacted = store.redact_audit(&needles)?;
+    let summary =
+        json!({"contacts": cards.len(), "books": books.len(), "events": events, "audit_records_redacted": redacted});
+    // The only trace left: that an erasure happened, with counts and no personal data.
+    store.audit("admin", "subject.erase", "", &summary.to_string())?;
+    Ok(summary)
+}
+
+async fn erase(app: Arc<App>, req: Request<Incoming>) -> DavResult<Response<Body>> {
+    let body = read_json(req).await?;
+    let raw = body.get("email").and_then(Value::as_str).unwrap_or_default().to_string();
+    let email = normalize_email(&raw).map_err(DavError::from)?;
+    let summary = run(&app, move |s| erase_subject(s, &email)).await?;
+    tracing::info!(contacts = %summary["contacts"], events = %summary["events"], "data subject erased");
+    Ok(json_response(StatusCode::OK, &json!({"erased": summary})))
+}
+
+async fn set_retention(app: Arc<App>, user: String, book: String, req: Request<Incoming>) -> DavResult<Response<Body>> {
+    let body = read_json(req).await?;
+    let days = match body.get("days") {
+        Some(Value::Null) => None,
+        Some(v) => match v.as_i64() {
+            Some(d) if (1..=36_500).contains(&d) => Some(d),
+            _ => return Err(err(StatusCode::BAD_REQUEST, "days: a whole number from 1 to 36500, or null")),
+        },
+        None => return Err(err(StatusCode::BAD_REQUEST, "days: required (a number of days, or null to keep)")),
+    };
+    run(&app, move |s| {
+        let view = s
+            .book_in_home(&user, &book)?
+            .filter(|b| !b.shared)
+            .ok_or_else(|| err(StatusCode::NOT_FOUND, format!("no book '{user}/{book}'")))?;
+        s.set_event_retention(view.id, days)?;
+        s.audit("admin", "book.retention", &format!("{user}/{book}"), &json!({"days": days}).to_string())?;
+        Ok(())
+    })
+    .await?;
+    Ok(json_response(StatusCode::OK, &json!({"days": days})))
+}
+
+/// One run of the retention job at time `now` (a parameter, so tests can move the clock).
+pub fn expire_events(store: &dyn Store, now: i64) -> Result<Vec<Value>, store::Error> {
+    let expired = store.expire_events(now)?;
+    let mut out = Vec::new();
+    for (book, count) in expired {
+        tracing::info!(book, count, "retention: deleted old event history");
+        store.audit("retention", "events.expire", &book.to_string(), &json!({"deleted": count}).to_string())?;
+        out.push(json!({"book": book, "deleted": count}));
+    }
+    Ok(out)
+}
+
+/// Runs the retention job every `[privacy] retention_interval_secs` until the server stops.
+pub fn spawn_retention_job(store: SharedStore, interval_secs: u64) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(interval_secs.max(1)));
+        loop {
+            tick.tick().await;
+            let s = store.clone();
+            match tokio::task::spawn_blocking(move || expire_events(s.as_ref(), now())).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::error!(error = %e, "retention job failed"),
+                Err(e) => tracing::error!(error = %e, "retention job panicked"),
+            }
+        }
+    })
+}
