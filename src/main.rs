@@ -57,6 +57,17 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Take in one contact as an outside system does (upsert by e-mail; the rules of POST /api/v1/ingest).
+    Ingest {
+        /// The address book, as OWNER/BOOK
+        #[arg(long)]
+        book: String,
+        /// The system the contact comes from (recorded as its origin)
+        #[arg(long)]
+        source: String,
+        /// The contact as JSON: {"email", "name"?, "phone"?, "company"?, "optin"?, "event"?}; "-" reads stdin
+        json: String,
+    },
     /// Export a user's contacts as CSV or vCard; the purpose is recorded in the audit log.
     Export {
         #[arg(long)]
@@ -362,6 +373,7 @@ fn offline(config: &Config, command: Command) -> Result<(), String> {
         Command::Export { user, purpose, book, q, filter, columns, format, version, output } => {
             export(store, ExportArgs { user, purpose, book, q, filter, columns, format, version, output })?
         }
+        Command::Ingest { book, source, json } => ingest(config, store, &book, &source, &json)?,
         Command::Serve | Command::Restore { .. } => unreachable!("handled above"),
     }
     Ok(())
@@ -525,5 +537,32 @@ fn export(store: &dyn Store, args: ExportArgs) -> Result<(), String> {
         None => std::io::Write::write_all(&mut std::io::stdout(), &bytes).map_err(|e| e.to_string())?,
     }
     eprintln!("exported {count} contacts (purpose: {})", args.purpose);
+    Ok(())
+}
+
+fn ingest(config: &Config, store: &dyn Store, book: &str, source: &str, body: &str) -> Result<(), String> {
+    let text = if body == "-" {
+        std::io::read_to_string(std::io::stdin()).map_err(|e| format!("cannot read standard input: {e}"))?
+    } else {
+        body.to_string()
+    };
+    let request: kartei::ingest::IngestRequest =
+        serde_json::from_str(&text).map_err(|e| format!("invalid contact JSON: {e}"))?;
+    let (owner, segment) = book.split_once('/').ok_or("--book: write it as OWNER/BOOK")?;
+    let view = store
+        .book_in_home(owner, segment)
+        .map_err(|e| e.to_string())?
+        .filter(|b| !b.shared)
+        .ok_or(format!("no book '{book}'"))?;
+    let integration = kartei::store::Integration {
+        id: 0,
+        book: view.id,
+        owner: owner.to_string(),
+        segment: segment.to_string(),
+        name: source.to_string(),
+        created_at: 0,
+    };
+    let outcome = kartei::ingest::ingest(store, config, &integration, &request).map_err(|e| e.message)?;
+    println!("{}", json!({"uid": outcome.uid, "created": outcome.created, "tags": outcome.tags}));
     Ok(())
 }

@@ -403,6 +403,7 @@ pub async fn import(
     crate::app::App::require_writable(book)?;
     let content_type =
         req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_lowercase();
+    let req_accept = req.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok()).map(str::to_string);
     let bytes = read_upload(req.into_body()).await?;
     let text = String::from_utf8(bytes).map_err(|_| bad("the file is not UTF-8 text"))?;
     let request = ImportRequest {
@@ -417,6 +418,11 @@ pub async fn import(
     };
     let store = ctx.store().clone();
     let target = book.clone();
+    let wants_progress = params.get("progress").is_some_and(|p| matches!(p.as_str(), "true" | "1" | "ndjson"))
+        || ctx_accepts_ndjson(req_accept.as_deref());
+    if wants_progress {
+        return Ok(streamed_import(store, target, text, request));
+    }
     let (status, summary) =
         tokio::task::spawn_blocking(move || run_import(store.as_ref(), &target, &text, &request, &mut |_, _| {}))
             .await
@@ -427,6 +433,51 @@ pub async fn import(
         ctx.audit("import", book, &detail.to_string()).await;
     }
     Ok(json_response(status, &summary))
+}
+
+fn ctx_accepts_ndjson(accept: Option<&str>) -> bool {
+    accept.is_some_and(|a| a.contains("application/x-ndjson"))
+}
+
+/// A large import with live progress: `application/x-ndjson`, one `{"progress": {"done", "total"}}` line
+/// per ~1% of the rows as they are planned, then the summary line (with its `status`: 200, or 422 when
+/// rows were refused and nothing was imported). The HTTP status is 200 once streaming starts.
+fn streamed_import(store: store::SharedStore, book: BookView, text: String, request: ImportRequest) -> Response<Body> {
+    let produce = move |out: &mut dyn std::io::Write| -> std::io::Result<()> {
+        let mut last_line = 0usize;
+        let mut write_error = None;
+        let result = run_import(store.as_ref(), &book, &text, &request, &mut |done, total| {
+            let step = (total / 100).max(1);
+            if write_error.is_none() && (done >= last_line + step || done == total) {
+                last_line = done;
+                if let Err(e) = writeln!(out, "{}", json!({"progress": {"done": done, "total": total}})) {
+                    write_error = Some(e);
+                }
+            }
+        });
+        if let Some(e) = write_error {
+            return Err(e);
+        }
+        let (status, mut summary) = match result {
+            Ok(r) => r,
+            Err(e) => (e.status, json!({"error": e.message})),
+        };
+        if status == StatusCode::OK && !summary["dry_run"].as_bool().unwrap_or(true) {
+            let detail =
+                json!({"created": summary["created"], "updated": summary["updated"], "uids": imported_uids(&summary)});
+            let target = format!("{}/{}", book.owner, book.owner_segment);
+            if let Err(e) = store.audit(&request.actor, "import", &target, &detail.to_string()) {
+                tracing::error!(error = %e, "could not write an audit record");
+            }
+        }
+        summary["status"] = json!(status.as_u16());
+        writeln!(out, "{summary}")
+    };
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/x-ndjson")
+        .body(body::stream_body(false, produce))
+        .unwrap_or_else(|_| Response::new(body::empty()))
 }
 
 /// Plans and (unless a dry run) applies an import in one transaction. `progress(done, total)` is called as

@@ -496,3 +496,57 @@ async fn cli_import_and_export_work_on_the_live_database() {
     assert!(!ok && err.contains("purpose"), "{err}");
     s.stop().await;
 }
+
+#[tokio::test]
+async fn large_imports_stream_their_progress() {
+    let s = TestServer::start().await;
+    let alice = s.user("alice").await;
+    let rows = 10_000;
+    let mut csv = String::from("First Name,Last Name,E-mail Address,Company\r\n");
+    for i in 0..rows {
+        csv.push_str(&format!("Person{i},Bulk,person{i}@bulk-import.example,Bulk GmbH\r\n"));
+    }
+    let started = std::time::Instant::now();
+    let r = alice
+        .send(
+            "POST",
+            "/api/v1/books/contacts/import?format=csv&progress=true&filename=bulk.csv",
+            &[("content-type", "text/csv")],
+            csv,
+        )
+        .await;
+    let elapsed = started.elapsed();
+    assert_eq!(r.status.as_u16(), 200, "{}", r.text());
+    assert_eq!(r.header("content-type").as_deref(), Some("application/x-ndjson"));
+    let lines: Vec<Value> =
+        r.text().lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("line {l}: {e}"))).collect();
+    let progress: Vec<u64> = lines.iter().filter_map(|l| l["progress"]["done"].as_u64()).collect();
+    assert!(progress.len() >= 10, "progress lines: {progress:?}");
+    assert!(progress.windows(2).all(|w| w[0] <= w[1]), "progress only goes up: {progress:?}");
+    assert_eq!(progress.last(), Some(&(rows as u64)));
+    let summary = lines.last().expect("summary");
+    assert_eq!((summary["status"].as_u64(), summary["created"].as_u64()), (Some(200), Some(rows as u64)), "{summary}");
+    eprintln!("streamed import of {rows} CSV rows: {elapsed:?}");
+
+    // Every row is a contact, with the file as its origin.
+    let (_, found, _) = api(&alice, "GET", "/api/v1/contacts?q=person11999", None, &[]).await;
+    let uid = found["items"][0]["uid"].as_str().expect("imported contact").to_string();
+    let (_, history, _) =
+        api(&alice, "GET", &format!("/api/v1/books/contacts/contacts/{uid}/history"), None, &[]).await;
+    assert_eq!(history["origin"]["source"], "import: bulk.csv", "{history}");
+
+    // A refused row is reported in the stream and nothing is imported.
+    let r = alice
+        .send(
+            "POST",
+            "/api/v1/books/contacts/import?format=csv&progress=true",
+            &[("content-type", "text/csv")],
+            "First Name,E-mail Address\r\nOk,ok@x.example\r\n,\r\n".to_string(),
+        )
+        .await;
+    let last: Value = serde_json::from_str(r.text().lines().last().unwrap_or("")).expect("summary line");
+    assert_eq!(last["status"], 422, "{last}");
+    let (_, found, _) = api(&alice, "GET", "/api/v1/contacts?q=ok%40x.example", None, &[]).await;
+    assert_eq!(found["items"].as_array().map(Vec::len), Some(0), "atomic: {found}");
+    s.stop().await;
+}

@@ -415,3 +415,47 @@ async fn retention_deletes_old_event_history_and_keeps_the_contact() {
     assert!(audit["records"].as_array().into_iter().flatten().any(|r| r["action"] == "events.expire"), "logged");
     s.stop().await;
 }
+
+#[tokio::test]
+async fn cli_ingest_follows_the_same_rules_on_the_live_database() {
+    let s = TestServer::start().await;
+    let alice = s.user("alice").await;
+    let config = s.dir.path().join("cli.toml");
+    std::fs::write(&config, format!("[storage]\ndata_dir = \"{}\"\n", s.config.storage.data_dir.display()))
+        .expect("config");
+    let run = |book: &str, body: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_kartei"))
+            .arg("--config")
+            .arg(&config)
+            .args(["ingest", "--book", book, "--source", "Front desk", body])
+            .output()
+            .expect("kartei");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, out, err) = run(
+        "alice/contacts",
+        r#"{"email": "walk.in@firma.de", "name": "Walk In", "event": {"start": "2026-11-23T08:00:00Z"}}"#,
+    );
+    assert!(ok, "{out}{err}");
+    let first: Value = serde_json::from_str(out.trim()).expect("json");
+    assert_eq!(first["created"], true);
+    let (ok, out, err) =
+        run("alice/contacts", r#"{"email": "WALK.IN@firma.de", "event": {"start": "2026-11-30T08:00:00Z"}}"#);
+    assert!(ok, "{out}{err}");
+    let second: Value = serde_json::from_str(out.trim()).expect("json");
+    assert_eq!(
+        (second["created"].clone(), second["uid"].clone(), tags(&second)),
+        (json!(false), first["uid"].clone(), vec!["Recurring".to_string()])
+    );
+    let uid = first["uid"].as_str().expect("uid");
+    assert!(card_text(&alice, uid).await.contains("ORG:Firma"), "the running server sees the CLI's contact");
+    let (ok, _, err) = run("alice/contacts", r#"{"name": "no mail"}"#);
+    assert!(!ok && err.contains("email"), "{err}");
+    let (ok, _, err) = run("alice/nope", r#"{"email": "a@b.de"}"#);
+    assert!(!ok && err.contains("no book"), "{err}");
+    s.stop().await;
+}
