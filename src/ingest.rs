@@ -408,7 +408,7 @@ fn org_from_domain(
             }
         }
     }
-    counts.sort_by(|a, b| b.1.cmp(&a.1));
+    counts.sort_by_key(|c| std::cmp::Reverse(c.1));
     Ok(Some(counts.into_iter().next().map(|(o, _)| o).unwrap_or_else(|| company_from_domain(domain))))
 }
 
