@@ -1,5 +1,7 @@
 //! PROPPATCH (RFC 4918 §9.2) on address books: displayname, addressbook-description and dead properties,
-//! applied all or nothing in one store transaction.
+//! applied all or nothing in one store transaction. On the address-book home only macOS's `CS:me-card` can be
+//! set (see shared/clients/ios-macos.md): it is kept with the first book of the home as this login sees it -
+//! the one book an Apple account syncs, which the me-card href points into.
 
 use super::{multistatus_response, read_body};
 use crate::app::{App, Ctx, Target};
@@ -73,6 +75,7 @@ pub async fn handle(ctx: Ctx, target: Target, body: Incoming) -> DavResult<Respo
     let ops = parse_proppatch(&raw)?;
     let book = match target {
         Target::Book(book) => book,
+        Target::Home { user } => return patch_home(ctx, user, ops).await,
         Target::MissingBook { .. } => return Err(DavError::not_found()),
         _ => return Err(DavError::forbidden("properties can be changed on address books only")),
     };
@@ -101,6 +104,61 @@ pub async fn handle(ctx: Ctx, target: Target, body: Incoming) -> DavResult<Respo
         (Vec::new(), vec![(403u16, refused), (424u16, names)])
     };
     let href = router::book_href(&ctx.user.username, &book.segment);
+    let body = stream_body(false, move |out| {
+        let mut ms = Multistatus::begin(out)?;
+        let found: Vec<Prop> = ok.into_iter().map(|name| Prop { name, value: Value::Empty }).collect();
+        ms.response(&href, &found, &others)?;
+        ms.finish()?;
+        Ok(())
+    });
+    multistatus_response(body, false)
+}
+
+/// macOS's "this is my card" (`PROPPATCH <home>` with `CS:me-card`); anything else on a home is refused
+/// (403, the rest 424), all or nothing as on a book.
+async fn patch_home(ctx: Ctx, user: String, ops: Vec<PatchOp>) -> DavResult<Response<crate::body::Body>> {
+    let is_me_card = |name: &PropName| name.is(NS_CALSERVER, "me-card");
+    let mut patches = Vec::new();
+    let mut names = Vec::new();
+    let mut refused = Vec::new();
+    for op in &ops {
+        match op {
+            PatchOp::Set(e) if is_me_card(&PropName::new(&e.ns, &e.name)) => {
+                if e.child(NS_DAV, "href").is_none_or(|h| h.text.trim().is_empty()) {
+                    return Err(DavError::bad_request("CS:me-card must contain a DAV:href"));
+                }
+                names.push(PropName::new(&e.ns, &e.name));
+                patches.push(BookPatch::SetDead(DeadProperty {
+                    namespace: e.ns.clone(),
+                    name: e.name.clone(),
+                    xml: e.to_xml(),
+                }));
+            }
+            PatchOp::Remove(name) if is_me_card(name) => {
+                names.push(name.clone());
+                patches.push(BookPatch::RemoveDead { namespace: name.ns.clone(), name: name.name.clone() });
+            }
+            PatchOp::Set(e) => refused.push(PropName::new(&e.ns, &e.name)),
+            PatchOp::Remove(name) => refused.push(name.clone()),
+        }
+    }
+    let (ok, others) = if refused.is_empty() {
+        let (owner, scope) = (user.clone(), ctx.user.scope.clone());
+        let books = store::blocking(ctx.store(), move |s| s.books_in_home(&owner)).await?;
+        let Some(first) = books.into_iter().find(|b| scope.as_ref().is_none_or(|s| *s == b.segment)) else {
+            return Err(DavError::forbidden("there is no address book in this home to keep the me-card with"));
+        };
+        if first.shared {
+            // The owner's book must not carry a sharee's me-card.
+            return Err(DavError::forbidden("a me-card can only be kept with one of your own address books"));
+        }
+        let id = first.id;
+        store::blocking(ctx.store(), move |s| s.patch_book(id, &patches)).await?;
+        (names, Vec::new())
+    } else {
+        (Vec::new(), vec![(403u16, refused), (424u16, names)])
+    };
+    let href = router::home_href(&user);
     let body = stream_body(false, move |out| {
         let mut ms = Multistatus::begin(out)?;
         let found: Vec<Prop> = ok.into_iter().map(|name| Prop { name, value: Value::Empty }).collect();
