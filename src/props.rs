@@ -164,7 +164,9 @@ impl Resource<'_> {
             ("resourcetype", _) => Value::Xml("<d:collection/>".into()),
             ("displayname", Resource::Principal { display_name, .. }) => Value::Text(display_name.to_string()),
             ("displayname", Resource::Book { book, .. }) => {
-                Value::Text(book.display_name.clone().unwrap_or_else(|| book.segment.clone()))
+                let name = book.display_name.clone().unwrap_or_else(|| book.owner_segment.clone());
+                // A sharee's own "Contacts" and a shared "Contacts" must look different in the client.
+                Value::Text(if book.shared { format!("{name} (shared by {})", book.owner) } else { name })
             }
             ("displayname", Resource::Home { user }) => Value::Text(format!("Address books of {user}")),
             ("displayname", Resource::Root) => Value::Text("kartei".into()),

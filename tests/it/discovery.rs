@@ -180,3 +180,27 @@ async fn large_listings_are_gzipped_when_accepted() {
     assert_eq!(ms.responses.len(), 2);
     s.stop().await;
 }
+
+#[tokio::test]
+async fn shared_books_are_named_apart_from_the_sharees_own() {
+    let s = TestServer::start().await;
+    let office = s.user("office").await;
+    let bob = s.user("bob").await;
+    let store = s.store();
+    tokio::task::spawn_blocking(move || {
+        let book = store.book_in_home("office", "contacts").expect("store").expect("office's book");
+        store.share_book(book.id, "bob", false).expect("share")
+    })
+    .await
+    .expect("join");
+    let home = bob
+        .propfind(&bob.home(), "1", r#"<d:propfind xmlns:d="DAV:"><d:prop><d:displayname/></d:prop></d:propfind>"#)
+        .await;
+    let ms = home.multistatus();
+    let names: Vec<String> = ms.responses.iter().skip(1).filter_map(|r| r.text(DAV, "displayname")).collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+    assert_ne!(names[0], names[1], "two books called alike: {names:?}");
+    assert!(names[1].ends_with("(shared by office)"), "{names:?}");
+    drop(office);
+    s.stop().await;
+}
