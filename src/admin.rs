@@ -177,7 +177,26 @@ async fn read_json<T: for<'de> Deserialize<'de> + Default>(req: Request<Incoming
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
-    serde_json::from_slice(&bytes).map_err(|e| api_error(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")))
+    serde_json::from_slice(&bytes).map_err(|e| {
+        let field = (e.classify() == serde_json::error::Category::Data).then(|| offending_field::<T>(&bytes)).flatten();
+        match field {
+            Some(name) => api_error(StatusCode::BAD_REQUEST, format!("invalid JSON body: field `{name}`: {e}")),
+            None => api_error(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")),
+        }
+    })
+}
+
+/// The member of a JSON object that keeps it from being a `T`: serde_json names the position of a value of the
+/// wrong type, not its field, so each member is tried alone (a lone member may only lack the required others).
+fn offending_field<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Option<String> {
+    let object: serde_json::Map<String, Value> = serde_json::from_slice(bytes).ok()?;
+    object.into_iter().find_map(|(name, value)| {
+        let alone = Value::Object(std::iter::once((name.clone(), value)).collect());
+        match serde_json::from_value::<T>(alone) {
+            Err(e) if !e.to_string().starts_with("missing field") => Some(name),
+            _ => None,
+        }
+    })
 }
 
 #[derive(Deserialize, Default)]

@@ -179,12 +179,11 @@ impl App {
             .with_header(header::WWW_AUTHENTICATE, "Basic realm=\"kartei\", charset=\"UTF-8\"")
     }
 
-    /// HTTP Basic on every request, with the verification cache and failure throttling.
+    /// HTTP Basic on every request, with the verification cache and failure throttling. Credentials verified
+    /// recently pass even while their login or address is throttled (a guess is never cached), so a
+    /// person's synced devices, also behind the same address as an attacker, keep working.
     pub async fn authenticate(&self, headers: &HeaderMap, peer: SocketAddr) -> DavResult<AuthUser> {
         let ip_key = auth::ip_key(peer.ip());
-        if let Some(wait) = self.auth.throttled(&ip_key) {
-            return Err(too_many(wait));
-        }
         let Some((login, password)) =
             headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(auth::parse_basic)
         else {
@@ -199,6 +198,10 @@ impl App {
             && self.auth.cached(&u.username, &password, u.credential_generation)
         {
             return self.authorize_scope(u, scope).await;
+        }
+        if let Some(wait) = self.auth.throttled(&ip_key) {
+            tracing::warn!(login = %username, client = %peer.ip(), "client address throttled after repeated failures");
+            return Err(too_many(wait));
         }
         if let Some(wait) = self.auth.throttled(&login_key) {
             tracing::warn!(login = %username, client = %peer.ip(), "login throttled after repeated failures");
@@ -295,13 +298,14 @@ fn too_many(wait: u64) -> DavError {
 }
 
 /// `alice+work@example.org` (or `alice+work`) logs in as `alice@example.org` scoped to the book `work`;
-/// usernames never contain `+` (user creation refuses it), so the split is unambiguous.
+/// usernames never contain `+` (user creation refuses it), so the first `+` ends the user name (a book made by
+/// MKCOL may have `+` in its name).
 pub fn split_scoped_login(login: &str) -> (String, Option<String>) {
     let (local, domain) = match login.rsplit_once('@') {
         Some((l, d)) => (l, Some(d)),
         None => (login, None),
     };
-    match local.rsplit_once('+') {
+    match local.split_once('+') {
         Some((user, book)) if !user.is_empty() && !book.is_empty() => {
             let username = match domain {
                 Some(d) => format!("{user}@{d}"),

@@ -161,12 +161,16 @@ impl AuthState {
         }
     }
 
-    /// Seconds to wait when `key` (a login or an address) failed too often recently.
+    /// Seconds to wait when `key` (a login or an address) failed too often recently, rounded up so that a
+    /// client honouring `Retry-After` is not refused again.
     pub fn throttled(&self, key: &str) -> Option<u64> {
         let failures = self.failures.lock().ok()?;
         let f = failures.get(key)?;
         let elapsed = f.window_start.elapsed();
-        (f.count >= self.max_failures && elapsed < self.window).then(|| (self.window - elapsed).as_secs().max(1))
+        (f.count >= self.max_failures && elapsed < self.window).then(|| {
+            let left = self.window - elapsed;
+            (left.as_secs() + u64::from(left.subsec_nanos() > 0)).max(1)
+        })
     }
 
     pub fn record_failure(&self, key: &str) {

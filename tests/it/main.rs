@@ -3,6 +3,7 @@
 
 mod support;
 
+mod accounts;
 mod api;
 mod cards;
 mod clients;
