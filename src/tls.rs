@@ -63,6 +63,9 @@ pub fn certificate_paths(config: &Config) -> Result<(PathBuf, PathBuf), String> 
             if !cert.exists() || !key.exists() {
                 generate_self_signed(&config.tls.hostnames, &cert, &key)?;
                 tracing::info!(cert = %cert.display(), "generated a self-signed TLS certificate");
+            } else if config.tls.cert.is_none() && generated_certificate_is_old(&cert) {
+                generate_self_signed(&config.tls.hostnames, &cert, &key)?;
+                tracing::warn!(cert = %cert.display(), "renewed the self-signed TLS certificate; devices must trust the new one");
             }
         }
         TlsMode::Off => return Err("TLS is off".into()),
@@ -70,17 +73,61 @@ pub fn certificate_paths(config: &Config) -> Result<(PathBuf, PathBuf), String> 
     Ok((cert, key))
 }
 
+/// A certificate Apple clients accept once trusted (iOS 13+/macOS 10.15+ rules): serverAuth extended key
+/// usage, the first host name as CN, and at most 825 days of validity (we use 820 and renew after 800).
+const VALIDITY_DAYS: i64 = 820;
+const RENEW_AFTER_DAYS: u64 = 800;
+
 fn generate_self_signed(hostnames: &[String], cert_path: &Path, key_path: &Path) -> Result<(), String> {
-    let generated = rcgen::generate_simple_self_signed(hostnames.to_vec())
-        .map_err(|e| format!("cannot make a certificate: {e}"))?;
+    let fail = |e: rcgen::Error| format!("cannot make a certificate: {e}");
+    let mut params = rcgen::CertificateParams::new(hostnames.to_vec()).map_err(fail)?;
+    let common_name = hostnames.first().cloned().unwrap_or_else(|| "kartei".into());
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params.distinguished_name.push(rcgen::DnType::CommonName, common_name);
+    params.distinguished_name.push(rcgen::DnType::OrganizationName, "kartei (self-signed)");
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature, rcgen::KeyUsagePurpose::KeyEncipherment];
+    let today = days_since_epoch();
+    let date = |(y, m, d): (i32, u8, u8)| rcgen::date_time_ymd(y, m, d);
+    params.not_before = date(ymd(today - 1));
+    params.not_after = date(ymd(today + VALIDITY_DAYS));
+    let key = rcgen::KeyPair::generate().map_err(fail)?;
+    let cert = params.self_signed(&key).map_err(fail)?;
     for path in [cert_path, key_path] {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         }
     }
-    std::fs::write(cert_path, generated.cert.pem())
-        .map_err(|e| format!("cannot write {}: {e}", cert_path.display()))?;
-    write_private(key_path, generated.signing_key.serialize_pem().as_bytes())
+    std::fs::write(cert_path, cert.pem()).map_err(|e| format!("cannot write {}: {e}", cert_path.display()))?;
+    write_private(key_path, key.serialize_pem().as_bytes())
+}
+
+fn days_since_epoch() -> i64 {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    (secs / 86_400) as i64
+}
+
+/// The calendar date `days` after 1970-01-01 (Howard Hinnant's civil-from-days).
+fn ymd(days: i64) -> (i32, u8, u8) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u8;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u8;
+    let year = (yoe + era * 400 + i64::from(month <= 2)) as i32;
+    (year, month, day)
+}
+
+/// A generated certificate older than `RENEW_AFTER_DAYS` is replaced at start (devices must trust it anew).
+fn generated_certificate_is_old(cert_path: &Path) -> bool {
+    std::fs::metadata(cert_path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_some_and(|age| age.as_secs() > RENEW_AFTER_DAYS * 86_400)
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), String> {
@@ -108,4 +155,47 @@ pub fn server_config(config: &Config) -> Result<(Arc<ServerConfig>, Arc<Reloadab
         .with_cert_resolver(resolver.clone());
     server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok((Arc::new(server), resolver))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn calendar_dates() {
+        assert_eq!(ymd(0), (1970, 1, 1));
+        assert_eq!(ymd(20_415), (2025, 11, 23));
+        assert_eq!(ymd(11_016), (2000, 2, 29));
+    }
+
+    /// Apple refuses server certificates without serverAuth or valid for more than 825 days.
+    #[test]
+    fn generated_certificate_follows_apples_rules() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        generate_self_signed(&["contacts.example.org".into(), "127.0.0.1".into()], &cert, &key).expect("generated");
+        assert!(load_certified_key(&cert, &key).is_ok());
+        let Ok(out) =
+            std::process::Command::new("openssl").args(["x509", "-noout", "-text", "-in"]).arg(&cert).output()
+        else {
+            eprintln!("openssl is not installed; checked only that the pair loads");
+            return;
+        };
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("TLS Web Server Authentication"), "{text}");
+        assert!(text.contains("CN = contacts.example.org") || text.contains("CN=contacts.example.org"), "{text}");
+        assert!(text.contains("IP Address:127.0.0.1") && text.contains("DNS:contacts.example.org"), "{text}");
+        let end = std::process::Command::new("openssl")
+            .args(["x509", "-noout", "-checkend", &(825 * 86_400).to_string(), "-in"])
+            .arg(&cert)
+            .output()
+            .expect("openssl");
+        assert!(!end.status.success(), "valid for more than 825 days");
+        let end = std::process::Command::new("openssl")
+            .args(["x509", "-noout", "-checkend", &(800 * 86_400).to_string(), "-in"])
+            .arg(&cert)
+            .output()
+            .expect("openssl");
+        assert!(end.status.success(), "valid for at least 800 days");
+    }
 }
