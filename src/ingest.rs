@@ -16,6 +16,7 @@ use crate::app::App;
 use crate::auth;
 use crate::body::Body;
 use crate::config::Config;
+use crate::dates::parse_timestamp;
 use crate::error::{DavError, DavResult};
 use crate::store::{self, BookId, Integration, NewEvent, Precondition, PutOutcome, Store};
 use crate::vcard::contact::{Contact, Typed, project};
@@ -126,54 +127,6 @@ pub fn normalize_email(raw: &str) -> Result<String, IngestError> {
         return Err(IngestError::bad(format!("email: '{}' is not an e-mail address", raw.trim())));
     }
     Ok(email)
-}
-
-/// Seconds since the epoch of an RFC 3339 date-time (`2026-11-23T10:00:00Z`, `+01:00` offsets, fractions)
-/// or a plain date.
-pub fn parse_timestamp(s: &str) -> Option<i64> {
-    let s = s.trim();
-    let (date, rest) = s.split_at(s.find(['T', 't', ' ']).unwrap_or(s.len()));
-    let mut parts = date.split('-');
-    let (y, m, d): (i64, i64, i64) =
-        (parts.next()?.parse().ok()?, parts.next()?.parse().ok()?, parts.next()?.parse().ok()?);
-    if parts.next().is_some() || !(1..=12).contains(&m) || !(1..=31).contains(&d) || !(1..=9999).contains(&y) {
-        return None;
-    }
-    let mut seconds = days_from_civil(y, m, d) * 86_400;
-    let rest = rest.get(1..).unwrap_or("");
-    if !rest.is_empty() {
-        let (clock, offset) = match rest.find(['Z', 'z', '+', '-']) {
-            Some(i) => rest.split_at(i),
-            None => (rest, ""),
-        };
-        let clock = clock.split('.').next()?;
-        let mut hms = clock.split(':');
-        let h: i64 = hms.next()?.parse().ok()?;
-        let min: i64 = hms.next()?.parse().ok()?;
-        let sec: i64 = hms.next().map(str::parse).transpose().ok()?.unwrap_or(0);
-        if hms.next().is_some() || h > 23 || min > 59 || sec > 60 {
-            return None;
-        }
-        seconds += h * 3600 + min * 60 + sec;
-        if let Some(sign) = offset.chars().next().filter(|c| matches!(c, '+' | '-')) {
-            let (oh, om) = offset[1..].split_once(':').unwrap_or((offset.get(1..3)?, offset.get(3..).unwrap_or("0")));
-            let minutes = oh.parse::<i64>().ok()? * 60 + om.parse::<i64>().ok()?;
-            seconds -= if sign == '+' { minutes * 60 } else { -minutes * 60 };
-        } else if !offset.is_empty() && !offset.eq_ignore_ascii_case("z") {
-            return None;
-        }
-    }
-    Some(seconds)
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = if y >= 0 { y } else { y - 399 } / 400;
-    let yoe = y - era * 400;
-    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
 }
 
 /// The configured free-mail list (shipped list, replaced or extended by `[privacy]`).
@@ -472,6 +425,7 @@ pub async fn handle(app: Arc<App>, segments: &[String], req: Request<Incoming>) 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dates::parse_timestamp;
 
     #[test]
     fn timestamps() {

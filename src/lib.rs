@@ -18,6 +18,7 @@ pub mod auth;
 pub mod body;
 pub mod carddav;
 pub mod config;
+pub mod dates;
 pub mod dav;
 pub mod error;
 pub mod files;

@@ -66,24 +66,6 @@ fn http_date(unix: i64) -> String {
     httpdate::fmt_http_date(std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix.max(0) as u64))
 }
 
-fn rfc3339(unix: i64) -> String {
-    // creationdate is an RFC 3339 date-time; compute it without a date crate.
-    let days = unix.div_euclid(86_400);
-    let secs = unix.rem_euclid(86_400);
-    let (h, m, s) = (secs / 3600, secs % 3600 / 60, secs % 60);
-    // Civil-from-days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let mo = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + if mo <= 2 { 1 } else { 0 };
-    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{m:02}:{s:02}Z")
-}
-
 fn supported_reports(book: bool) -> Value {
     let mut x = String::new();
     if book {
@@ -185,14 +167,14 @@ impl Resource<'_> {
             ("current-user-privilege-set", _) => privileges(false, false),
             ("quota-used-bytes", Resource::Book { used_bytes, .. }) => Value::Text(used_bytes.to_string()),
             ("quota-available-bytes", Resource::Book { .. }) => Value::Text((i64::MAX / 2).to_string()),
-            ("creationdate", Resource::Book { book, .. }) => Value::Text(rfc3339(book.created_at)),
+            ("creationdate", Resource::Book { book, .. }) => Value::Text(crate::dates::format_rfc3339(book.created_at)),
             ("getetag", Resource::Card { meta, .. }) => Value::Text(format!("\"{}\"", meta.etag)),
             ("getcontenttype", Resource::Card { meta, .. }) => {
                 Value::Text(format!("text/vcard; charset=utf-8; version={}", meta.version))
             }
             ("getcontentlength", Resource::Card { meta, .. }) => Value::Text(meta.size.to_string()),
             ("getlastmodified", Resource::Card { meta, .. }) => Value::Text(http_date(meta.modified_at)),
-            ("creationdate", Resource::Card { meta, .. }) => Value::Text(rfc3339(meta.created_at)),
+            ("creationdate", Resource::Card { meta, .. }) => Value::Text(crate::dates::format_rfc3339(meta.created_at)),
             _ => return None,
         };
         Some(value)
@@ -276,13 +258,6 @@ pub fn wants_body(request: &PropFind) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn dates() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
-        assert_eq!(rfc3339(1_795_000_000), "2026-11-18T11:06:40Z");
-    }
 
     #[test]
     fn sync_tokens_round_trip() {

@@ -88,9 +88,12 @@ fn generate_self_signed(hostnames: &[String], cert_path: &Path, key_path: &Path)
     params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
     params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature, rcgen::KeyUsagePurpose::KeyEncipherment];
     let today = days_since_epoch();
-    let date = |(y, m, d): (i32, u8, u8)| rcgen::date_time_ymd(y, m, d);
-    params.not_before = date(ymd(today - 1));
-    params.not_after = date(ymd(today + VALIDITY_DAYS));
+    let date = |days| {
+        let (y, m, d) = crate::dates::civil_from_days(days);
+        rcgen::date_time_ymd(y as i32, m, d)
+    };
+    params.not_before = date(today - 1);
+    params.not_after = date(today + VALIDITY_DAYS);
     let key = rcgen::KeyPair::generate().map_err(fail)?;
     let cert = params.self_signed(&key).map_err(fail)?;
     for path in [cert_path, key_path] {
@@ -105,20 +108,6 @@ fn generate_self_signed(hostnames: &[String], cert_path: &Path, key_path: &Path)
 fn days_since_epoch() -> i64 {
     let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     (secs / 86_400) as i64
-}
-
-/// The calendar date `days` after 1970-01-01 (Howard Hinnant's civil-from-days).
-fn ymd(days: i64) -> (i32, u8, u8) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u8;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u8;
-    let year = (yoe + era * 400 + i64::from(month <= 2)) as i32;
-    (year, month, day)
 }
 
 /// A generated certificate older than `RENEW_AFTER_DAYS` is replaced at start (devices must trust it anew).
@@ -160,13 +149,6 @@ pub fn server_config(config: &Config) -> Result<(Arc<ServerConfig>, Arc<Reloadab
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn calendar_dates() {
-        assert_eq!(ymd(0), (1970, 1, 1));
-        assert_eq!(ymd(20_415), (2025, 11, 23));
-        assert_eq!(ymd(11_016), (2000, 2, 29));
-    }
 
     /// Apple refuses server certificates without serverAuth or valid for more than 825 days.
     #[test]

@@ -394,7 +394,7 @@ async fn retention_deletes_old_event_history_and_keeps_the_contact() {
     assert_eq!(status, 404);
 
     // The job with a fake clock: on 2026-11-23, 90 days reach back to 2026-08-25.
-    let now = kartei::ingest::parse_timestamp("2026-11-23T00:00:00Z").expect("date");
+    let now = kartei::dates::parse_timestamp("2026-11-23T00:00:00Z").expect("date");
     let store = s.store();
     let deleted = tokio::task::spawn_blocking(move || kartei::privacy::expire_events(store.as_ref(), now))
         .await
