@@ -106,7 +106,19 @@ pub fn validate(bytes: &[u8]) -> Result<ValidCard, Invalid> {
                 version_label(other)
             )));
         }
-        None => return Err(Invalid::Malformed("the vCard has no VERSION property".into())),
+        None => {
+            // calcard knows only 2.0, 2.1, 3.0 and 4.0; any other VERSION value (`4`, `5.0`) is a version we do
+            // not carry, which is not the same as a missing VERSION.
+            if let Some(v) = card.property(&VCardProperty::Version).map(property_text)
+                && !v.trim().is_empty()
+            {
+                return Err(Invalid::Unsupported(format!(
+                    "vCard version '{}' is not supported over CardDAV (use 3.0 or 4.0)",
+                    clip(v.trim())
+                )));
+            }
+            return Err(Invalid::Malformed("the vCard has no VERSION property".into()));
+        }
     };
     let uid = card.uid().map(str::trim).unwrap_or_default();
     if uid.is_empty() {
@@ -253,6 +265,12 @@ pub fn write_as(card: &VCard, target: Version) -> String {
             (Version::V3, VCardProperty::Member) => entry.name = VCardProperty::Other(APPLE_MEMBER.into()),
             _ => {}
         }
+        if matches!(target, Version::V4) {
+            inline_data_uris(entry);
+        }
+        if entry.name == VCardProperty::Geo {
+            convert_geo(entry, target);
+        }
         if matches!(target, Version::V3) && matches!(entry.name, VCardProperty::Other(ref n) if n == APPLE_KIND) {
             // 3.0 readers expect the plain text value ("group"), not a KIND enum.
             entry.values =
@@ -263,6 +281,97 @@ pub fn write_as(card: &VCard, target: Version) -> String {
     // Writing into a String cannot fail.
     let _ = card.write_to(&mut out, target.calcard());
     out
+}
+
+/// 4.0 carries inline photos (and logos, sounds, keys) as `data:` URIs (RFC 6350 §6.2.4). calcard writes a
+/// binary value as `data:TYPE;base64\,…`, escaping the comma as if the value were text; a URI is not
+/// backslash-escaped, and readers that take the URI literally (Thunderbird's ical.js among them) get a
+/// broken image. So binary values of URI-typed properties become the data: URI text, written unescaped,
+/// with a media type guessed from the bytes when the 3.0 card named none. The 3.0-only `VALUE=BINARY`
+/// goes with it.
+fn inline_data_uris(entry: &mut VCardEntry) {
+    use base64::Engine;
+    let uri_typed =
+        matches!(entry.name, VCardProperty::Photo | VCardProperty::Logo | VCardProperty::Sound | VCardProperty::Key);
+    if !uri_typed {
+        return;
+    }
+    let explicit_text = parameter_values(entry, "VALUE").iter().any(|v| v.eq_ignore_ascii_case("text"));
+    if explicit_text {
+        return;
+    }
+    // Thunderbird writes 3.0 photos as bare base64 without `ENCODING=b`, which calcard keeps as text; in
+    // 4.0 that text would be read as a (broken) URI. Only values that decode to a known image format are
+    // taken as inline images.
+    for value in &mut entry.values {
+        if let VCardValue::Text(t) = value
+            && !t.contains(':')
+            && t.len() >= 16
+        {
+            let compact: String = t.chars().filter(|c| !c.is_whitespace()).collect();
+            if let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(compact.as_bytes())
+                && sniff_media_type(&bytes).is_some()
+            {
+                *value = VCardValue::Binary(calcard::common::Data { content_type: None, data: bytes });
+            }
+        }
+    }
+    if !entry.values.iter().any(|v| matches!(v, VCardValue::Binary(_))) {
+        return;
+    }
+    for value in &mut entry.values {
+        if let VCardValue::Binary(data) = value {
+            let media_type = data
+                .content_type
+                .clone()
+                .filter(|t| !t.trim().is_empty())
+                .or_else(|| sniff_media_type(&data.data).map(str::to_string))
+                .unwrap_or_default();
+            let encoded = base64::engine::general_purpose::STANDARD.encode(&data.data);
+            *value = VCardValue::Text(format!("data:{media_type};base64,{encoded}"));
+        }
+    }
+    entry.params.retain(|p| {
+        !(p.name == VCardParameterName::Value && p.value.clone().into_text().eq_ignore_ascii_case("binary"))
+    });
+}
+
+/// GEO is `lat;lon` in 3.0 (RFC 2426 §3.4.2) and a `geo:lat,lon` URI in 4.0 (RFC 6350 §6.5.2, RFC 5870);
+/// calcard copies the value as it is, so each version's readers would get the other's form.
+fn convert_geo(entry: &mut VCardEntry, target: Version) {
+    let text = entry.values.iter().filter_map(|v| v.as_text()).collect::<Vec<_>>().join(";");
+    let text = text.trim();
+    let (is_uri, coordinates) = match text.get(..4) {
+        Some(p) if p.eq_ignore_ascii_case("geo:") => (true, text[4..].split(';').next().unwrap_or_default()),
+        _ => (false, text),
+    };
+    let parts: Vec<&str> = coordinates.split([',', ';']).map(str::trim).collect();
+    if parts.len() < 2 || parts[..2].iter().any(|p| p.parse::<f64>().is_err()) {
+        return;
+    }
+    match target {
+        Version::V4 if !is_uri => entry.values = vec![VCardValue::Text(format!("geo:{},{}", parts[0], parts[1]))],
+        Version::V3 if is_uri || parts.len() != 2 || text.contains(',') => {
+            entry.values = vec![VCardValue::Text(parts[0].to_string()), VCardValue::Text(parts[1].to_string())];
+            entry.params.retain(|p| p.name != VCardParameterName::Value);
+        }
+        _ => {}
+    }
+}
+
+/// The media type of common inline images, from their first bytes.
+fn sniff_media_type(bytes: &[u8]) -> Option<&'static str> {
+    if bytes.starts_with(&[0xff, 0xd8, 0xff]) {
+        Some("image/jpeg")
+    } else if bytes.starts_with(b"\x89PNG") {
+        Some("image/png")
+    } else if bytes.starts_with(b"GIF8") {
+        Some("image/gif")
+    } else if bytes.len() > 12 && bytes.starts_with(b"RIFF") && &bytes[8..12] == b"WEBP" {
+        Some("image/webp")
+    } else {
+        None
+    }
 }
 
 /// The card as JSContact (RFC 9553) JSON, converted by calcard.
@@ -350,6 +459,44 @@ X-ADDRESSBOOKSERVER-MEMBER:urn:uuid:abc\r\nX-CUSTOM:kept\r\nEND:VCARD\r\n";
         let back = String::from_utf8(back).expect("utf8");
         assert!(back.contains("X-ADDRESSBOOKSERVER-KIND:group"), "{back}");
         assert!(back.contains("X-ADDRESSBOOKSERVER-MEMBER:urn:uuid:abc"), "{back}");
+    }
+
+    #[test]
+    fn photos_become_unescaped_data_uris_in_4_0() {
+        let v3 = "BEGIN:VCARD\r\nVERSION:3.0\r\nUID:p\r\nFN:P\r\nPHOTO;ENCODING=b;TYPE=JPEG:/9j/4AAQ\r\n\
+PHOTO;ENCODING=b:iVBORw0KGgo=\r\nEND:VCARD\r\n";
+        let (v4, _) = render(v3.as_bytes(), "3.0", Some(Version::V4), None);
+        let v4 = String::from_utf8(v4).expect("utf8");
+        assert!(v4.contains(":data:image/jpeg;base64,/9j/4AAQ\r\n"), "{v4}");
+        assert!(v4.contains("PHOTO:data:image/png;base64,iVBORw0KGgo=\r\n"), "{v4}");
+        assert!(!v4.contains("\\,") && !v4.contains("ENCODING"), "{v4}");
+        let (back, _) = render(v4.as_bytes(), "4.0", Some(Version::V3), None);
+        let back = String::from_utf8(back).expect("utf8");
+        assert!(back.contains("ENCODING=b") && back.contains("/9j/4AAQ"), "{back}");
+        // Thunderbird's 3.0 form: bare base64 without ENCODING.
+        let bare = v3.replace("PHOTO;ENCODING=b;TYPE=JPEG:/9j/4AAQ", "PHOTO:/9j/4AAQSkZJRgABAQ==");
+        let (v4, _) = render(bare.as_bytes(), "3.0", Some(Version::V4), None);
+        let v4 = String::from_utf8(v4).expect("utf8");
+        assert!(v4.contains("PHOTO:data:image/jpeg;base64,/9j/4AAQSkZJRgABAQ==\r\n"), "{v4}");
+    }
+
+    #[test]
+    fn geo_switches_between_pair_and_uri() {
+        let v3 = "BEGIN:VCARD\r\nVERSION:3.0\r\nUID:g\r\nFN:G\r\nGEO:45.000000;-87.300003\r\nEND:VCARD\r\n";
+        let (v4, _) = render(v3.as_bytes(), "3.0", Some(Version::V4), None);
+        let v4 = String::from_utf8(v4).expect("utf8");
+        assert!(v4.contains("GEO:geo:45.000000,-87.300003\r\n"), "{v4}");
+        let (back, _) = render(v4.as_bytes(), "4.0", Some(Version::V3), None);
+        let back = String::from_utf8(back).expect("utf8");
+        assert!(back.contains("GEO:45.000000;-87.300003\r\n"), "{back}");
+    }
+
+    #[test]
+    fn an_unknown_version_is_unsupported_not_missing() {
+        let v4 = V3.replace("VERSION:3.0", "VERSION:4");
+        assert!(matches!(validate(v4.as_bytes()), Err(Invalid::Unsupported(_))));
+        let none = V3.replace("VERSION:3.0\r\n", "");
+        assert!(matches!(validate(none.as_bytes()), Err(Invalid::Malformed(_))));
     }
 
     #[test]

@@ -529,7 +529,7 @@ async fn large_imports_stream_their_progress() {
     eprintln!("streamed import of {rows} CSV rows: {elapsed:?}");
 
     // Every row is a contact, with the file as its origin.
-    let (_, found, _) = api(&alice, "GET", "/api/v1/contacts?q=person11999", None, &[]).await;
+    let (_, found, _) = api(&alice, "GET", "/api/v1/contacts?q=person9999", None, &[]).await;
     let uid = found["items"][0]["uid"].as_str().expect("imported contact").to_string();
     let (_, history, _) =
         api(&alice, "GET", &format!("/api/v1/books/contacts/contacts/{uid}/history"), None, &[]).await;

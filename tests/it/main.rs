@@ -7,6 +7,7 @@ mod accounts;
 mod api;
 mod cards;
 mod clients;
+mod corpus;
 mod crash;
 mod discovery;
 mod files;
