@@ -73,7 +73,11 @@ impl Server {
         }
         let _ = self.task.await;
         let store = self.store.clone();
-        let _ = tokio::task::spawn_blocking(move || store.checkpoint()).await;
+        match tokio::task::spawn_blocking(move || store.checkpoint()).await {
+            Ok(Ok(())) => tracing::info!("stopped; the WAL is checkpointed"),
+            Ok(Err(e)) => tracing::error!(error = %e, "WAL checkpoint at shutdown failed; the next start recovers it"),
+            Err(e) => tracing::error!(error = %e, "WAL checkpoint at shutdown did not run"),
+        }
     }
 
     /// Runs until SIGTERM or Ctrl-C (SIGHUP reloads the TLS certificate), then stops gracefully.

@@ -362,10 +362,7 @@ fn offline(config: &Config, command: Command) -> Result<(), String> {
                 println!("admin API token (shown once): {token}");
             }
         }
-        Command::Backup { file } => {
-            store.backup_to(&file).map_err(|e| e.to_string())?;
-            println!("backup written to {}", file.display());
-        }
+        Command::Backup { file } => backup(config, &file)?,
         Command::Check => check(store)?,
         Command::Import { file, user, book, format, mapping, dry_run } => {
             import(store, &file, &user, &book, format, mapping, dry_run)?
@@ -406,21 +403,164 @@ fn check(store: &dyn Store) -> Result<(), String> {
     Ok(())
 }
 
-fn restore(config: &Config, file: &std::path::Path) -> Result<(), String> {
-    // Validate the backup by opening it before it replaces anything.
-    let probe = kartei::store::SqliteStore::open(file, false)
-        .map_err(|e| format!("{} is not a kartei database: {e}", file.display()))?;
-    let integrity = probe.integrity_check().map_err(|e| e.to_string())?;
-    if integrity != ["ok"] {
-        return Err(format!("the backup fails its integrity check: {}", integrity.join("; ")));
+/// `PATH` with `suffix` appended to its file name.
+fn with_suffix(path: &std::path::Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+/// Creates an empty file readable and writable by its owner only (backups hold every contact and the
+/// password hashes); fails if it exists.
+fn create_private(path: &std::path::Path) -> Result<(), String> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(0o600);
     }
-    drop(probe);
+    options.open(path).map(drop).map_err(|e| format!("cannot create {}: {e}", path.display()))
+}
+
+/// Removes a database's `-wal`, `-shm` and `-journal` side files.
+fn remove_side_files(db: &std::path::Path) {
+    for suffix in ["-wal", "-shm", "-journal"] {
+        let _ = std::fs::remove_file(with_suffix(db, suffix));
+    }
+}
+
+/// SQLite's online backup into `FILE.partial`, renamed to FILE when complete: FILE is always either the old
+/// backup or a whole new one, and private to its owner.
+///
+/// The copy is one backup step under one read transaction: in WAL mode that never blocks the server's
+/// writers and sees one consistent state. (Copying in small steps, as `Store::backup_to` does, starts over
+/// whenever the server commits between two steps, and on a busy server with a large database never ends.)
+fn backup(config: &Config, file: &std::path::Path) -> Result<(), String> {
+    use rusqlite::backup::{Backup, StepResult};
+    use rusqlite::{Connection, OpenFlags};
+    let partial = with_suffix(file, ".partial");
+    let _ = std::fs::remove_file(&partial);
+    remove_side_files(&partial);
+    create_private(&partial)?;
+    let written = (|| -> Result<(), String> {
+        let db = config.database_path();
+        let source = Connection::open_with_flags(&db, OpenFlags::SQLITE_OPEN_READ_WRITE)
+            .map_err(|e| format!("cannot open {}: {e}", db.display()))?;
+        source.busy_timeout(std::time::Duration::from_secs(10)).map_err(|e| e.to_string())?;
+        let mut target = Connection::open(&partial).map_err(|e| e.to_string())?;
+        let copy = Backup::new(&source, &mut target).map_err(|e| e.to_string())?;
+        for _ in 0..100 {
+            match copy.step(-1).map_err(|e| e.to_string())? {
+                StepResult::Done => return Ok(()),
+                // Busy or locked for a moment (a checkpoint): try again.
+                _ => std::thread::sleep(std::time::Duration::from_millis(100)),
+            }
+        }
+        Err("the database stayed busy for 10 s".into())
+    })()
+    .map_err(|e| format!("backup failed: {e}"));
+    remove_side_files(&partial);
+    if let Err(e) = written.and_then(|()| {
+        std::fs::rename(&partial, file).map_err(|e| format!("cannot move the backup to {}: {e}", file.display()))
+    }) {
+        let _ = std::fs::remove_file(&partial);
+        return Err(e);
+    }
+    println!("backup written to {}", file.display());
+    Ok(())
+}
+
+/// Replaces the database with a backup. The backup is copied next to the database first and checked there
+/// (the file given is never modified); the swap is a rename, so an interrupted restore leaves the old
+/// database. Refuses while any process (the server) has the database open, and refuses files that are not
+/// kartei databases (an empty file would otherwise "restore" an empty server).
+fn restore(config: &Config, file: &std::path::Path) -> Result<(), String> {
+    use rusqlite::{Connection, OpenFlags};
+    let not_kartei = |why: String| format!("{} is not a kartei database: {why}", file.display());
+    if std::fs::metadata(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?.len() == 0 {
+        return Err(not_kartei("it is empty".into()));
+    }
     std::fs::create_dir_all(&config.storage.data_dir).map_err(|e| e.to_string())?;
     let target = config.database_path();
-    for suffix in ["-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{suffix}", target.display()));
+
+    // Nobody may have the database open: the server keeps a connection, and WAL-mode connections hold a
+    // shared lock, so an exclusive one is refused while it runs. Kept until the swap is done.
+    let guard = if target.exists() {
+        let c = Connection::open_with_flags(&target, OpenFlags::SQLITE_OPEN_READ_WRITE)
+            .map_err(|e| format!("cannot open {}: {e}", target.display()))?;
+        let locked = c
+            .pragma_update(None, "locking_mode", "EXCLUSIVE")
+            .and_then(|()| c.execute_batch("BEGIN EXCLUSIVE; COMMIT;"));
+        match locked {
+            Ok(()) => Some(c),
+            Err(e)
+                if matches!(
+                    e.sqlite_error_code(),
+                    Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+                ) =>
+            {
+                return Err(format!(
+                    "the database {} is in use ({e}): stop the server (and any other kartei command) first",
+                    target.display()
+                ));
+            }
+            // A damaged database is what a restore is for.
+            Err(e) => {
+                eprintln!("the current database {} cannot be read ({e}); replacing it", target.display());
+                None
+            }
+        }
+    } else {
+        None
+    };
+
+    let incoming = with_suffix(&target, ".restoring");
+    let _ = std::fs::remove_file(&incoming);
+    remove_side_files(&incoming);
+    create_private(&incoming)?;
+    let prepared = (|| {
+        std::fs::copy(file, &incoming).map_err(|e| format!("cannot copy {}: {e}", file.display()))?;
+        {
+            let probe = Connection::open_with_flags(&incoming, OpenFlags::SQLITE_OPEN_READ_WRITE)
+                .map_err(|e| not_kartei(e.to_string()))?;
+            let version: i64 =
+                probe.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(|e| not_kartei(e.to_string()))?;
+            let has_users: bool = probe
+                .query_row("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'users'", [], |r| {
+                    r.get::<_, i64>(0)
+                })
+                .map(|n| n == 1)
+                .map_err(|e| not_kartei(e.to_string()))?;
+            if version < 1 || !has_users {
+                return Err(not_kartei("it has no kartei schema".into()));
+            }
+        }
+        // Open it the way the server does (applies pending migrations), check it, and write its WAL back.
+        let store = kartei::store::SqliteStore::open(&incoming, false).map_err(|e| not_kartei(e.to_string()))?;
+        let integrity = store.integrity_check().map_err(|e| e.to_string())?;
+        if integrity != ["ok"] {
+            return Err(format!("the backup fails its integrity check: {}", integrity.join("; ")));
+        }
+        store.checkpoint().map_err(|e| e.to_string())?;
+        drop(store);
+        if std::fs::metadata(with_suffix(&incoming, "-wal")).is_ok_and(|m| m.len() > 0) {
+            return Err("the checked copy kept a write-ahead log; nothing was replaced".into());
+        }
+        remove_side_files(&incoming);
+        std::fs::File::open(&incoming).and_then(|f| f.sync_all()).map_err(|e| e.to_string())
+    })();
+    if let Err(e) = prepared {
+        let _ = std::fs::remove_file(&incoming);
+        remove_side_files(&incoming);
+        return Err(e);
     }
-    std::fs::copy(file, &target).map_err(|e| format!("cannot copy the backup into place: {e}"))?;
+    // The old database's WAL must go with it: replayed onto the restored file it would corrupt it.
+    remove_side_files(&target);
+    std::fs::rename(&incoming, &target).map_err(|e| format!("cannot move the backup into place: {e}"))?;
+    // The lock ends with this process. Closing the connection would make SQLite clean up `-wal` by path,
+    // which now belongs to the restored database.
+    std::mem::forget(guard);
     println!("restored {} into {}", file.display(), target.display());
     Ok(())
 }

@@ -13,5 +13,6 @@ mod discovery;
 mod files;
 mod privacy;
 mod proppatch;
+mod reliability;
 mod reports;
 mod sync;
