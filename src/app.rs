@@ -193,6 +193,9 @@ impl App {
         let lookup = username.clone();
         let user = store::blocking(&self.store, move |s| s.user(&lookup)).await?;
         let login_key = auth::login_key(&username);
+        // Only logins that exist are named in the log: a password typed into the user-name field must not
+        // end up there.
+        let logged_login = if user.is_some() { username.as_str() } else { "(unknown login)" };
         if let Some(u) = &user
             && !u.disabled
             && self.auth.cached(&u.username, &password, u.credential_generation)
@@ -200,11 +203,11 @@ impl App {
             return self.authorize_scope(u, scope).await;
         }
         if let Some(wait) = self.auth.throttled(&ip_key) {
-            tracing::warn!(login = %username, client = %peer.ip(), "client address throttled after repeated failures");
+            tracing::warn!(login = %logged_login, client = %peer.ip(), "client address throttled after repeated failures");
             return Err(too_many(wait));
         }
         if let Some(wait) = self.auth.throttled(&login_key) {
-            tracing::warn!(login = %username, client = %peer.ip(), "login throttled after repeated failures");
+            tracing::warn!(login = %logged_login, client = %peer.ip(), "login throttled after repeated failures");
             return Err(too_many(wait));
         }
         let hash = user
@@ -224,7 +227,7 @@ impl App {
             _ => {
                 self.auth.record_failure(&login_key);
                 self.auth.record_failure(&ip_key);
-                tracing::warn!(login = %username, client = %peer.ip(), "authentication failed");
+                tracing::warn!(login = %logged_login, client = %peer.ip(), "authentication failed");
                 Err(self.challenge("wrong user name or password"))
             }
         }

@@ -40,8 +40,13 @@ use tokio::sync::watch;
 
 /// Opens (creating) the data directory and the database.
 pub fn open_store(config: &Config) -> Result<SharedStore, String> {
-    std::fs::create_dir_all(&config.storage.data_dir)
-        .map_err(|e| format!("cannot create data directory {}: {e}", config.storage.data_dir.display()))?;
+    let dir = &config.storage.data_dir;
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    // Contacts and password hashes live here: other local accounts must not read them.
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir).map_err(|e| format!("cannot create data directory {}: {e}", dir.display()))?;
     let full = config.storage.synchronous.eq_ignore_ascii_case("full");
     let store =
         SqliteStore::open(&config.database_path(), full).map_err(|e| format!("cannot open the database: {e}"))?;

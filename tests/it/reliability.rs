@@ -987,6 +987,11 @@ async fn secrets_never_reach_the_logs() {
         let bad = site.dav(&user, wrong_password);
         assert!(matches!(bad.propfind(&bad.home(), "0", "").await.status.as_u16(), 401 | 429 | 503));
     }
+    // A password typed into the user-name field is not logged either.
+    let typed_as_login = "Pa55word-In-The-Login-Field";
+    secrets.push(typed_as_login.into());
+    let bad = site.dav(typed_as_login, "x");
+    assert_eq!(bad.propfind("/dav/", "0", "").await.status.as_u16(), 401);
     let reset = admin(reqwest::Method::POST, &format!("/admin/v1/users/{user}/credentials"), &token)
         .send()
         .await
@@ -1455,4 +1460,13 @@ async fn soak_clients_converge_and_memory_stays_flat() {
         start.elapsed(),
         want.len()
     );
+}
+
+#[tokio::test]
+async fn the_data_directory_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = TestServer::start().await;
+    let mode = std::fs::metadata(&s.config.storage.data_dir).expect("data dir").permissions().mode();
+    assert_eq!(mode & 0o777, 0o700, "contacts and password hashes must not be readable by other accounts");
+    s.stop().await;
 }
