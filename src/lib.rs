@@ -85,12 +85,12 @@ impl Server {
         }
     }
 
-    /// Runs until SIGTERM or Ctrl-C (SIGHUP reloads the TLS certificate), then stops gracefully.
-    pub async fn run_until_signal(self, reload: Option<Arc<tls::ReloadableCert>>) {
+    /// Runs until SIGTERM or Ctrl-C (SIGHUP reloads the TLS certificate), then stops gracefully. `signals`
+    /// should be installed before `start`, so that a signal during startup is not the default action (exit).
+    pub async fn run_until_signal(self, reload: Option<Arc<tls::ReloadableCert>>, signals: Option<Signals>) {
         #[cfg(unix)]
         {
-            use tokio::signal::unix::{SignalKind, signal};
-            let (Ok(mut term), Ok(mut hup)) = (signal(SignalKind::terminate()), signal(SignalKind::hangup())) else {
+            let Some(Signals { mut term, mut hup }) = signals.or_else(Signals::install) else {
                 tracing::error!("cannot install signal handlers");
                 return self.stop().await;
             };
@@ -109,9 +109,37 @@ impl Server {
             }
         }
         #[cfg(not(unix))]
-        let _ = tokio::signal::ctrl_c().await;
+        {
+            let _ = signals;
+            let _ = tokio::signal::ctrl_c().await;
+        }
         tracing::info!("shutting down");
         self.stop().await;
+    }
+}
+
+/// SIGTERM and SIGHUP listeners; from the moment they exist, those signals are queued instead of ending the
+/// process.
+#[cfg(unix)]
+pub struct Signals {
+    term: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+#[cfg(not(unix))]
+pub struct Signals;
+
+impl Signals {
+    /// Must run inside a tokio runtime.
+    #[cfg(unix)]
+    pub fn install() -> Option<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Some(Signals { term: signal(SignalKind::terminate()).ok()?, hup: signal(SignalKind::hangup()).ok()? })
+    }
+
+    #[cfg(not(unix))]
+    pub fn install() -> Option<Signals> {
+        Some(Signals)
     }
 }
 

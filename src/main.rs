@@ -210,12 +210,14 @@ fn main() -> ExitCode {
 fn serve(config: Config) -> Result<(), String> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| e.to_string())?;
     runtime.block_on(async move {
+        // Before anything else: a SIGHUP or SIGTERM during startup must not kill the process.
+        let signals = kartei::Signals::install();
         let (server, reload) = kartei::start(config).await?;
         println!("kartei listening on {}/ (CardDAV discovery: {}/.well-known/carddav)", server.url, server.url);
         if let Some(token) = &server.admin_token {
             println!("admin API token (shown once, store it now): {token}");
         }
-        server.run_until_signal(reload).await;
+        server.run_until_signal(reload, signals).await;
         Ok(())
     })
 }
