@@ -99,6 +99,8 @@ pub struct LimitsConfig {
     pub max_connections: usize,
     /// Largest request head (request line and headers), in bytes.
     pub max_header_bytes: usize,
+    /// Most prop-filters, text-matches and param-filters in one addressbook-query filter.
+    pub max_filter_terms: usize,
 }
 
 impl Default for LimitsConfig {
@@ -112,6 +114,7 @@ impl Default for LimitsConfig {
             idle_timeout_secs: 120,
             max_connections: 1024,
             max_header_bytes: 64 * 1024,
+            max_filter_terms: 64,
         }
     }
 }

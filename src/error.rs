@@ -105,12 +105,28 @@ impl DavError {
             (_, "HEAD") => builder.body(body::empty()),
             (Some(condition), _) => builder
                 .header(header::CONTENT_TYPE, XML_CONTENT_TYPE)
-                .body(body::full(error_body(&condition.xml(), &self.message))),
+                .body(body::full(error_body(&condition.xml(), &xml_text(&self.message)))),
             (None, _) => builder
                 .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
                 .body(body::full(format!("{}\n", self.message))),
         };
-        response.unwrap_or_else(|_| Response::new(body::empty()))
+        response.unwrap_or_else(|_| {
+            let mut r = Response::new(body::empty());
+            *r.status_mut() = self.status;
+            r
+        })
+    }
+}
+
+/// Messages quote what the client sent (a vCard line, a name); characters XML 1.0 cannot carry would make
+/// the whole `DAV:error` body unparsable, so they become U+FFFD.
+fn xml_text(message: &str) -> Cow<'_, str> {
+    let allowed =
+        |c: char| matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..);
+    if message.chars().all(allowed) {
+        Cow::Borrowed(message)
+    } else {
+        Cow::Owned(message.chars().map(|c| if allowed(c) { c } else { '\u{FFFD}' }).collect())
     }
 }
 
@@ -163,3 +179,21 @@ impl From<store::Error> for DavError {
 }
 
 pub type DavResult<T> = Result<T, DavError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    #[tokio::test]
+    async fn error_bodies_stay_xml_whatever_the_message_quotes() {
+        let e = DavError::bad_request("invalid line: a\u{1b}b <&>").with_condition(Condition::ValidAddressData);
+        let r = e.into_response("PUT", "/x");
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+        let bytes = r.into_body().collect().await.expect("body").to_bytes();
+        let root = crate::dav::xml::parse(&bytes).expect("the error body is XML");
+        assert!(root.is(crate::dav::NS_DAV, "error"));
+        let text = &root.child(crate::dav::NS_DAV, "responsedescription").expect("description").text;
+        assert_eq!(text, "invalid line: a\u{FFFD}b <&>");
+    }
+}

@@ -57,6 +57,9 @@ fn decode_segments(path: &str) -> Result<Vec<String>, RouteError> {
         if raw.is_empty() {
             continue;
         }
+        if !escapes_are_valid(raw) {
+            return Err(RouteError::BadPath("a '%' in the path is not followed by two hex digits"));
+        }
         let decoded =
             percent_decode_str(raw).decode_utf8().map_err(|_| RouteError::BadPath("the path is not UTF-8"))?;
         if decoded == "." || decoded == ".." {
@@ -68,6 +71,23 @@ fn decode_segments(path: &str) -> Result<Vec<String>, RouteError> {
         out.push(decoded.into_owned());
     }
     Ok(out)
+}
+
+/// RFC 3986 §2.1: every `%` starts a two-digit hex escape (a bare `%` is not passed through as itself).
+fn escapes_are_valid(raw: &str) -> bool {
+    let bytes = raw.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            match bytes.get(i + 1..i + 3) {
+                Some([a, b]) if a.is_ascii_hexdigit() && b.is_ascii_hexdigit() => i += 3,
+                _ => return false,
+            }
+        } else {
+            i += 1;
+        }
+    }
+    true
 }
 
 pub fn parse(path: &str) -> Result<Route, RouteError> {
@@ -192,6 +212,13 @@ mod tests {
         assert!(matches!(parse("/dav/addressbooks/u/a%00b/"), Err(RouteError::BadPath(_))));
         assert!(matches!(parse("/dav/addressbooks/u/%c0%ae/"), Err(RouteError::BadPath(_))));
         assert!(matches!(parse("dav"), Err(RouteError::BadPath(_))));
+        for bad in ["/dav/addressbooks/u/c/%", "/dav/addressbooks/u/c/%4", "/dav/addressbooks/u/c/%zz.vcf", "/dav/%g0/"]
+        {
+            assert!(matches!(parse(bad), Err(RouteError::BadPath(_))), "{bad}");
+        }
+        assert!(
+            matches!(parse("/dav/addressbooks/u/c/100%25.vcf"), Ok(Route::Card { ref name, .. }) if name == "100%.vcf")
+        );
     }
 
     #[test]

@@ -3,14 +3,20 @@
 
 use crate::app::App;
 use crate::body::Body;
+use bytes::Bytes;
+use hyper::body::{Frame, SizeHint};
 use hyper::service::service_fn;
-use hyper::{Request, Response, StatusCode};
+use hyper::{Request, Response, StatusCode, header};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
 use std::convert::Infallible;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
@@ -59,36 +65,58 @@ pub async fn serve(
         let tls = tls.clone();
         let builder = builder.clone();
         let request_timeout = Duration::from_secs(limits.request_timeout_secs.max(1));
+        let idle_timeout = Duration::from_secs(limits.idle_timeout_secs.max(1));
         let handshake_timeout = Duration::from_secs(limits.idle_timeout_secs.clamp(1, 30));
         let watcher = graceful.watcher();
         tokio::spawn(async move {
             let _permit = permit;
+            let activity = Arc::new(Activity::new());
+            let tracker = activity.clone();
             let service = service_fn(move |req: Request<hyper::body::Incoming>| {
                 let app = app.clone();
+                let in_flight = InFlight::start(tracker.clone());
                 async move {
                     let response = match tokio::time::timeout(request_timeout, app.handle(req, peer)).await {
                         Ok(r) => r,
                         Err(_) => timeout_response(),
                     };
-                    Ok::<Response<Body>, Infallible>(response)
+                    Ok::<Response<Tracked>, Infallible>(response.map(|body| Tracked { body, _in_flight: in_flight }))
                 }
             });
-            match tls {
-                Some(acceptor) => match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
-                    Ok(Ok(tls_stream)) => {
-                        let conn = builder.serve_connection(TokioIo::new(tls_stream), service);
-                        if let Err(e) = watcher.watch(conn.into_owned()).await {
-                            tracing::debug!(error = %e, %peer, "connection ended with an error");
+            // hyper's header read timeout covers a slow HTTP/1 request head and idle HTTP/1 keep-alive, but
+            // not a TLS connection that never sends a byte (the HTTP version is not known yet), an idle
+            // HTTP/2 connection, or a client that stops reading a streamed answer (which would hold a
+            // blocking thread): the watchdog closes those.
+            let served = async {
+                match tls {
+                    Some(acceptor) => match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(tls_stream)) => {
+                            activity.touch();
+                            let io = Metered { inner: tls_stream, activity: activity.clone() };
+                            let conn = builder.serve_connection(TokioIo::new(io), service);
+                            watcher.watch(conn.into_owned()).await
                         }
+                        Ok(Err(e)) => {
+                            tracing::debug!(error = %e, %peer, "TLS handshake failed");
+                            Ok(())
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                            Ok(())
+                        }
+                    },
+                    None => {
+                        let io = Metered { inner: stream, activity: activity.clone() };
+                        watcher.watch(builder.serve_connection(TokioIo::new(io), service).into_owned()).await
                     }
-                    Ok(Err(e)) => tracing::debug!(error = %e, %peer, "TLS handshake failed"),
-                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                }
+            };
+            tokio::select! {
+                result = served => if let Err(e) = result {
+                    tracing::debug!(error = %e, %peer, "connection ended with an error");
                 },
-                None => {
-                    let conn = builder.serve_connection(TokioIo::new(stream), service);
-                    if let Err(e) = watcher.watch(conn.into_owned()).await {
-                        tracing::debug!(error = %e, %peer, "connection ended with an error");
-                    }
+                why = activity.watchdog(idle_timeout, idle_timeout.max(request_timeout)) => {
+                    tracing::debug!(%peer, "closed a connection that was {why}");
                 }
             }
         });
@@ -100,8 +128,158 @@ pub async fn serve(
     }
 }
 
+/// A request that did not produce its response head within `request_timeout_secs` (a body trickling in, or a
+/// stuck handler): 503, and the connection is not reused since the request body may be half read.
 fn timeout_response() -> Response<Body> {
     let mut r = Response::new(crate::body::full("the request took too long\n"));
     *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+    r.headers_mut().insert(header::CONNECTION, header::HeaderValue::from_static("close"));
     r
+}
+
+/// What one connection is doing, for the watchdog: requests whose response is not completely sent, when
+/// the last one finished (or the connection opened), and when bytes last moved (milliseconds since `opened`).
+struct Activity {
+    opened: Instant,
+    in_flight: AtomicUsize,
+    idle_since: AtomicU64,
+    last_io: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity {
+            opened: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            idle_since: AtomicU64::new(0),
+            last_io: AtomicU64::new(0),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        self.opened.elapsed().as_millis() as u64
+    }
+
+    fn touch(&self) {
+        self.idle_since.store(self.now(), Ordering::Relaxed);
+    }
+
+    fn moved(&self) {
+        self.last_io.store(self.now(), Ordering::Relaxed);
+    }
+
+    /// Completes when the connection has had nothing in flight for `idle`, or requests in flight but no byte
+    /// read or written for `stalled`; says which.
+    async fn watchdog(&self, idle: Duration, stalled: Duration) -> &'static str {
+        let (idle, stalled) = (idle.as_millis() as u64, stalled.as_millis() as u64);
+        loop {
+            let now = self.now();
+            let wait = if self.in_flight.load(Ordering::SeqCst) == 0 {
+                let quiet = now.saturating_sub(self.idle_since.load(Ordering::Relaxed));
+                if quiet >= idle {
+                    return "idle";
+                }
+                idle - quiet
+            } else {
+                let quiet = now.saturating_sub(self.last_io.load(Ordering::Relaxed));
+                if quiet >= stalled {
+                    return "stalled with a request in flight";
+                }
+                stalled - quiet
+            };
+            tokio::time::sleep(Duration::from_millis(wait.max(50))).await;
+        }
+    }
+}
+
+/// The connection's byte stream, noting in `Activity` whenever bytes move.
+struct Metered<T> {
+    inner: T,
+    activity: Arc<Activity>,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Metered<T> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(result, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.activity.moved();
+        }
+        result
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Metered<T> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        let result = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.moved();
+        }
+        result
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.moved();
+        }
+        result
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Counts one request as in flight from its head until its response body is dropped (sent or abandoned).
+struct InFlight(Arc<Activity>);
+
+impl InFlight {
+    fn start(activity: Arc<Activity>) -> Self {
+        activity.moved();
+        activity.in_flight.fetch_add(1, Ordering::SeqCst);
+        InFlight(activity)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A response body that keeps its request counted as in flight while it streams.
+struct Tracked {
+    body: Body,
+    _in_flight: InFlight,
+}
+
+impl hyper::body::Body for Tracked {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
 }

@@ -7,7 +7,8 @@ use crate::store::{IndexedField, Prefilter};
 use crate::vcard::{entry_is, parameter_values, property_text};
 use calcard::vcard::VCard;
 
-/// Filters beyond this many prop-filters/text-matches are refused (a filter is a cheap way to burn CPU).
+/// Filters beyond this many prop-filters/text-matches/param-filters are refused (a filter is a cheap way to
+/// burn CPU); the default of `limits.max_filter_terms`.
 pub const MAX_FILTER_TERMS: usize = 64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,6 +38,8 @@ pub struct TextMatch {
     pub match_type: MatchType,
     pub negate: bool,
     pub text: String,
+    /// `text` folded by the collation once, not once per card.
+    folded: String,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -101,7 +104,7 @@ fn parse_text_match(e: &Element) -> Result<TextMatch, FilterError> {
         Some("yes") => true,
         Some(other) => return Err(FilterError::Malformed(format!("negate-condition \"{other}\" must be yes or no"))),
     };
-    Ok(TextMatch { collation, match_type, negate, text: e.text.clone() })
+    Ok(TextMatch { collation, match_type, negate, text: e.text.clone(), folded: fold(&e.text, collation) })
 }
 
 fn required_name(e: &Element) -> Result<String, FilterError> {
@@ -111,8 +114,13 @@ fn required_name(e: &Element) -> Result<String, FilterError> {
     }
 }
 
-/// Parses a `CARD:filter` element.
+/// Parses a `CARD:filter` element with the default term limit.
 pub fn parse(filter: &Element) -> Result<Filter, FilterError> {
+    parse_limited(filter, MAX_FILTER_TERMS)
+}
+
+/// Parses a `CARD:filter` element of at most `max_terms` prop-filters, text-matches and param-filters.
+pub fn parse_limited(filter: &Element, max_terms: usize) -> Result<Filter, FilterError> {
     let test = parse_test(filter)?;
     let mut terms = 0usize;
     let mut prop_filters = Vec::new();
@@ -141,11 +149,12 @@ pub fn parse(filter: &Element) -> Result<Filter, FilterError> {
             });
         }
         prop_filters.push(prop);
+        if terms > max_terms {
+            break;
+        }
     }
-    if terms > MAX_FILTER_TERMS {
-        return Err(FilterError::Malformed(format!(
-            "the filter has {terms} terms; at most {MAX_FILTER_TERMS} are allowed"
-        )));
+    if terms > max_terms {
+        return Err(FilterError::Malformed(format!("the filter has more than {max_terms} terms")));
     }
     Ok(Filter { test, prop_filters })
 }
@@ -159,14 +168,43 @@ fn fold(s: &str, collation: Collation) -> String {
 }
 
 impl TextMatch {
+    /// The column condition every value this text-match accepts fulfils, where one can be given. The columns
+    /// hold `to_lowercase` of the values (the UID column only SQLite's ASCII `lower`), so:
+    /// - a negated or empty text-match accepts values without the text: no condition;
+    /// - `to_lowercase` maps a final `Σ` to `ς` in context but `σ` alone, so an octet or ASCII match on a
+    ///   text with `Σ` gives none either;
+    /// - on UID, a Unicode-casemap match of `k` or `i` also accepts U+212A KELVIN SIGN or U+0130 (whose
+    ///   lower case is ASCII but which ASCII `lower` keeps), and of a non-ASCII text any case variant.
+    fn narrowing(&self, field: IndexedField) -> Option<Prefilter> {
+        if self.negate || self.text.is_empty() {
+            return None;
+        }
+        let needle = match field {
+            IndexedField::Uid => {
+                let unicode = self.collation == Collation::UnicodeCasemap;
+                if unicode && (!self.text.is_ascii() || self.text.contains(['k', 'K', 'i', 'I'])) {
+                    return None;
+                }
+                self.text.to_ascii_lowercase()
+            }
+            _ => {
+                if self.collation != Collation::UnicodeCasemap && self.text.contains('Σ') {
+                    return None;
+                }
+                self.text.to_lowercase()
+            }
+        };
+        Some(Prefilter::Contains(field, needle))
+    }
+
     pub fn matches(&self, value: &str) -> bool {
         let value = fold(value, self.collation);
-        let needle = fold(&self.text, self.collation);
+        let needle = &self.folded;
         let hit = match self.match_type {
-            MatchType::Equals => value == needle,
-            MatchType::Contains => value.contains(&needle),
-            MatchType::StartsWith => value.starts_with(&needle),
-            MatchType::EndsWith => value.ends_with(&needle),
+            MatchType::Equals => value == *needle,
+            MatchType::Contains => value.contains(needle.as_str()),
+            MatchType::StartsWith => value.starts_with(needle.as_str()),
+            MatchType::EndsWith => value.ends_with(needle.as_str()),
         };
         hit != self.negate
     }
@@ -220,17 +258,17 @@ impl PropFilter {
         if self.is_not_defined || !self.param_filters.is_empty() && self.test == Test::AnyOf {
             return Prefilter::All;
         }
-        let positive: Vec<Prefilter> = self
-            .text_matches
-            .iter()
-            .filter(|tm| !tm.negate && !tm.text.is_empty())
-            .map(|tm| Prefilter::Contains(field, tm.text.to_lowercase()))
-            .collect();
-        let negated = self.text_matches.iter().any(|tm| tm.negate);
+        let parts: Vec<Option<Prefilter>> = self.text_matches.iter().map(|tm| tm.narrowing(field)).collect();
         match self.test {
-            Test::AllOf if !positive.is_empty() => Prefilter::And(positive),
-            Test::AnyOf if !positive.is_empty() && !negated => Prefilter::Or(positive),
-            _ => Prefilter::All,
+            Test::AllOf => {
+                let narrowing: Vec<Prefilter> = parts.into_iter().flatten().collect();
+                if narrowing.is_empty() { Prefilter::All } else { Prefilter::And(narrowing) }
+            }
+            // One text-match that cannot narrow (negated, empty, ...) may match any card.
+            Test::AnyOf if !parts.is_empty() && parts.iter().all(Option::is_some) => {
+                Prefilter::Or(parts.into_iter().flatten().collect())
+            }
+            Test::AnyOf => Prefilter::All,
         }
     }
 }
@@ -327,5 +365,16 @@ mod tests {
             f(r#"<c:prop-filter name="NOTE"><c:text-match>x</c:text-match></c:prop-filter>"#),
             Prefilter::All
         ));
+        // Found by the query_filter fuzz target: each of these used to skip cards the filter matches.
+        let all = |body: &str| matches!(f(body), Prefilter::All);
+        assert!(all(r#"<c:prop-filter name="EMAIL"><c:text-match>x</c:text-match><c:text-match/></c:prop-filter>"#));
+        assert!(all(r#"<c:prop-filter name="UID"><c:text-match>Σ</c:text-match></c:prop-filter>"#));
+        assert!(all(r#"<c:prop-filter name="UID"><c:text-match>kelvin</c:text-match></c:prop-filter>"#));
+        assert!(all(
+            r#"<c:prop-filter name="FN"><c:text-match collation="i;octet">ΟΔΟΣ</c:text-match></c:prop-filter>"#
+        ));
+        let uid =
+            f(r#"<c:prop-filter name="UID"><c:text-match collation="i;octet">ÄB-C</c:text-match></c:prop-filter>"#);
+        assert_eq!(format!("{uid:?}"), r#"Or([Or([Contains(Uid, "Äb-c")])])"#);
     }
 }

@@ -219,7 +219,14 @@ fn parse_nresults(limit: &Element, ns: &str) -> Result<usize, BadRequest> {
     Ok(value)
 }
 
+/// Parses a REPORT body with the default filter term limit.
 pub fn parse_report(body: &[u8], max_hrefs: usize) -> Result<Report, BadRequest> {
+    parse_report_limited(body, max_hrefs, filter::MAX_FILTER_TERMS)
+}
+
+/// Parses a REPORT body: a multiget of at most `max_hrefs` hrefs, a query filter of at most
+/// `max_filter_terms` terms (`limits.max_multiget_hrefs`, `limits.max_filter_terms`).
+pub fn parse_report_limited(body: &[u8], max_hrefs: usize, max_filter_terms: usize) -> Result<Report, BadRequest> {
     let root = xml::parse(body)?;
     if root.is(NS_CARDDAV, "addressbook-multiget") {
         let hrefs: Vec<String> = root.children_named(NS_DAV, "href").map(|h| h.text.trim().to_string()).collect();
@@ -233,7 +240,7 @@ pub fn parse_report(body: &[u8], max_hrefs: usize) -> Result<Report, BadRequest>
     }
     if root.is(NS_CARDDAV, "addressbook-query") {
         let filter = match root.child(NS_CARDDAV, "filter") {
-            Some(f) => filter::parse(f)?,
+            Some(f) => filter::parse_limited(f, max_filter_terms)?,
             None => Filter::match_all(),
         };
         let limit = match root.child(NS_CARDDAV, "limit") {
@@ -306,5 +313,13 @@ mod tests {
         );
         assert!(parse_report(many.as_bytes(), 2).is_err());
         assert!(matches!(parse_report(many.as_bytes(), 3), Ok(Report::Multiget { ref hrefs, .. }) if hrefs.len() == 3));
+        let query = |terms: usize| {
+            let pf = r#"<c:prop-filter name="FN"/>"#.repeat(terms);
+            format!(
+                r#"<c:addressbook-query xmlns:c="urn:ietf:params:xml:ns:carddav"><c:filter>{pf}</c:filter></c:addressbook-query>"#
+            )
+        };
+        assert!(matches!(parse_report_limited(query(3).as_bytes(), 10, 3), Ok(Report::Query { .. })));
+        assert!(matches!(parse_report_limited(query(4).as_bytes(), 10, 3), Err(BadRequest::Malformed(_))));
     }
 }

@@ -2,7 +2,9 @@
 //!
 //! DAV request bodies are small (a PROPFIND, a filter, a list of hrefs), so a tree is the simplest thing to
 //! interpret. The reader enforces the XML policy here, once: no DOCTYPE (so no entity tricks at all), only
-//! predefined and character entity references, bounded nesting depth and element count.
+//! predefined and character entity references, bounded nesting depth, element and attribute counts, and
+//! only characters XML 1.0 allows (a control character stored in a dead property would make every later
+//! PROPFIND answer unparsable), in names that are XML names.
 
 use quick_xml::escape::resolve_predefined_entity;
 use quick_xml::events::{BytesStart, Event};
@@ -11,6 +13,8 @@ use quick_xml::reader::NsReader;
 
 pub const MAX_DEPTH: usize = 64;
 pub const MAX_ELEMENTS: usize = 100_000;
+/// Attributes on one element (DAV elements have at most three; the duplicate check is quadratic).
+pub const MAX_ATTRIBUTES: usize = 32;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Element {
@@ -51,14 +55,14 @@ impl Element {
         out.push_str(&self.name);
         if parent_ns != Some(self.ns.as_str()) {
             out.push_str(" xmlns=\"");
-            out.push_str(&quick_xml::escape::escape(self.ns.as_str()));
+            out.push_str(&self.ns);
             out.push('"');
         }
         for (k, v) in &self.attrs {
             out.push(' ');
             out.push_str(k);
             out.push_str("=\"");
-            out.push_str(&quick_xml::escape::escape(v.as_str()));
+            escape_into(out, v, true);
             out.push('"');
         }
         if self.children.is_empty() && self.text.is_empty() {
@@ -66,13 +70,32 @@ impl Element {
             return;
         }
         out.push('>');
-        out.push_str(&quick_xml::escape::escape(self.text.as_str()));
+        escape_into(out, &self.text, false);
         for c in &self.children {
             c.write_xml(out, Some(&self.ns));
         }
         out.push_str("</");
         out.push_str(&self.name);
         out.push('>');
+    }
+}
+
+/// Escapes markup characters, and the whitespace a parser would normalize away: `\r` everywhere (line-end
+/// normalization), tab and line feed in attribute values (attribute-value normalization), so that what is
+/// written parses back to the same text.
+fn escape_into(out: &mut String, text: &str, attribute: bool) {
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
+            '\r' => out.push_str("&#13;"),
+            '\t' if attribute => out.push_str("&#9;"),
+            '\n' if attribute => out.push_str("&#10;"),
+            c => out.push(c),
+        }
     }
 }
 
@@ -85,6 +108,37 @@ impl std::fmt::Display for XmlError {
     }
 }
 
+/// XML 1.0 `Char`: no C0 controls but tab, line feed and carriage return; no surrogates, U+FFFE or U+FFFF.
+fn is_xml_char(c: char) -> bool {
+    matches!(c, '\u{9}' | '\u{A}' | '\u{D}' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..='\u{10FFFF}')
+}
+
+fn check_chars(s: &str) -> Result<(), XmlError> {
+    match s.chars().find(|c| !is_xml_char(*c)) {
+        Some(c) => Err(XmlError(format!("character U+{:04X} is not allowed in XML", c as u32))),
+        None => Ok(()),
+    }
+}
+
+/// XML 1.0 `NameStartChar` without the colon (names here are local names).
+fn is_name_start(c: char) -> bool {
+    matches!(c,
+        'A'..='Z' | '_' | 'a'..='z' | '\u{C0}'..='\u{D6}' | '\u{D8}'..='\u{F6}' | '\u{F8}'..='\u{2FF}'
+        | '\u{370}'..='\u{37D}' | '\u{37F}'..='\u{1FFF}' | '\u{200C}'..='\u{200D}' | '\u{2070}'..='\u{218F}'
+        | '\u{2C00}'..='\u{2FEF}' | '\u{3001}'..='\u{D7FF}' | '\u{F900}'..='\u{FDCF}' | '\u{FDF0}'..='\u{FFFD}'
+        | '\u{10000}'..='\u{EFFFF}')
+}
+
+fn is_name_char(c: char) -> bool {
+    is_name_start(c) || matches!(c, '-' | '.' | '0'..='9' | '\u{B7}' | '\u{300}'..='\u{36F}' | '\u{203F}'..='\u{2040}')
+}
+
+fn check_name(name: &str) -> Result<(), XmlError> {
+    let mut chars = name.chars();
+    let valid = chars.next().is_some_and(is_name_start) && chars.all(is_name_char);
+    if valid { Ok(()) } else { Err(XmlError(format!("'{}' is not an XML name", name.escape_debug()))) }
+}
+
 fn start_element(e: &BytesStart, ns: ResolveResult) -> Result<Element, XmlError> {
     let ns = match ns {
         ResolveResult::Bound(ns) => ns.as_ref().to_string(),
@@ -93,19 +147,31 @@ fn start_element(e: &BytesStart, ns: ResolveResult) -> Result<Element, XmlError>
             return Err(XmlError(format!("undeclared namespace prefix '{}'", prefix)));
         }
     };
+    // A namespace is a URI: quick-xml takes the declaration verbatim (no entity or whitespace handling), so
+    // anything that would need escaping is refused rather than stored in a form that cannot be written back.
+    if ns.chars().any(|c| matches!(c, '<' | '>' | '&' | '"' | '\'') || c.is_whitespace() || c.is_control()) {
+        return Err(XmlError(format!("namespace '{}' is not a URI", ns.escape_debug())));
+    }
+    let name = e.local_name().as_ref().to_string();
+    check_name(&name)?;
     let mut attrs = Vec::new();
-    for attr in e.attributes() {
+    for (i, attr) in e.attributes().enumerate() {
+        if i >= MAX_ATTRIBUTES {
+            return Err(XmlError(format!("an element has more than {MAX_ATTRIBUTES} attributes")));
+        }
         let attr = attr.map_err(|err| XmlError(format!("malformed attribute: {err}")))?;
         let key = attr.key;
-        if key.prefix().is_some() || key.as_ref() == "xmlns" {
-            continue;
-        }
         let value = attr
             .normalized_value(quick_xml::XmlVersion::Implicit1_0)
             .map_err(|err| XmlError(format!("malformed attribute value: {err}")))?;
+        check_chars(&value)?;
+        if key.prefix().is_some() || key.as_ref() == "xmlns" {
+            continue;
+        }
+        check_name(key.as_ref())?;
         attrs.push((key.as_ref().to_string(), value.into_owned()));
     }
-    Ok(Element { ns, name: e.local_name().as_ref().to_string(), attrs, children: Vec::new(), text: String::new() })
+    Ok(Element { ns, name, attrs, children: Vec::new(), text: String::new() })
 }
 
 /// Parses a request body into its root element.
@@ -158,6 +224,7 @@ pub fn parse(body: &[u8]) -> Result<Element, XmlError> {
             }
             Event::Text(t) => {
                 let text = t.xml10_content();
+                check_chars(&text)?;
                 match stack.last_mut() {
                     Some(parent) => parent.text.push_str(&text),
                     None if text.trim().is_empty() => {}
@@ -166,6 +233,7 @@ pub fn parse(body: &[u8]) -> Result<Element, XmlError> {
             }
             Event::CData(t) => {
                 let text = t.into_inner().into_owned();
+                check_chars(&text)?;
                 if let Some(parent) = stack.last_mut() {
                     parent.text.push_str(&text);
                 }
@@ -174,7 +242,9 @@ pub fn parse(body: &[u8]) -> Result<Element, XmlError> {
                 let name = r.clone().into_inner();
                 let resolved = if let Some(s) = resolve_predefined_entity(&name) {
                     s.to_string()
-                } else if let Ok(Some(c)) = r.resolve_char_ref() {
+                } else if let Ok(Some(c)) = r.resolve_char_ref()
+                    && is_xml_char(c)
+                {
                     c.to_string()
                 } else {
                     return Err(XmlError(format!("unknown entity reference '&{name};'")));
@@ -218,6 +288,24 @@ mod tests {
     }
 
     #[test]
+    fn refuses_characters_and_names_xml_does_not_allow() {
+        assert!(parse(b"<x xmlns=\"DAV:\">&#1;</x>").is_err());
+        assert!(parse(b"<x xmlns=\"DAV:\">&#xFFFE;</x>").is_err());
+        assert!(parse(b"<x xmlns=\"DAV:\">a\x1bb</x>").is_err());
+        assert!(parse(b"<x xmlns=\"DAV:\"><![CDATA[\x01]]></x>").is_err());
+        assert!(parse(b"<x xmlns=\"DAV:\" a=\"\x08\"/>").is_err());
+        assert!(parse(b"<x xmlns=\"urn:\x01\"/>").is_err());
+        assert!(parse(b"<x\"y xmlns=\"DAV:\"/>").is_err());
+        assert!(parse(b"<1x/>").is_err());
+        assert!(parse(b"<x xmlns=\"urn:a&amp;b\"/>").is_err());
+        assert!(parse(b"<x xmlns=\"urn:a b\"/>").is_err());
+        let attrs: String = (0..=MAX_ATTRIBUTES).map(|i| format!(" a{i}=\"\"")).collect();
+        assert!(parse(format!("<x{attrs}/>").as_bytes()).is_err());
+        let e = parse("<x xmlns=\"DAV:\" a=\"\t\">tab\there, ünïcödé 😀 &#x1F600;</x>".as_bytes()).expect("parses");
+        assert_eq!(e.text, "tab\there, ünïcödé 😀 😀");
+    }
+
+    #[test]
     fn resolves_predefined_and_character_references() {
         let e = parse(b"<x xmlns=\"DAV:\">a &amp; b &#x41;</x>").expect("parses");
         assert_eq!(e.text, "a & b A");
@@ -228,5 +316,10 @@ mod tests {
         let e = parse(br#"<x:color xmlns:x="urn:apple" a="1">#FF0000<x:sub/></x:color>"#).expect("parses");
         let again = parse(e.to_xml().as_bytes()).expect("reparses");
         assert_eq!(e, again);
+        let e = parse(b"<x xmlns=\"urn:x\" a=\"&#9;&#10;&#13;&quot;'&lt;\">a&#13;b\r\n&amp;<y xmlns=\"\"/></x>")
+            .expect("parses");
+        assert_eq!(e.attrs[0].1, "\t\n\r\"'<");
+        assert_eq!(e.text, "a\rb\n&");
+        assert_eq!(parse(e.to_xml().as_bytes()).expect("reparses"), e);
     }
 }

@@ -11,6 +11,7 @@ mod corpus;
 mod crash;
 mod discovery;
 mod files;
+mod hostile;
 mod privacy;
 mod proppatch;
 mod reliability;
