@@ -22,7 +22,7 @@ pub async fn handle(ctx: Ctx, target: Target) -> DavResult<Response<Body>> {
         .ok_or_else(|| DavError::bad_request("the Destination is not a valid URL"))?;
     let path = format!("/{}", segments.iter().map(|s| router::encode(s)).collect::<Vec<_>>().join("/"));
     let route = router::parse(&path)
-        .map_err(|_| DavError::new(StatusCode::BAD_GATEWAY, "the Destination is not on this server's card space"))?;
+        .map_err(|_| DavError::forbidden("the Destination must be a card inside an address book"))?;
     let Route::Card { .. } = route else {
         return Err(DavError::forbidden("the Destination must be a card inside an address book"));
     };

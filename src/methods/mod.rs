@@ -73,6 +73,12 @@ fn clean_etag(tag: &str) -> String {
 
 /// If-Match / If-None-Match (RFC 9110 §13.1) as a store precondition.
 pub fn precondition(headers: &HeaderMap) -> DavResult<Precondition> {
+    // A condition the server cannot read must not be dropped: that would make the write unconditional.
+    for name in [header::IF_MATCH, header::IF_NONE_MATCH] {
+        if headers.get(&name).is_some_and(|v| v.to_str().is_err()) {
+            return Err(DavError::bad_request(format!("{name} is not a list of entity tags in visible ASCII")));
+        }
+    }
     let get = |name| headers.get(name).and_then(|v: &header::HeaderValue| v.to_str().ok()).map(str::trim);
     if let Some(m) = get(header::IF_MATCH) {
         if m == "*" {

@@ -120,11 +120,16 @@ pub fn validate(bytes: &[u8]) -> Result<ValidCard, Invalid> {
             return Err(Invalid::Malformed("the vCard has no VERSION property".into()));
         }
     };
+    if let Some(line) = line_without_colon(text) {
+        return Err(Invalid::Malformed(format!("a content line has no ':' (name:value): {}", clip(line))));
+    }
     let uid = card.uid().map(str::trim).unwrap_or_default();
     if uid.is_empty() {
         return Err(Invalid::Malformed("the vCard has no UID property (RFC 6352 §5.1 requires one)".into()));
     }
-    let fn_text = card.property(&VCardProperty::Fn).map(property_text).unwrap_or_default();
+    // Every FN (language variants too), so the search column finds what the query filter would match.
+    let fn_text =
+        card.entries.iter().filter(|e| e.name == VCardProperty::Fn).map(property_text).collect::<Vec<_>>().join("\n");
     if card.property(&VCardProperty::Fn).is_none() {
         return Err(Invalid::Malformed("the vCard has no FN property (RFC 6350 §6.2.1 requires one)".into()));
     }
@@ -145,6 +150,48 @@ pub fn validate(bytes: &[u8]) -> Result<ValidCard, Invalid> {
         },
         version,
     })
+}
+
+/// The first logical (unfolded) line that is not blank and has no colon; calcard would skip it silently.
+/// Folded lines and quoted-printable soft line breaks (a line ending in `=`, common from old phones)
+/// continue the line before.
+fn line_without_colon(text: &str) -> Option<&str> {
+    let mut current: Option<&str> = None;
+    let mut has_colon = false;
+    let mut soft_break = false;
+    for physical in text.split('\n') {
+        let line = physical.trim_end_matches('\r');
+        if current.is_some() && (soft_break || line.starts_with([' ', '\t'])) {
+            has_colon |= line.contains(':');
+            soft_break = line.ends_with('=');
+            continue;
+        }
+        if let Some(previous) = current
+            && !has_colon
+        {
+            return Some(previous);
+        }
+        current = (!line.trim().is_empty()).then_some(line);
+        has_colon = line.contains(':');
+        soft_break = has_colon && line.ends_with('=') && line.to_ascii_uppercase().contains("QUOTED-PRINTABLE");
+    }
+    current.filter(|_| !has_colon)
+}
+
+#[cfg(test)]
+mod line_tests {
+    use super::line_without_colon;
+
+    #[test]
+    fn lines_without_a_colon() {
+        assert_eq!(line_without_colon("BEGIN:VCARD\r\nFN:A\r\n b\r\nEND:VCARD\r\n"), None);
+        assert_eq!(
+            line_without_colon("BEGIN:VCARD\r\nLABEL;ENCODING=QUOTED-PRINTABLE:a=0D=0A=\r\nb=\r\nc\r\nEND:VCARD"),
+            None
+        );
+        assert_eq!(line_without_colon("BEGIN:VCARD\r\nno colon here\r\nEND:VCARD\r\n"), Some("no colon here"));
+        assert_eq!(line_without_colon("BEGIN:VCARD\r\nNOTE:x=\r\nno colon\r\nEND:VCARD"), Some("no colon"));
+    }
 }
 
 fn version_label(v: VCardVersion) -> &'static str {
