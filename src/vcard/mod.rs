@@ -120,8 +120,8 @@ pub fn validate(bytes: &[u8]) -> Result<ValidCard, Invalid> {
             return Err(Invalid::Malformed("the vCard has no VERSION property".into()));
         }
     };
-    if let Some(line) = line_without_colon(text) {
-        return Err(Invalid::Malformed(format!("a content line has no ':' (name:value): {}", clip(line))));
+    if let Some(why) = bad_content_line(text) {
+        return Err(Invalid::Malformed(why));
     }
     let uid = card.uid().map(str::trim).unwrap_or_default();
     if uid.is_empty() {
@@ -152,45 +152,50 @@ pub fn validate(bytes: &[u8]) -> Result<ValidCard, Invalid> {
     })
 }
 
-/// The first logical (unfolded) line that is not blank and has no colon; calcard would skip it silently.
-/// Folded lines and quoted-printable soft line breaks (a line ending in `=`, common from old phones)
-/// continue the line before.
-fn line_without_colon(text: &str) -> Option<&str> {
-    let mut current: Option<&str> = None;
-    let mut has_colon = false;
+/// Why the card's text is not well-formed content lines, if it is not: the first logical (unfolded) line that
+/// has no colon or no property name (calcard would skip it silently). Folded lines and quoted-printable soft line breaks (a line ending in `=`,
+/// common from old phones) continue the line before.
+fn bad_content_line(text: &str) -> Option<String> {
+    let mut logical: Vec<String> = Vec::new();
     let mut soft_break = false;
     for physical in text.split('\n') {
         let line = physical.trim_end_matches('\r');
-        if current.is_some() && (soft_break || line.starts_with([' ', '\t'])) {
-            has_colon |= line.contains(':');
-            soft_break = line.ends_with('=');
-            continue;
+        match logical.last_mut() {
+            Some(last) if soft_break => last.push_str(line),
+            Some(last) if line.starts_with([' ', '\t']) => last.push_str(&line[1..]),
+            _ => logical.push(line.to_string()),
         }
-        if let Some(previous) = current
-            && !has_colon
-        {
-            return Some(previous);
-        }
-        current = (!line.trim().is_empty()).then_some(line);
-        has_colon = line.contains(':');
-        soft_break = has_colon && line.ends_with('=') && line.to_ascii_uppercase().contains("QUOTED-PRINTABLE");
+        let current = logical.last().map(String::as_str).unwrap_or_default();
+        soft_break = line.ends_with('=') && current.to_ascii_uppercase().contains("QUOTED-PRINTABLE");
     }
-    current.filter(|_| !has_colon)
+    for line in logical.iter().filter(|l| !l.trim().is_empty()) {
+        let Some(colon) = line.find(':') else {
+            return Some(format!("a content line has no ':' (name:value): {}", clip(line)));
+        };
+        // Real producers put spaces and slashes in X- names ("X-GOOGLE TALK"), so only an empty name is refused.
+        if line[..colon].split(';').next().unwrap_or_default().trim().is_empty() {
+            return Some(format!("a content line has no property name: {}", clip(line)));
+        }
+    }
+    None
 }
 
 #[cfg(test)]
 mod line_tests {
-    use super::line_without_colon;
+    use super::bad_content_line;
 
     #[test]
-    fn lines_without_a_colon() {
-        assert_eq!(line_without_colon("BEGIN:VCARD\r\nFN:A\r\n b\r\nEND:VCARD\r\n"), None);
-        assert_eq!(
-            line_without_colon("BEGIN:VCARD\r\nLABEL;ENCODING=QUOTED-PRINTABLE:a=0D=0A=\r\nb=\r\nc\r\nEND:VCARD"),
-            None
-        );
-        assert_eq!(line_without_colon("BEGIN:VCARD\r\nno colon here\r\nEND:VCARD\r\n"), Some("no colon here"));
-        assert_eq!(line_without_colon("BEGIN:VCARD\r\nNOTE:x=\r\nno colon\r\nEND:VCARD"), Some("no colon"));
+    fn content_lines() {
+        assert_eq!(bad_content_line("BEGIN:VCARD\r\nFN:A\r\n b\r\nitem1.X-ABLabel:x\r\nEND:VCARD\r\n"), None);
+        let qp = "BEGIN:VCARD\r\nLABEL;ENCODING=QUOTED-PRINTABLE:a=0D=0A=\r\nb=\r\nc\r\nEND:VCARD";
+        assert_eq!(bad_content_line(qp), None);
+        for bad in [
+            "BEGIN:VCARD\r\nno colon here\r\nEND:VCARD\r\n",
+            "BEGIN:VCARD\r\nNOTE:x=\r\nno colon\r\nEND:VCARD",
+            "BEGIN:VCARD\r\n:value\r\nEND:VCARD",
+        ] {
+            assert!(bad_content_line(bad).is_some(), "{bad}");
+        }
     }
 }
 
@@ -456,7 +461,13 @@ pub fn render(stored: &[u8], stored_version: &str, want: Option<Version>, props:
         Some(names) => subset(&card, names),
         None => card,
     };
-    (write_as(&card, target).into_bytes(), true)
+    let out = write_as(&card, target);
+    // A card whose odd content the converter cannot carry over is served as stored rather than broken.
+    if bad_content_line(&out).is_some() || parse_stored(out.as_bytes()).is_none() {
+        tracing::warn!(version = %stored_version, "a card could not be converted cleanly; serving it as stored");
+        return (stored.to_vec(), false);
+    }
+    (out.into_bytes(), true)
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ mod corpus;
 mod crash;
 mod discovery;
 mod files;
+mod fuzz_replay;
 mod hostile;
 mod privacy;
 mod proppatch;
