@@ -1,2 +1,1515 @@
-//! Placeholder: the CardDAV benchmark client is being written.
-fn main() {}
+//! kartei-bench: drives a CardDAV address book like real clients do and times it.
+//!
+//! Works against any CardDAV server (only standard requests: PUT, PROPFIND, REPORT, GET, DELETE). It
+//! generates N deterministic contacts and runs the seven phases of issue 5:
+//!   1. upload all with PUT + `If-None-Match: *` at concurrency C;
+//!   2. PROPFIND Depth 1 (getetag, getcontenttype);
+//!   3. addressbook-multiget of every card in batches of 100, checking every card came back;
+//!   4. sync-collection: initial, then 10 modified / 5 deleted / 5 added, then the delta (exactly those 20);
+//!   5. addressbook-query text-match on EMAIL matching ~1% of the cards (exact set checked);
+//!   6. 1,000 GETs of random cards at concurrency C;
+//!   7. 500 PUT updates with If-Match at concurrency C, all must be accepted.
+//!
+//! With `--pid` it reports the server's peak RSS per phase (VmHWM, reset before each phase through
+//! /proc/PID/clear_refs when allowed); with `--data-dir` the size of the server's data on disk.
+//!
+//! Build: `cargo build --release --features bench --bin kartei-bench`.
+
+use base64::Engine as _;
+use bytes::Bytes;
+use clap::Parser;
+use quick_xml::events::Event;
+use reqwest::header::{self, HeaderValue};
+use reqwest::{Client, Method, StatusCode};
+use serde_json::{Value, json};
+use std::collections::{BTreeSet, HashMap};
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+#[derive(Parser, Debug, Clone)]
+#[command(name = "kartei-bench", about = "Benchmark a CardDAV address book like real clients use it")]
+struct Args {
+    /// The address-book collection URL (it must exist and should be empty).
+    #[arg(long, required_unless_present = "argon2", default_value = "")]
+    url: String,
+    #[arg(long, required_unless_present = "argon2", default_value = "")]
+    user: String,
+    #[arg(long, required_unless_present = "argon2", default_value = "")]
+    password: String,
+    /// Only time kartei's own Argon2 password verification (what its login cache saves per request), then exit.
+    #[arg(long)]
+    argon2: bool,
+    /// Number of contacts to upload.
+    #[arg(short = 'n', default_value_t = 1000)]
+    n: usize,
+    /// Concurrency of the upload, GET and update phases.
+    #[arg(short = 'c', default_value_t = 8)]
+    c: usize,
+    /// The server's process id, for its peak RSS (VmHWM).
+    #[arg(long)]
+    pid: Option<u32>,
+    /// The server's data directory, for its size on disk.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Accept any TLS certificate.
+    #[arg(long)]
+    insecure: bool,
+    /// Trust this PEM certificate (a self-signed server's).
+    #[arg(long)]
+    cacert: Option<PathBuf>,
+    /// Speak HTTP/1.1 only (no HTTP/2 over TLS).
+    #[arg(long)]
+    http1: bool,
+    /// Do not send `Accept-Encoding: gzip` on PROPFIND/REPORT (Thunderbird and Apple clients send it).
+    #[arg(long)]
+    no_gzip: bool,
+    /// GETs in phase 6 (the issue's phase uses 1,000; more for profiling).
+    #[arg(long, default_value_t = 1000)]
+    gets: usize,
+    /// Seed of the contact generator.
+    #[arg(long, default_value_t = 5)]
+    seed: u64,
+    /// Client worker threads.
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    /// Print the report as JSON on stdout (the human summary always goes to stderr).
+    #[arg(long)]
+    json: bool,
+    /// A label for the report (server name, TLS mode).
+    #[arg(long, default_value = "")]
+    label: String,
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Deterministic contact generation
+
+/// SplitMix64: small, fast and the same on every platform.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Self {
+        Rng(seed)
+    }
+    fn for_card(seed: u64, index: usize, salt: u64) -> Self {
+        let mut r = Rng(seed ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ salt.rotate_left(32));
+        r.next();
+        r
+    }
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+    fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
+        items[self.below(items.len())]
+    }
+    fn chance(&mut self, percent: usize) -> bool {
+        self.below(100) < percent
+    }
+}
+
+const FIRST: &[&str] = &[
+    "Anna",
+    "Jürgen",
+    "Zoë",
+    "José",
+    "Łukasz",
+    "Søren",
+    "François",
+    "Ömer",
+    "Chloé",
+    "Björn",
+    "Niamh",
+    "Ayşe",
+    "Kateřina",
+    "Grzegorz",
+    "Małgorzata",
+    "Jiří",
+    "Zsófia",
+    "Ágnes",
+    "Ólafur",
+    "Þóra",
+    "Saoirse",
+    "Matthias",
+    "Sophie",
+    "Lena",
+    "Jan",
+    "Paul",
+    "Maria",
+    "Mehmet",
+    "Fatma",
+    "Emma",
+    "Noah",
+    "Léa",
+    "Luca",
+    "Giulia",
+    "Sven",
+    "Ingrid",
+    "Tomás",
+    "Élodie",
+    "Yusuf",
+    "Hana",
+    "Иван",
+    "Αλέξανδρος",
+    "美咲",
+    "Nguyễn Văn",
+    "Dörte",
+    "Renée",
+];
+const LAST: &[&str] = &[
+    "Müller",
+    "Schmidt",
+    "Schneider",
+    "Fischer",
+    "Weber",
+    "Meyer",
+    "Wagner",
+    "Becker",
+    "Schulz",
+    "Hoffmann",
+    "Köhler",
+    "Groß",
+    "O'Brien",
+    "García",
+    "Martínez",
+    "López",
+    "Dubois",
+    "Lefèvre",
+    "Nowak",
+    "Kowalski",
+    "Wiśniewska",
+    "Novák",
+    "Dvořák",
+    "Horváth",
+    "Nagy",
+    "Yılmaz",
+    "Kaya",
+    "Sørensen",
+    "Jónsdóttir",
+    "Rossi",
+    "Bianchi",
+    "Esposito",
+    "Иванов",
+    "山田",
+    "Παπαδόπουλος",
+    "van der Berg",
+    "de Vries",
+    "Åström",
+    "Ruiz",
+];
+const COMPANY_A: &[&str] = &["Nord", "Süd", "Alpen", "Rhein", "Berg", "Sonnen", "Stadt", "Wald", "Fluss", "Hafen"];
+const COMPANY_B: &[&str] =
+    &["werk", "bau", "tech", "logistik", "medien", "handel", "consult", "energie", "design", "systeme"];
+const FORMS: &[&str] = &["GmbH", "AG", "KG", "e.K.", "GmbH & Co. KG", "SE"];
+const DEPARTMENTS: &[&str] = &["Vertrieb", "Einkauf", "Geschäftsführung", "IT", "Buchhaltung", "Marketing"];
+const TITLES: &[&str] = &["Projektleiterin", "Geschäftsführer", "Ingénieur", "Key Account Manager", "Einkäuferin"];
+const FREEMAIL: &[&str] = &["gmail.com", "web.de", "gmx.de", "posteo.de", "outlook.com", "t-online.de"];
+const STREETS: &[&str] =
+    &["Königstraße", "Hauptstraße", "Rue de l'Église", "Calle Mayor", "ul. Świętokrzyska", "Bahnhofplatz"];
+const CITIES: &[(&str, &str, &str)] = &[
+    ("München", "80331", "Deutschland"),
+    ("Köln", "50667", "Deutschland"),
+    ("Zürich", "8001", "Schweiz"),
+    ("Wien", "1010", "Österreich"),
+    ("Kraków", "31-001", "Polska"),
+    ("Malmö", "211 20", "Sverige"),
+    ("Besançon", "25000", "France"),
+    ("Düsseldorf", "40213", "Deutschland"),
+];
+const NOTES: &[&str] = &[
+    "Kennengelernt auf der Messe in Frankfurt; bevorzugt Rückruf am Vormittag und Angebote per E-Mail",
+    "Rencontré au salon de Lyon. Préfère être contacté par téléphone après 14 h; très intéressé par la démo",
+    "Ansprechpartner für Rahmenverträge – Zahlungsziel 30 Tage; Lieferadresse abweichend (siehe ADR work)",
+    "Spotkanie w Krakowie, temat: współpraca logistyczna; oddzwonić w przyszłym tygodniu",
+];
+const CATEGORIES: &[&str] = &["Kunden", "Lieferanten", "Familie", "Freunde", "Presse", "VIP"];
+
+/// Lower-case ASCII for e-mail local parts and domains.
+fn ascii_fold(s: &str) -> String {
+    let mut out = String::new();
+    for c in s.chars().flat_map(char::to_lowercase) {
+        let rep = match c {
+            'a'..='z' | '0'..='9' => {
+                out.push(c);
+                continue;
+            }
+            'ä' | 'æ' => "ae",
+            'ö' | 'ø' => "oe",
+            'ü' => "ue",
+            'ß' => "ss",
+            'é' | 'è' | 'ê' | 'ë' | 'ě' | 'ễ' => "e",
+            'á' | 'à' | 'â' | 'å' | 'ă' | 'ā' => "a",
+            'ó' | 'ò' | 'ô' | 'ő' => "o",
+            'í' | 'ì' | 'î' | 'ı' => "i",
+            'ú' | 'ù' | 'û' | 'ű' => "u",
+            'ł' => "l",
+            'ç' | 'č' => "c",
+            'ñ' => "n",
+            'ş' | 'ś' | 'š' => "s",
+            'ğ' => "g",
+            'ř' => "r",
+            'ż' | 'ž' => "z",
+            'þ' => "th",
+            'ð' => "d",
+            _ => "",
+        };
+        out.push_str(rep);
+    }
+    out
+}
+
+fn company(i: usize) -> (String, String) {
+    let (a, b) = (COMPANY_A[i / 10], COMPANY_B[i % 10]);
+    (format!("{a}{b}"), format!("{}.example", ascii_fold(&format!("{a}{b}"))))
+}
+
+/// The e-mail substring the query phase looks for: one company's domain (each card has one company).
+fn query_needle() -> String {
+    format!("@{}", company(37).1)
+}
+
+/// Escapes a vCard TEXT value.
+fn esc(s: &str) -> String {
+    s.replace('\\', "\\\\").replace(',', "\\,").replace(';', "\\;").replace('\n', "\\n")
+}
+
+/// Appends a content line folded at 75 octets (RFC 6350 §3.2), never inside a UTF-8 sequence.
+fn line(out: &mut String, content: &str) {
+    let mut width = 0;
+    for c in content.chars() {
+        let w = c.len_utf8();
+        if width + w > 75 {
+            out.push_str("\r\n ");
+            width = 1;
+        }
+        out.push(c);
+        width += w;
+    }
+    out.push_str("\r\n");
+}
+
+struct GenCard {
+    name: String,
+    uid: String,
+    body: Bytes,
+    emails: Vec<String>,
+}
+
+/// Card `index` at edit `version` (0 = as first uploaded). Everything but NOTE and REV depends on the index only.
+fn generate(seed: u64, index: usize, version: u32) -> GenCard {
+    let mut r = Rng::for_card(seed, index, 0);
+    let uuid = format!(
+        "{:08x}-{:04x}-4{:03x}-a{:03x}-{:012x}",
+        r.next() as u32,
+        r.next() as u16,
+        r.next() as u16 & 0xfff,
+        r.next() as u16 & 0xfff,
+        r.next() & 0xffff_ffff_ffff
+    );
+    let v4 = r.chance(40);
+    let first = r.pick(FIRST);
+    let last = r.pick(LAST);
+    let (org, domain) = company(r.below(100));
+    let form = r.pick(FORMS);
+    let mut local = format!("{}.{}", ascii_fold(first), ascii_fold(last));
+    if local.len() < 4 {
+        local = format!("kontakt{index}");
+    }
+    let mut emails = vec![format!("{local}@{domain}")];
+    if r.chance(60) {
+        emails.push(format!("{local}{}@{}", r.below(100), r.pick(FREEMAIL)));
+    }
+    if r.chance(15) {
+        emails.push(format!("{}.{}@{}", ascii_fold(last), index, r.pick(FREEMAIL)));
+    }
+    let uid = if v4 { format!("urn:uuid:{uuid}") } else { uuid.clone() };
+    let mut s = String::with_capacity(1024);
+    s.push_str("BEGIN:VCARD\r\n");
+    s.push_str(if v4 { "VERSION:4.0\r\n" } else { "VERSION:3.0\r\n" });
+    s.push_str("PRODID:-//kartei-bench//generator 1//EN\r\n");
+    line(&mut s, &format!("UID:{uid}"));
+    if v4 {
+        s.push_str("KIND:individual\r\n");
+    }
+    line(&mut s, &format!("N:{};{};;;", esc(last), esc(first)));
+    line(&mut s, &format!("FN:{} {}", esc(first), esc(last)));
+    line(&mut s, &format!("ORG:{} {};{}", esc(&org), esc(form), esc(r.pick(DEPARTMENTS))));
+    if r.chance(70) {
+        line(&mut s, &format!("TITLE:{}", esc(r.pick(TITLES))));
+    }
+    for (k, e) in emails.iter().enumerate() {
+        let kind = if k == 0 { "work" } else { "home" };
+        if v4 {
+            let pref = if k == 0 { ";PREF=1" } else { "" };
+            line(&mut s, &format!("EMAIL;TYPE={kind}{pref}:{e}"));
+        } else {
+            let pref = if k == 0 { ",PREF" } else { "" };
+            line(&mut s, &format!("EMAIL;TYPE=INTERNET,{}{pref}:{e}", kind.to_uppercase()));
+        }
+    }
+    let phones = 1 + r.below(3);
+    for k in 0..phones {
+        let (t3, t4) = [("CELL,VOICE", "cell,voice"), ("WORK,VOICE", "work,voice"), ("HOME,VOICE", "home,voice")][k];
+        let number = format!("+49 {} {}", 30 + r.below(900), 1_000_000 + r.below(9_000_000));
+        if v4 {
+            line(&mut s, &format!("TEL;VALUE=uri;TYPE=\"{t4}\":tel:{}", number.replace(' ', "-")));
+        } else {
+            line(&mut s, &format!("TEL;TYPE={t3}:{number}"));
+        }
+    }
+    for k in 0..r.below(3) {
+        let (city, zip, country) = CITIES[r.below(CITIES.len())];
+        let street = format!("{} {}", r.pick(STREETS), 1 + r.below(120));
+        let kind = if k == 0 { "HOME" } else { "WORK" };
+        let value = format!(";;{};{};;{};{}", esc(&street), esc(city), esc(zip), esc(country));
+        if v4 {
+            let label = format!("{street}\\n{zip} {city}\\n{country}").replace('"', "'");
+            line(&mut s, &format!("ADR;TYPE={};LABEL=\"{label}\":{value}", kind.to_lowercase()));
+        } else {
+            line(&mut s, &format!("ADR;TYPE={kind}:{value}"));
+        }
+    }
+    if r.chance(40) {
+        line(&mut s, &format!("BDAY:{}-{:02}-{:02}", 1950 + r.below(55), 1 + r.below(12), 1 + r.below(28)));
+    }
+    if r.chance(50) {
+        line(&mut s, &format!("CATEGORIES:{},{}", r.pick(CATEGORIES), r.pick(CATEGORIES)));
+    }
+    let note = r.pick(NOTES);
+    if version > 0 || r.chance(35) {
+        let edit = if version > 0 { format!(" (Änderung {version})") } else { String::new() };
+        line(&mut s, &format!("NOTE:{}{}", esc(note), esc(&edit)));
+    }
+    if r.chance(10) {
+        // An 8 KB JPEG-looking photo.
+        let mut photo = vec![0u8; 8192];
+        photo[..4].copy_from_slice(&[0xFF, 0xD8, 0xFF, 0xE0]);
+        for chunk in photo[4..].chunks_mut(8) {
+            let bytes = r.next().to_le_bytes();
+            chunk.copy_from_slice(&bytes[..chunk.len()]);
+        }
+        let b64 = base64::engine::general_purpose::STANDARD.encode(&photo);
+        if v4 {
+            line(&mut s, &format!("PHOTO:data:image/jpeg;base64,{b64}"));
+        } else {
+            line(&mut s, &format!("PHOTO;ENCODING=b;TYPE=JPEG:{b64}"));
+        }
+    }
+    line(&mut s, &format!("REV:2026{:02}{:02}T{:02}0000Z", 1 + version % 12, 1 + index % 28, version % 24));
+    s.push_str("END:VCARD\r\n");
+    GenCard { name: format!("{uuid}.vcf"), uid, body: Bytes::from(s), emails }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Multistatus parsing (namespace prefixes ignored: every server picks its own)
+
+#[derive(Debug, Default, Clone)]
+struct MsResponse {
+    href: String,
+    /// `<status>` directly in the response (a deleted member, a missing href).
+    status: Option<u16>,
+    /// Status of the propstat that carried the properties we read.
+    ok: bool,
+    etag: Option<String>,
+    data_len: usize,
+    data_has: Option<String>,
+}
+
+#[derive(Debug, Default)]
+struct Multistatus {
+    responses: Vec<MsResponse>,
+    sync_token: Option<String>,
+}
+
+fn status_code(text: &str) -> Option<u16> {
+    text.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Parses a multistatus; `probe(href)` returns a string whose presence in the address-data is checked.
+fn parse_multistatus(xml: &[u8], probe: &dyn Fn(&str) -> Option<String>) -> Result<Multistatus, String> {
+    let mut reader = quick_xml::Reader::from_reader(xml);
+    reader.config_mut().trim_text(false);
+    let mut ms = Multistatus::default();
+    let mut stack: Vec<String> = Vec::new();
+    let mut cur: Option<MsResponse> = None;
+    let mut text = String::new();
+    let mut propstat_status: Option<u16> = None;
+    let mut propstat_etag: Option<String> = None;
+    let mut propstat_data: Option<(usize, bool)> = None;
+    let mut buf = Vec::new();
+    loop {
+        let event = reader.read_event_into(&mut buf).map_err(|e| format!("bad XML: {e}"))?;
+        match event {
+            Event::Start(e) => {
+                let local = e.local_name().as_ref().to_string();
+                match local.as_str() {
+                    "response" => cur = Some(MsResponse::default()),
+                    "propstat" => {
+                        propstat_status = None;
+                        propstat_etag = None;
+                        propstat_data = None;
+                    }
+                    _ => {}
+                }
+                stack.push(local);
+                text.clear();
+            }
+            Event::Empty(_) => {}
+            Event::Text(t) => {
+                text.push_str(&t.xml10_content());
+            }
+            Event::GeneralRef(r) => {
+                let name = r.into_inner();
+                match name.as_ref() {
+                    "amp" => text.push('&'),
+                    "lt" => text.push('<'),
+                    "gt" => text.push('>'),
+                    "quot" => text.push('"'),
+                    "apos" => text.push('\''),
+                    other => {
+                        let ch = other
+                            .strip_prefix("#x")
+                            .and_then(|h| u32::from_str_radix(h, 16).ok())
+                            .or_else(|| other.strip_prefix('#').and_then(|d| d.parse().ok()))
+                            .and_then(char::from_u32);
+                        if let Some(c) = ch {
+                            text.push(c);
+                        }
+                    }
+                }
+            }
+            Event::CData(t) => text.push_str(&t.into_inner()),
+            Event::End(e) => {
+                let local = e.local_name().as_ref().to_string();
+                stack.pop();
+                let parent = stack.last().map(String::as_str);
+                match (local.as_str(), cur.as_mut()) {
+                    ("href", Some(r)) if parent == Some("response") => r.href = text.trim().to_string(),
+                    ("status", Some(r)) if parent == Some("response") => r.status = status_code(&text),
+                    ("status", Some(_)) if parent == Some("propstat") => propstat_status = status_code(&text),
+                    ("getetag", Some(_)) => propstat_etag = Some(text.trim().to_string()),
+                    ("address-data", Some(r)) => {
+                        let want = probe(&r.href);
+                        let has = want.is_none_or(|w| text.contains(&w));
+                        propstat_data = Some((text.len(), has));
+                    }
+                    ("propstat", Some(r)) if propstat_status == Some(200) => {
+                        r.ok = true;
+                        if propstat_etag.is_some() {
+                            r.etag = propstat_etag.take();
+                        }
+                        if let Some((len, has)) = propstat_data.take() {
+                            r.data_len = len;
+                            r.data_has = if has { Some(String::new()) } else { None };
+                        }
+                    }
+                    ("response", Some(_)) => ms.responses.extend(cur.take()),
+                    ("sync-token", _) => ms.sync_token = Some(text.trim().to_string()),
+                    _ => {}
+                }
+                text.clear();
+            }
+            Event::Eof => break,
+            _ => {}
+        }
+        buf.clear();
+    }
+    Ok(ms)
+}
+
+/// The last path segment of an href, percent-decoded (the member's resource name).
+fn href_name(href: &str) -> String {
+    let path = href.trim_end_matches('/');
+    let last = path.rsplit('/').next().unwrap_or("");
+    percent_encoding::percent_decode_str(last).decode_utf8_lossy().into_owned()
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// HTTP
+
+struct Http {
+    client: Client,
+    auth: HeaderValue,
+    base: reqwest::Url,
+    gzip: bool,
+}
+
+struct Reply {
+    status: StatusCode,
+    etag: Option<String>,
+    body: Bytes,
+    /// Bytes on the wire (before gunzip).
+    wire: usize,
+}
+
+impl Http {
+    fn card_url(&self, name: &str) -> reqwest::Url {
+        let mut url = self.base.clone();
+        let encoded = percent_encoding::utf8_percent_encode(name, percent_encoding::NON_ALPHANUMERIC).to_string();
+        // Keep '.', '-' readable: servers compare decoded names, but logs are nicer.
+        let encoded = encoded.replace("%2E", ".").replace("%2D", "-").replace("%5F", "_");
+        url.set_path(&format!("{}{}", self.base.path(), encoded));
+        url
+    }
+
+    fn card_path(&self, name: &str) -> String {
+        self.card_url(name).path().to_string()
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        url: reqwest::Url,
+        headers: &[(&str, String)],
+        body: Option<Bytes>,
+    ) -> Result<Reply, String> {
+        let mut req = self.client.request(method, url).header(header::AUTHORIZATION, self.auth.clone());
+        for (k, v) in headers {
+            req = req.header(*k, v.as_str());
+        }
+        if let Some(b) = body {
+            req = req.body(b);
+        }
+        let resp = req.send().await.map_err(|e| format!("request failed: {e}"))?;
+        let status = resp.status();
+        let etag = resp.headers().get(header::ETAG).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let gz = resp
+            .headers()
+            .get(header::CONTENT_ENCODING)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.eq_ignore_ascii_case("gzip"));
+        let raw = resp.bytes().await.map_err(|e| format!("reading the body failed: {e}"))?;
+        let wire = raw.len();
+        let body = if gz {
+            let mut out = Vec::with_capacity(raw.len() * 4);
+            flate2::read::GzDecoder::new(&raw[..]).read_to_end(&mut out).map_err(|e| format!("bad gzip: {e}"))?;
+            Bytes::from(out)
+        } else {
+            raw
+        };
+        Ok(Reply { status, etag, body, wire })
+    }
+
+    /// PROPFIND / REPORT with an XML body.
+    async fn dav(&self, method: &str, depth: &str, xml: String) -> Result<Reply, String> {
+        let method = Method::from_bytes(method.as_bytes()).map_err(|e| e.to_string())?;
+        let mut headers = vec![("Content-Type", "application/xml; charset=utf-8".to_string()), ("Depth", depth.into())];
+        if self.gzip {
+            headers.push(("Accept-Encoding", "gzip".into()));
+        }
+        self.send(method, self.base.clone(), &headers, Some(Bytes::from(xml))).await
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// The book as the benchmark believes it is
+
+/// A card's index in the model and its resource name (or path).
+type IndexedName = (usize, String);
+type Shared<T> = Arc<Mutex<T>>;
+
+#[derive(Clone, Default)]
+struct Slot {
+    version: u32,
+    alive: bool,
+    etag: Option<String>,
+}
+
+struct Model {
+    seed: u64,
+    slots: Vec<Slot>,
+    names: Vec<String>,
+    uids: Vec<String>,
+    by_name: HashMap<String, usize>,
+}
+
+impl Model {
+    fn new(seed: u64, total: usize) -> Self {
+        let mut names = Vec::with_capacity(total);
+        let mut uids = Vec::with_capacity(total);
+        let mut by_name = HashMap::with_capacity(total);
+        for i in 0..total {
+            let g = generate(seed, i, 0);
+            by_name.insert(g.name.clone(), i);
+            names.push(g.name);
+            uids.push(g.uid);
+        }
+        Model { seed, slots: vec![Slot::default(); total], names, uids, by_name }
+    }
+    fn alive(&self) -> Vec<usize> {
+        (0..self.slots.len()).filter(|&i| self.slots[i].alive).collect()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Measurement helpers
+
+#[derive(Default)]
+struct Lat(Vec<f64>);
+
+impl Lat {
+    fn pct(&mut self, p: f64) -> f64 {
+        if self.0.is_empty() {
+            return 0.0;
+        }
+        self.0.sort_by(|a, b| a.total_cmp(b));
+        let idx = ((self.0.len() as f64 - 1.0) * p).round() as usize;
+        self.0[idx]
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn read_status_kb(pid: u32, key: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    text.lines().find(|l| l.starts_with(key)).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok())
+}
+
+/// Resets the peak RSS (VmHWM) to the current RSS; false when the kernel or permissions refuse.
+fn reset_peak(pid: u32) -> bool {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok()
+}
+
+/// (apparent bytes, allocated bytes) of everything under `dir`.
+fn dir_size(dir: &Path) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = (0, 0);
+    let Ok(entries) = std::fs::read_dir(dir) else { return total };
+    for entry in entries.flatten() {
+        let Ok(meta) = entry.metadata() else { continue };
+        if meta.is_dir() {
+            let (a, b) = dir_size(&entry.path());
+            total.0 += a;
+            total.1 += b;
+        } else {
+            total.0 += meta.len();
+            total.1 += meta.blocks() * 512;
+        }
+    }
+    total
+}
+
+struct Bench {
+    args: Args,
+    http: Arc<Http>,
+    model: Arc<Mutex<Model>>,
+    phases: Vec<Value>,
+    failures: Vec<String>,
+    peak_reset_works: bool,
+}
+
+/// Runs `count` jobs on `c` tasks; each job returns its latency in ms or an error.
+async fn run_concurrent<F, Fut>(count: usize, c: usize, job: F) -> (Duration, Lat, Vec<String>)
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<(), String>> + Send,
+{
+    let job = Arc::new(job);
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..c.max(1) {
+        let (job, next) = (job.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut errors = Vec::new();
+            loop {
+                let k = next.fetch_add(1, Ordering::Relaxed);
+                if k >= count {
+                    break;
+                }
+                let t = Instant::now();
+                if let Err(e) = job(k).await {
+                    errors.push(e);
+                }
+                lat.push(ms(t.elapsed()));
+            }
+            (lat, errors)
+        }));
+    }
+    let mut lat = Lat::default();
+    let mut errors = Vec::new();
+    for t in tasks {
+        match t.await {
+            Ok((l, e)) => {
+                lat.0.extend(l);
+                errors.extend(e);
+            }
+            Err(e) => errors.push(format!("task failed: {e}")),
+        }
+    }
+    (started.elapsed(), lat, errors)
+}
+
+const PROPFIND_BODY: &str = r#"<?xml version="1.0" encoding="utf-8"?>
+<d:propfind xmlns:d="DAV:"><d:prop><d:getetag/><d:getcontenttype/></d:prop></d:propfind>"#;
+
+fn multiget_body(paths: &[String]) -> String {
+    let mut s = String::from(
+        r#"<?xml version="1.0" encoding="utf-8"?>
+<card:addressbook-multiget xmlns:d="DAV:" xmlns:card="urn:ietf:params:xml:ns:carddav"><d:prop><d:getetag/><card:address-data/></d:prop>"#,
+    );
+    for p in paths {
+        s.push_str("<d:href>");
+        s.push_str(&quick_xml::escape::escape(p.as_str()));
+        s.push_str("</d:href>");
+    }
+    s.push_str("</card:addressbook-multiget>");
+    s
+}
+
+fn sync_body(token: &str) -> String {
+    format!(
+        r#"<?xml version="1.0" encoding="utf-8"?>
+<d:sync-collection xmlns:d="DAV:"><d:sync-token>{}</d:sync-token><d:sync-level>1</d:sync-level><d:prop><d:getetag/></d:prop></d:sync-collection>"#,
+        quick_xml::escape::escape(token)
+    )
+}
+
+fn query_body(needle: &str) -> String {
+    format!(
+        r#"<?xml version="1.0" encoding="utf-8"?>
+<card:addressbook-query xmlns:d="DAV:" xmlns:card="urn:ietf:params:xml:ns:carddav"><d:prop><d:getetag/><card:address-data/></d:prop><card:filter><card:prop-filter name="EMAIL"><card:text-match collation="i;unicode-casemap" match-type="contains">{}</card:text-match></card:prop-filter></card:filter></card:addressbook-query>"#,
+        quick_xml::escape::escape(needle)
+    )
+}
+
+impl Bench {
+    fn check(&mut self, ok: bool, what: impl Into<String>) {
+        if !ok {
+            let what = what.into();
+            eprintln!("CHECK FAILED: {what}");
+            self.failures.push(what);
+        }
+    }
+
+    fn phase_start(&self) {
+        if let Some(pid) = self.args.pid
+            && self.peak_reset_works
+        {
+            reset_peak(pid);
+        }
+    }
+
+    fn peak_kb(&self) -> Option<u64> {
+        self.args.pid.and_then(|pid| read_status_kb(pid, "VmHWM:"))
+    }
+
+    fn record(&mut self, mut phase: Value) {
+        if let Some(kb) = self.peak_kb() {
+            phase["peak_rss_mb"] = json!((kb as f64 / 1024.0 * 10.0).round() / 10.0);
+        }
+        {
+            let name = phase["phase"].as_str().unwrap_or("");
+            let wall = phase["wall_ms"].as_f64().unwrap_or(0.0);
+            let reqs = phase["requests"].as_u64().unwrap_or(0);
+            let rate = phase["req_per_s"].as_f64().unwrap_or(0.0);
+            let rss = phase.get("peak_rss_mb").and_then(Value::as_f64).map(|m| format!("  peak RSS {m:.1} MB"));
+            eprintln!("{name:<28} {wall:>10.1} ms {reqs:>7} req {rate:>9.0} req/s{}", rss.unwrap_or_default());
+        }
+        self.phases.push(phase);
+    }
+
+    /// Phase 1: PUT every card with If-None-Match: *.
+    async fn upload(&mut self) {
+        let n = self.args.n;
+        self.phase_start();
+        // Bodies generated before the clock starts, so the phase measures the server.
+        let bodies: Arc<Vec<Bytes>> = Arc::new((0..n).map(|i| generate(self.args.seed, i, 0).body).collect::<Vec<_>>());
+        let names: Arc<Vec<String>> = Arc::new(self.model.lock().expect("model").names[..n].to_vec());
+        let done_at: Arc<Mutex<Vec<(f64, f64)>>> = Arc::new(Mutex::new(vec![(0.0, 0.0); n]));
+        let etags: Arc<Mutex<Vec<Option<String>>>> = Arc::new(Mutex::new(vec![None; n]));
+        let t0 = Instant::now();
+        let (http, d, e) = (self.http.clone(), done_at.clone(), etags.clone());
+        let (wall, mut lat, errors) = run_concurrent(n, self.args.c, move |i| {
+            let (http, bodies, names, d, e) = (http.clone(), bodies.clone(), names.clone(), d.clone(), e.clone());
+            async move {
+                let start = ms(t0.elapsed());
+                let headers =
+                    [("If-None-Match", "*".to_string()), ("Content-Type", "text/vcard; charset=utf-8".to_string())];
+                let r = http.send(Method::PUT, http.card_url(&names[i]), &headers, Some(bodies[i].clone())).await?;
+                d.lock().expect("times")[i] = (start, ms(t0.elapsed()));
+                if !r.status.is_success() {
+                    return Err(format!("PUT {} -> {}", names[i], r.status));
+                }
+                e.lock().expect("etags")[i] = r.etag;
+                Ok(())
+            }
+        })
+        .await;
+        let etags = std::mem::take(&mut *etags.lock().expect("etags"));
+        {
+            let mut m = self.model.lock().expect("model");
+            for (i, etag) in etags.into_iter().enumerate() {
+                m.slots[i].alive = true;
+                m.slots[i].etag = etag;
+            }
+        }
+        // Rate per tenth of the book: cards in the slice / (last completion - first start) within the slice.
+        let times = done_at.lock().expect("times").clone();
+        let slices: Vec<f64> = (0..10)
+            .map(|s| {
+                let (a, b) = (s * n / 10, ((s + 1) * n / 10).max(s * n / 10 + 1).min(n));
+                if a >= b {
+                    return 0.0;
+                }
+                let start = times[a..b].iter().map(|t| t.0).fold(f64::MAX, f64::min);
+                let end = times[a..b].iter().map(|t| t.1).fold(0.0, f64::max);
+                ((b - a) as f64 / ((end - start).max(0.001) / 1000.0)).round()
+            })
+            .collect();
+        self.check(errors.is_empty(), format!("upload: {} failed, first: {:?}", errors.len(), errors.first()));
+        let rate = n as f64 / wall.as_secs_f64();
+        self.record(json!({
+            "phase": "1 upload (PUT If-None-Match)", "key": "upload", "wall_ms": ms(wall), "requests": n,
+            "req_per_s": rate.round(), "p50_ms": lat.pct(0.5), "p99_ms": lat.pct(0.99), "errors": errors.len(),
+            "rate_by_tenth": slices, "first_tenth_per_s": slices[0], "last_tenth_per_s": slices[9],
+        }));
+    }
+
+    /// Phase 2: PROPFIND Depth 1.
+    async fn propfind(&mut self) -> f64 {
+        self.phase_start();
+        let t = Instant::now();
+        let r = self.http.dav("PROPFIND", "1", PROPFIND_BODY.into()).await;
+        let wall = t.elapsed();
+        let (count, wire, raw, ok) = match r {
+            Ok(r) if r.status.as_u16() == 207 => match parse_multistatus(&r.body, &|_| None) {
+                Ok(msr) => {
+                    let base = self.http.base.path().trim_end_matches('/').to_string();
+                    let mut m = self.model.lock().expect("model");
+                    let mut count = 0;
+                    for resp in &msr.responses {
+                        let path = resp.href.trim_end_matches('/');
+                        if path.ends_with(&base) {
+                            continue; // the collection itself
+                        }
+                        if let Some(&i) = m.by_name.get(&href_name(&resp.href))
+                            && resp.ok
+                        {
+                            count += 1;
+                            m.slots[i].etag = resp.etag.clone();
+                        }
+                    }
+                    (count, r.wire, r.body.len(), true)
+                }
+                Err(e) => {
+                    eprintln!("PROPFIND: {e}");
+                    (0, r.wire, r.body.len(), false)
+                }
+            },
+            Ok(r) => {
+                eprintln!("PROPFIND -> {}", r.status);
+                (0, 0, 0, false)
+            }
+            Err(e) => {
+                eprintln!("PROPFIND: {e}");
+                (0, 0, 0, false)
+            }
+        };
+        let expected = self.model.lock().expect("model").alive().len();
+        self.check(ok && count == expected, format!("PROPFIND listed {count} of {expected} cards"));
+        self.record(json!({
+            "phase": "2 PROPFIND Depth 1", "key": "propfind", "wall_ms": ms(wall), "requests": 1,
+            "req_per_s": (1.0 / wall.as_secs_f64()).round(), "members": count, "wire_bytes": wire, "body_bytes": raw,
+        }));
+        ms(wall)
+    }
+
+    /// Phase 3: multiget of every card in batches of 100.
+    async fn multiget(&mut self) -> f64 {
+        let (paths, uids): (Vec<IndexedName>, Arc<HashMap<String, String>>) = {
+            let m = self.model.lock().expect("model");
+            let alive = m.alive();
+            let paths = alive.iter().map(|&i| (i, self.http.card_path(&m.names[i]))).collect();
+            let uids = alive.iter().map(|&i| (m.names[i].clone(), m.uids[i].clone())).collect();
+            (paths, Arc::new(uids))
+        };
+        let t = Instant::now();
+        let mut got = 0usize;
+        let mut bad = Vec::new();
+        let mut requests = 0;
+        let mut wire = 0usize;
+        let mut lat = Lat::default();
+        let probe = |href: &str| uids.get(&href_name(href)).cloned();
+        for batch in paths.chunks(100) {
+            let batch_paths: Vec<String> = batch.iter().map(|(_, p)| p.clone()).collect();
+            let rt = Instant::now();
+            let r = self.http.dav("REPORT", "0", multiget_body(&batch_paths)).await;
+            requests += 1;
+            match r {
+                Ok(r) if r.status.as_u16() == 207 => {
+                    wire += r.wire;
+                    match parse_multistatus(&r.body, &probe) {
+                        Ok(msr) => {
+                            let mut seen = BTreeSet::new();
+                            let mut m = self.model.lock().expect("model");
+                            for resp in msr.responses {
+                                let name = href_name(&resp.href);
+                                if resp.ok && resp.data_len > 0 && resp.data_has.is_some() {
+                                    if let Some(&i) = m.by_name.get(&name) {
+                                        seen.insert(i);
+                                        if resp.etag.is_some() {
+                                            m.slots[i].etag = resp.etag;
+                                        }
+                                    }
+                                } else if bad.len() < 5 {
+                                    bad.push(format!("{name}: status {:?}", resp.status));
+                                }
+                            }
+                            got += batch.iter().filter(|(i, _)| seen.contains(i)).count();
+                        }
+                        Err(e) => bad.push(e),
+                    }
+                }
+                Ok(r) => bad.push(format!("multiget -> {}", r.status)),
+                Err(e) => bad.push(e),
+            }
+            lat.0.push(ms(rt.elapsed()));
+        }
+        let wall = t.elapsed();
+        self.check(got == paths.len(), format!("multiget returned {got} of {} cards; {bad:?}", paths.len()));
+        self.record(json!({
+            "phase": "3 multiget (100 per REPORT)", "key": "multiget", "wall_ms": ms(wall), "requests": requests,
+            "req_per_s": (requests as f64 / wall.as_secs_f64()).round(), "cards": got,
+            "cards_per_s": (got as f64 / wall.as_secs_f64()).round(), "p50_ms": lat.pct(0.5), "p99_ms": lat.pct(0.99),
+            "wire_bytes": wire,
+        }));
+        ms(wall)
+    }
+
+    async fn put_version(&self, i: usize, version: u32, pre: (&str, String)) -> Result<Reply, String> {
+        let g = generate(self.args.seed, i, version);
+        let headers = [pre, ("Content-Type", "text/vcard; charset=utf-8".to_string())];
+        self.http.send(Method::PUT, self.http.card_url(&g.name), &headers, Some(g.body)).await
+    }
+
+    /// Fetches a card's current ETag (for servers that do not return one on PUT).
+    async fn fetch_etag(&self, i: usize) -> Option<String> {
+        let name = self.model.lock().expect("model").names[i].clone();
+        self.http.send(Method::GET, self.http.card_url(&name), &[], None).await.ok().and_then(|r| r.etag)
+    }
+
+    async fn etag_of(&self, i: usize) -> Option<String> {
+        let known = self.model.lock().expect("model").slots[i].etag.clone();
+        match known {
+            Some(e) => Some(e),
+            None => self.fetch_etag(i).await,
+        }
+    }
+
+    /// Phase 4: sync-collection initial, 20 changes, delta.
+    async fn sync(&mut self) {
+        self.phase_start();
+        let t = Instant::now();
+        let r = self.http.dav("REPORT", "0", sync_body("")).await;
+        let initial = t.elapsed();
+        let expected = self.model.lock().expect("model").alive().len();
+        let mut token = None;
+        let mut listed = 0;
+        match r {
+            Ok(r) if r.status.as_u16() == 207 => match parse_multistatus(&r.body, &|_| None) {
+                Ok(msr) => {
+                    let m = self.model.lock().expect("model");
+                    listed =
+                        msr.responses.iter().filter(|x| x.ok && m.by_name.contains_key(&href_name(&x.href))).count();
+                    token = msr.sync_token;
+                }
+                Err(e) => eprintln!("sync-collection: {e}"),
+            },
+            Ok(r) => eprintln!("sync-collection -> {}", r.status),
+            Err(e) => eprintln!("sync-collection: {e}"),
+        }
+        self.check(listed == expected, format!("initial sync-collection listed {listed} of {expected}"));
+        let Some(token) = token else {
+            self.check(false, "initial sync-collection gave no sync-token");
+            return;
+        };
+        // The 20 changes: 10 modified, 5 deleted, 5 added (indices N..N+5).
+        let mut rng = Rng::new(self.args.seed ^ 0x5359_4e43);
+        let alive = self.model.lock().expect("model").alive();
+        let mut picked = BTreeSet::new();
+        while picked.len() < 15.min(alive.len()) {
+            picked.insert(alive[rng.below(alive.len())]);
+        }
+        let picked: Vec<usize> = picked.into_iter().collect();
+        let (modify, delete) = picked.split_at(10.min(picked.len()));
+        let n = self.args.n;
+        let add: Vec<usize> = (n..n + 5).collect();
+        let tc = Instant::now();
+        let mut change_errors = Vec::new();
+        for &i in modify {
+            let version = self.model.lock().expect("model").slots[i].version + 1;
+            let etag = self.etag_of(i).await.unwrap_or_default();
+            match self.put_version(i, version, ("If-Match", etag)).await {
+                Ok(r) if r.status.is_success() => {
+                    let mut m = self.model.lock().expect("model");
+                    m.slots[i].version = version;
+                    m.slots[i].etag = r.etag;
+                }
+                Ok(r) => change_errors.push(format!("modify -> {}", r.status)),
+                Err(e) => change_errors.push(e),
+            }
+        }
+        for &i in delete {
+            let etag = self.etag_of(i).await.unwrap_or_default();
+            let name = self.model.lock().expect("model").names[i].clone();
+            match self.http.send(Method::DELETE, self.http.card_url(&name), &[("If-Match", etag)], None).await {
+                Ok(r) if r.status.is_success() => self.model.lock().expect("model").slots[i].alive = false,
+                Ok(r) => change_errors.push(format!("delete -> {}", r.status)),
+                Err(e) => change_errors.push(e),
+            }
+        }
+        for &i in &add {
+            match self.put_version(i, 0, ("If-None-Match", "*".into())).await {
+                Ok(r) if r.status.is_success() => {
+                    let mut m = self.model.lock().expect("model");
+                    m.slots[i].alive = true;
+                    m.slots[i].etag = r.etag;
+                }
+                Ok(r) => change_errors.push(format!("add -> {}", r.status)),
+                Err(e) => change_errors.push(e),
+            }
+        }
+        let changes = tc.elapsed();
+        self.check(change_errors.is_empty(), format!("sync changes failed: {change_errors:?}"));
+        // The delta, checked once, then timed over more runs (the same token answers the same way).
+        let (want_changed, want_deleted): (BTreeSet<String>, BTreeSet<String>) = {
+            let m = self.model.lock().expect("model");
+            (
+                modify.iter().chain(add.iter()).map(|&i| m.names[i].clone()).collect(),
+                delete.iter().map(|&i| m.names[i].clone()).collect(),
+            )
+        };
+        let mut times = Lat::default();
+        let mut first = 0.0;
+        for run in 0..11 {
+            let t = Instant::now();
+            let r = self.http.dav("REPORT", "0", sync_body(&token)).await;
+            let took = ms(t.elapsed());
+            times.0.push(took);
+            if run > 0 {
+                continue;
+            }
+            first = took;
+            let (mut changed, mut deleted) = (BTreeSet::new(), BTreeSet::new());
+            match r {
+                Ok(r) if r.status.as_u16() == 207 => match parse_multistatus(&r.body, &|_| None) {
+                    Ok(msr) => {
+                        for resp in msr.responses {
+                            let name = href_name(&resp.href);
+                            if resp.status == Some(404) {
+                                deleted.insert(name);
+                            } else if resp.ok {
+                                changed.insert(name);
+                            }
+                        }
+                    }
+                    Err(e) => eprintln!("delta: {e}"),
+                },
+                Ok(r) => eprintln!("delta -> {}", r.status),
+                Err(e) => eprintln!("delta: {e}"),
+            }
+            let ok = changed == want_changed && deleted == want_deleted;
+            self.check(
+                ok,
+                format!(
+                    "delta listed {} changed / {} deleted, expected exactly {} / {}",
+                    changed.len(),
+                    deleted.len(),
+                    want_changed.len(),
+                    want_deleted.len()
+                ),
+            );
+        }
+        let median = times.pct(0.5);
+        self.record(json!({
+            "phase": "4 sync-collection", "key": "sync", "wall_ms": ms(initial) + ms(changes) + first,
+            "requests": 22, "req_per_s": (22.0 / ((ms(initial) + ms(changes) + first) / 1000.0)).round(),
+            "initial_ms": ms(initial), "changes_ms": ms(changes), "delta_first_ms": first, "delta_median_ms": median,
+            "delta_runs": 11,
+        }));
+        {
+            eprintln!(
+                "    initial {:.1} ms, 20 changes {:.1} ms, delta {first:.2} ms (median of 11: {median:.2} ms)",
+                ms(initial),
+                ms(changes)
+            );
+        }
+    }
+
+    /// Phase 5: addressbook-query text-match on EMAIL.
+    async fn query(&mut self) {
+        self.phase_start();
+        let needle = query_needle();
+        let (expected, uids): (BTreeSet<String>, HashMap<String, String>) = {
+            let m = self.model.lock().expect("model");
+            let mut set = BTreeSet::new();
+            let mut uids = HashMap::new();
+            for i in m.alive() {
+                let g = generate(m.seed, i, m.slots[i].version);
+                if g.emails.iter().any(|e| e.to_lowercase().contains(&needle)) {
+                    set.insert(g.name.clone());
+                }
+                uids.insert(g.name, g.uid);
+            }
+            (set, uids)
+        };
+        let probe = |href: &str| uids.get(&href_name(href)).cloned();
+        let mut times = Lat::default();
+        let mut first = 0.0;
+        let mut got = BTreeSet::new();
+        for run in 0..5 {
+            let t = Instant::now();
+            let r = self.http.dav("REPORT", "1", query_body(&needle)).await;
+            let took = ms(t.elapsed());
+            times.0.push(took);
+            if run > 0 {
+                continue;
+            }
+            first = took;
+            match r {
+                Ok(r) if r.status.as_u16() == 207 => match parse_multistatus(&r.body, &probe) {
+                    Ok(msr) => {
+                        got = msr
+                            .responses
+                            .into_iter()
+                            .filter(|x| x.ok && x.data_has.is_some())
+                            .map(|x| href_name(&x.href))
+                            .collect()
+                    }
+                    Err(e) => eprintln!("query: {e}"),
+                },
+                Ok(r) => eprintln!("query -> {}", r.status),
+                Err(e) => eprintln!("query: {e}"),
+            }
+        }
+        let alive = self.model.lock().expect("model").alive().len();
+        self.check(
+            got == expected,
+            format!("query matched {} cards, expected exactly {} (of {alive})", got.len(), expected.len()),
+        );
+        let median = times.pct(0.5);
+        self.record(json!({
+            "phase": "5 addressbook-query", "key": "query", "wall_ms": first, "requests": 1,
+            "req_per_s": (1000.0 / first).round(), "matches": got.len(), "expected": expected.len(),
+            "median_ms": median, "runs": 5, "needle": needle,
+        }));
+    }
+
+    /// Phase 6: 1,000 GETs of random cards.
+    async fn gets(&mut self) {
+        self.phase_start();
+        let (targets, uids): (Arc<Vec<IndexedName>>, Arc<Vec<String>>) = {
+            let m = self.model.lock().expect("model");
+            let alive = m.alive();
+            let mut rng = Rng::new(self.args.seed ^ 0x0047_4554);
+            let t = (0..self.args.gets)
+                .map(|_| {
+                    let i = alive[rng.below(alive.len())];
+                    (i, m.names[i].clone())
+                })
+                .collect();
+            (Arc::new(t), Arc::new(m.uids.clone()))
+        };
+        let etags: Shared<Vec<(usize, Option<String>)>> = Arc::new(Mutex::new(Vec::new()));
+        let (http, tg, e) = (self.http.clone(), targets.clone(), etags.clone());
+        let (wall, mut lat, errors) = run_concurrent(targets.len(), self.args.c, move |k| {
+            let (http, tg, uids, e) = (http.clone(), tg.clone(), uids.clone(), e.clone());
+            async move {
+                let (i, name) = &tg[k];
+                let r = http.send(Method::GET, http.card_url(name), &[], None).await?;
+                if r.status != StatusCode::OK {
+                    return Err(format!("GET {name} -> {}", r.status));
+                }
+                let body = String::from_utf8_lossy(&r.body);
+                if !body.contains(&uids[*i]) {
+                    return Err(format!("GET {name}: the body lacks the UID"));
+                }
+                e.lock().expect("etags").push((*i, r.etag));
+                Ok(())
+            }
+        })
+        .await;
+        {
+            let mut m = self.model.lock().expect("model");
+            for (i, etag) in etags.lock().expect("etags").drain(..) {
+                if etag.is_some() {
+                    m.slots[i].etag = etag;
+                }
+            }
+        }
+        self.check(errors.is_empty(), format!("GET: {} failed, first: {:?}", errors.len(), errors.first()));
+        self.record(json!({
+            "phase": format!("6 GET x{}", targets.len()), "key": "get", "wall_ms": ms(wall), "requests": targets.len(),
+            "req_per_s": (targets.len() as f64 / wall.as_secs_f64()).round(), "p50_ms": lat.pct(0.5),
+            "p99_ms": lat.pct(0.99), "errors": errors.len(),
+        }));
+    }
+
+    /// Phase 7: 500 If-Match updates of distinct cards.
+    async fn updates(&mut self) {
+        let (targets, missing): (Vec<usize>, Vec<usize>) = {
+            let m = self.model.lock().expect("model");
+            let alive = m.alive();
+            let mut rng = Rng::new(self.args.seed ^ 0x0055_5044);
+            let mut picked = BTreeSet::new();
+            while picked.len() < 500.min(alive.len()) {
+                picked.insert(alive[rng.below(alive.len())]);
+            }
+            let mut t: Vec<usize> = picked.into_iter().collect();
+            // Shuffle deterministically so the order is not the upload order.
+            for k in (1..t.len()).rev() {
+                t.swap(k, rng.below(k + 1));
+            }
+            let missing = t.iter().copied().filter(|&i| m.slots[i].etag.is_none()).collect();
+            (t, missing)
+        };
+        // ETags the server did not hand out on earlier answers are fetched first, outside the clock.
+        for i in &missing {
+            let etag = self.fetch_etag(*i).await;
+            self.model.lock().expect("model").slots[*i].etag = etag;
+        }
+        self.phase_start();
+        let jobs: Arc<Vec<(usize, u32, String, Bytes)>> = {
+            let m = self.model.lock().expect("model");
+            Arc::new(
+                targets
+                    .iter()
+                    .map(|&i| {
+                        let v = m.slots[i].version + 1;
+                        let g = generate(m.seed, i, v);
+                        (i, v, m.slots[i].etag.clone().unwrap_or_default(), g.body)
+                    })
+                    .collect(),
+            )
+        };
+        let names: Arc<Vec<String>> = Arc::new(self.model.lock().expect("model").names.clone());
+        let results: Shared<Vec<(usize, u32, Option<String>)>> = Arc::new(Mutex::new(Vec::new()));
+        let statuses: Arc<Mutex<HashMap<u16, usize>>> = Arc::new(Mutex::new(HashMap::new()));
+        let (http, j, res, st) = (self.http.clone(), jobs.clone(), results.clone(), statuses.clone());
+        let (wall, mut lat, errors) = run_concurrent(jobs.len(), self.args.c, move |k| {
+            let (http, j, names, res, st) = (http.clone(), j.clone(), names.clone(), res.clone(), st.clone());
+            async move {
+                let (i, v, etag, body) = &j[k];
+                let headers = [("If-Match", etag.clone()), ("Content-Type", "text/vcard; charset=utf-8".to_string())];
+                let r = http.send(Method::PUT, http.card_url(&names[*i]), &headers, Some(body.clone())).await?;
+                *st.lock().expect("statuses").entry(r.status.as_u16()).or_default() += 1;
+                if !r.status.is_success() {
+                    return Err(format!("PUT If-Match {} -> {}", names[*i], r.status));
+                }
+                res.lock().expect("results").push((*i, *v, r.etag));
+                Ok(())
+            }
+        })
+        .await;
+        {
+            let mut m = self.model.lock().expect("model");
+            for (i, v, etag) in results.lock().expect("results").drain(..) {
+                m.slots[i].version = v;
+                m.slots[i].etag = etag;
+            }
+        }
+        let statuses: HashMap<String, usize> =
+            statuses.lock().expect("statuses").iter().map(|(k, v)| (k.to_string(), *v)).collect();
+        self.check(errors.is_empty(), format!("updates: {} refused, statuses {statuses:?}", errors.len()));
+        self.record(json!({
+            "phase": "7 PUT If-Match x500", "key": "update", "wall_ms": ms(wall), "requests": jobs.len(),
+            "req_per_s": (jobs.len() as f64 / wall.as_secs_f64()).round(), "p50_ms": lat.pct(0.5),
+            "p99_ms": lat.pct(0.99), "errors": errors.len(), "statuses": statuses,
+            "etags_fetched_first": missing.len(),
+        }));
+    }
+}
+
+async fn run(args: Args) -> Result<Value, String> {
+    if args.n < 20 {
+        return Err("-n must be at least 20 (the sync phase modifies and deletes 15 existing cards)".into());
+    }
+    let mut url = reqwest::Url::parse(&args.url).map_err(|e| format!("--url: {e}"))?;
+    if !url.path().ends_with('/') {
+        let p = format!("{}/", url.path());
+        url.set_path(&p);
+    }
+    let mut builder = Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(args.c.max(1) * 2)
+        .timeout(Duration::from_secs(600))
+        .user_agent("kartei-bench/1");
+    if args.http1 {
+        builder = builder.http1_only();
+    }
+    if args.insecure {
+        builder = builder.tls_danger_accept_invalid_certs(true);
+    }
+    if let Some(path) = &args.cacert {
+        let pem = std::fs::read(path).map_err(|e| format!("--cacert {}: {e}", path.display()))?;
+        let cert = reqwest::Certificate::from_pem(&pem).map_err(|e| format!("--cacert: {e}"))?;
+        builder = builder.add_root_certificate(cert);
+    }
+    let client = builder.build().map_err(|e| format!("HTTP client: {e}"))?;
+    let credentials =
+        base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", args.user, args.password).as_bytes());
+    let auth = HeaderValue::from_str(&format!("Basic {credentials}")).map_err(|e| e.to_string())?;
+    let http = Arc::new(Http { client, auth, base: url.clone(), gzip: !args.no_gzip });
+
+    // The collection must answer before anything is timed.
+    let probe = http.dav("PROPFIND", "0", PROPFIND_BODY.into()).await?;
+    if probe.status.as_u16() != 207 {
+        return Err(format!("PROPFIND Depth 0 on {url} answered {} (is the URL an address book?)", probe.status));
+    }
+
+    let gen_start = Instant::now();
+    let model = Model::new(args.seed, args.n + 5);
+    let gen_ms = ms(gen_start.elapsed());
+    let startup_peak = args.pid.and_then(|pid| read_status_kb(pid, "VmHWM:"));
+    let peak_reset_works = args.pid.is_some_and(reset_peak);
+    let mut bench = Bench {
+        args: args.clone(),
+        http,
+        model: Arc::new(Mutex::new(model)),
+        phases: Vec::new(),
+        failures: Vec::new(),
+        peak_reset_works,
+    };
+    {
+        eprintln!(
+            "kartei-bench: {} cards, concurrency {}, {} ({}){}",
+            args.n,
+            args.c,
+            url,
+            if args.label.is_empty() { "-" } else { &args.label },
+            if args.pid.is_some() && !peak_reset_works { "; peak RSS is since server start" } else { "" }
+        );
+    }
+    let total = Instant::now();
+    bench.upload().await;
+    let p2 = bench.propfind().await;
+    let p3 = bench.multiget().await;
+    // Peak over phases 2 and 3 (each phase reset the peak at its start).
+    let full_sync_peak = bench.phases[1..3]
+        .iter()
+        .filter_map(|p| p.get("peak_rss_mb").and_then(Value::as_f64))
+        .fold(None, |acc: Option<f64>, v| Some(acc.map_or(v, |a| a.max(v))));
+    {
+        eprintln!("{:<28} {:>10.1} ms", "  = initial full sync (2+3)", p2 + p3);
+    }
+    bench.sync().await;
+    bench.query().await;
+    bench.gets().await;
+    bench.updates().await;
+    let total_ms = ms(total.elapsed());
+    let size = args.data_dir.as_deref().map(dir_size);
+    let cards_bytes: usize = (0..args.n).map(|i| generate(args.seed, i, 0).body.len()).sum();
+    let report = json!({
+        "label": args.label,
+        "url": args.url,
+        "n": args.n,
+        "c": args.c,
+        "seed": args.seed,
+        "gzip": !args.no_gzip,
+        "http1_only": args.http1,
+        "generated_bytes": cards_bytes,
+        "generator_ms": gen_ms,
+        "phases": bench.phases,
+        "full_sync_ms": p2 + p3,
+        "full_sync_peak_rss_mb": full_sync_peak,
+        "peak_rss_before_mb": startup_peak.map(|kb| kb as f64 / 1024.0),
+        "peak_rss_per_phase": peak_reset_works,
+        "data_dir_bytes": size.map(|s| s.0),
+        "data_dir_allocated_bytes": size.map(|s| s.1),
+        "total_ms": total_ms,
+        "failures": bench.failures,
+    });
+    {
+        if let Some((apparent, allocated)) = size {
+            eprintln!(
+                "data dir: {:.1} MB ({:.1} MB allocated); the cards are {:.1} MB as generated",
+                apparent as f64 / 1e6,
+                allocated as f64 / 1e6,
+                cards_bytes as f64 / 1e6
+            );
+        }
+        if let Some(p) = full_sync_peak {
+            eprintln!("peak RSS during PROPFIND + multiget: {p:.1} MB");
+        }
+        eprintln!(
+            "total {:.1} s; {} failed checks",
+            total_ms / 1000.0,
+            report["failures"].as_array().map_or(0, Vec::len)
+        );
+    }
+    Ok(report)
+}
+
+/// Times kartei's password verification (Argon2id with kartei's parameters) on this machine.
+fn time_argon2() -> ExitCode {
+    let Ok(hash) = kartei::auth::hash_password("correct horse battery staple") else {
+        eprintln!("kartei-bench: hashing failed");
+        return ExitCode::FAILURE;
+    };
+    let mut lat = Lat::default();
+    for _ in 0..20 {
+        let t = Instant::now();
+        let ok = kartei::auth::verify_password("correct horse battery staple", &hash);
+        lat.0.push(ms(t.elapsed()));
+        if !ok {
+            eprintln!("kartei-bench: verification failed");
+            return ExitCode::FAILURE;
+        }
+    }
+    let (p50, min) = (lat.pct(0.5), lat.pct(0.0));
+    println!(
+        "{}",
+        json!({"argon2_verify_ms_median": p50, "argon2_verify_ms_min": min, "runs": 20, "hash": hash.split('$').take(4).collect::<Vec<_>>().join("$")})
+    );
+    eprintln!(
+        "one Argon2 verification: {p50:.1} ms median ({min:.1} ms min) = at most {:.0} verifications/s per core",
+        1000.0 / p50
+    );
+    ExitCode::SUCCESS
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if args.argon2 {
+        return time_argon2();
+    }
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let runtime =
+        match tokio::runtime::Builder::new_multi_thread().worker_threads(args.threads.max(1)).enable_all().build() {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("kartei-bench: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+    let json_out = args.json;
+    match runtime.block_on(run(args)) {
+        Ok(report) => {
+            if json_out {
+                println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+            }
+            if report["failures"].as_array().is_some_and(|f| !f.is_empty()) {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Err(e) => {
+            eprintln!("kartei-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
