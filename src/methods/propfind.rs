@@ -16,7 +16,11 @@ use hyper::{Response, StatusCode};
 use std::io::{self, Write};
 
 pub async fn handle(ctx: Ctx, target: Target, body: Incoming) -> DavResult<Response<crate::body::Body>> {
-    let depth_header = ctx.headers.get("depth").and_then(|v| v.to_str().ok());
+    let depth_header = match ctx.headers.get("depth").map(|v| v.to_str()) {
+        Some(Err(_)) => return Err(DavError::bad_request("Depth must be 0, 1 or infinity")),
+        Some(Ok(v)) => Some(v),
+        None => None,
+    };
     // A missing Depth means infinity (RFC 4918); no client relies on that, so it is served as 1.
     let depth = Depth::parse(depth_header, Depth::One)
         .ok_or_else(|| DavError::bad_request("Depth must be 0, 1 or infinity"))?;

@@ -6,7 +6,7 @@ use crate::app::{Ctx, Target};
 use crate::body::{accepts_gzip, stream_body};
 use crate::carddav::filter::Filter;
 use crate::dav::PropName;
-use crate::dav::request::{PropFind, Report, parse_report};
+use crate::dav::request::{PropFind, Report, parse_report_limited};
 use crate::dav::response::Multistatus;
 use crate::error::{Condition, DavError, DavResult};
 use crate::props::{self, PropContext, Resource};
@@ -22,7 +22,7 @@ const LIMIT_ERROR: &str = "<d:number-of-matches-within-limits/>";
 pub async fn handle(ctx: Ctx, target: Target, body: Incoming) -> DavResult<Response<crate::body::Body>> {
     let limits = &ctx.app.config.limits;
     let raw = read_body(&ctx.headers, body, limits.max_xml_body).await?;
-    let report = parse_report(&raw, limits.max_multiget_hrefs)?;
+    let report = parse_report_limited(&raw, limits.max_multiget_hrefs, limits.max_filter_terms)?;
     let gzip = accepts_gzip(&ctx.headers);
     if let Report::EmptyAnswer = report {
         let body = stream_body(gzip, |out| Multistatus::begin(out)?.finish().map(|_| ()));
