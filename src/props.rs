@@ -25,11 +25,26 @@ pub fn parse_sync_token(token: &str) -> Option<(i64, i64)> {
 pub enum Resource<'a> {
     Root,
     PrincipalCollection,
-    Principal { user: &'a str, display_name: &'a str },
+    Principal {
+        user: &'a str,
+        display_name: &'a str,
+    },
     HomeCollection,
-    Home { user: &'a str },
-    Book { book: &'a BookView, dead: &'a [DeadProperty], used_bytes: i64 },
-    Card { book: &'a BookView, meta: &'a CardMeta, body: Option<&'a [u8]> },
+    /// `me_card`: macOS's "this is my card" (a `CS:me-card` element kept with the home's first own book).
+    Home {
+        user: &'a str,
+        me_card: Option<&'a str>,
+    },
+    Book {
+        book: &'a BookView,
+        dead: &'a [DeadProperty],
+        used_bytes: i64,
+    },
+    Card {
+        book: &'a BookView,
+        meta: &'a CardMeta,
+        body: Option<&'a [u8]>,
+    },
 }
 
 pub struct PropContext<'a> {
@@ -38,6 +53,8 @@ pub struct PropContext<'a> {
     pub max_resource_size: usize,
     /// Apple clients read only vCard 3.0 and never ask for it: default their address-data to 3.0.
     pub prefer_v3: bool,
+    /// A `user+book` login: it can change cards in its book, but not the home (no MKCOL there).
+    pub scoped: bool,
 }
 
 fn dav(name: &str) -> PropName {
@@ -131,6 +148,9 @@ impl Resource<'_> {
             Resource::Book { dead, .. } => {
                 dead.iter().find(|d| d.namespace == n.ns && d.name == n.name).map(|d| Value::Raw(d.xml.clone()))
             }
+            Resource::Home { me_card: Some(xml), .. } if n.is(NS_CALSERVER, "me-card") => {
+                Some(Value::Raw(xml.to_string()))
+            }
             _ => None,
         }
     }
@@ -150,20 +170,20 @@ impl Resource<'_> {
                 // A sharee's own "Contacts" and a shared "Contacts" must look different in the client.
                 Value::Text(if book.shared { format!("{name} (shared by {})", book.owner) } else { name })
             }
-            ("displayname", Resource::Home { user }) => Value::Text(format!("Address books of {user}")),
+            ("displayname", Resource::Home { user, .. }) => Value::Text(format!("Address books of {user}")),
             ("displayname", Resource::Root) => Value::Text("kartei".into()),
             ("principal-URL", Resource::Principal { user, .. }) => Value::Hrefs(vec![router::principal_href(user)]),
             ("group-membership" | "group-member-set", Resource::Principal { .. }) => Value::Empty,
             ("alternate-URI-set", Resource::Principal { .. }) => Value::Empty,
             ("owner", Resource::Book { book, .. }) => Value::Hrefs(vec![router::principal_href(&book.owner)]),
-            ("owner", Resource::Home { user }) => Value::Hrefs(vec![router::principal_href(user)]),
+            ("owner", Resource::Home { user, .. }) => Value::Hrefs(vec![router::principal_href(user)]),
             ("owner", Resource::Principal { user, .. }) => Value::Hrefs(vec![router::principal_href(user)]),
             ("sync-token", Resource::Book { book, .. }) => Value::Text(sync_token(book)),
             ("supported-report-set", Resource::Book { .. }) => supported_reports(true),
             ("supported-report-set", _) => supported_reports(false),
             ("current-user-privilege-set", Resource::Book { book, .. }) => privileges(book.writable, true),
             ("current-user-privilege-set", Resource::Card { book, .. }) => privileges(book.writable, false),
-            ("current-user-privilege-set", Resource::Home { .. }) => privileges(true, true),
+            ("current-user-privilege-set", Resource::Home { .. }) => privileges(!ctx.scoped, true),
             ("current-user-privilege-set", _) => privileges(false, false),
             ("quota-used-bytes", Resource::Book { used_bytes, .. }) => Value::Text(used_bytes.to_string()),
             ("quota-available-bytes", Resource::Book { .. }) => Value::Text((i64::MAX / 2).to_string()),

@@ -111,6 +111,14 @@ pub fn multistatus_response(body: Body, gzip: bool) -> DavResult<Response<Body>>
     builder.body(body).map_err(|e| DavError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
 }
 
+/// Tells the client its `Prefer: return=minimal` was honoured (RFC 7240 §3).
+pub fn preference_applied(mut response: Response<Body>, minimal: bool) -> Response<Body> {
+    if minimal {
+        response.headers_mut().insert("preference-applied", header::HeaderValue::from_static("return=minimal"));
+    }
+    response
+}
+
 /// `Brief: t` or `Prefer: return=minimal` (Apple, Evolution): leave out the 404 propstats.
 pub fn wants_minimal(headers: &HeaderMap) -> bool {
     let brief = headers.get("brief").and_then(|v| v.to_str().ok()).is_some_and(|v| v.trim().eq_ignore_ascii_case("t"));

@@ -1,12 +1,12 @@
 //! PROPFIND (RFC 4918 §9.1) on every resource kind; a book's Depth 1 listing is streamed from the store
 //! without reading card bodies unless address-data is asked for.
 
-use super::{multistatus_response, read_body, wants_minimal};
+use super::{multistatus_response, preference_applied, read_body, wants_minimal};
 use crate::app::{Ctx, Target};
 use crate::body::{accepts_gzip, stream_body};
 use crate::dav::request::{PropFind, parse_propfind};
 use crate::dav::response::Multistatus;
-use crate::dav::{Depth, NS_DAV, PropName};
+use crate::dav::{Depth, NS_CALSERVER, NS_DAV, PropName};
 use crate::error::{Condition, DavError, DavResult};
 use crate::props::{PropContext, Resource, wants_body};
 use crate::router;
@@ -47,7 +47,7 @@ pub async fn handle(ctx: Ctx, target: Target, body: Incoming) -> DavResult<Respo
     let prefer_v3 = ctx.is_apple();
     let request_path = ctx.path.clone();
     let body = stream_body(gzip, move |out| {
-        let pctx = PropContext { me: &me.username, max_resource_size, prefer_v3 };
+        let pctx = PropContext { me: &me.username, max_resource_size, prefer_v3, scoped: me.scope.is_some() };
         let mut ms = Multistatus::begin(out)?;
         let listing =
             Listing { store: store.as_ref(), pctx: &pctx, request: &request, minimal, scope: me.scope.as_deref() };
@@ -55,7 +55,7 @@ pub async fn handle(ctx: Ctx, target: Target, body: Incoming) -> DavResult<Respo
         ms.finish()?;
         Ok(())
     });
-    multistatus_response(body, gzip)
+    Ok(preference_applied(multistatus_response(body, gzip)?, minimal))
 }
 
 fn store_err(e: store::Error) -> io::Error {
@@ -106,23 +106,38 @@ impl Listing<'_> {
             Target::PrincipalCollection => {
                 self.respond(ms, "/dav/principals/", &Resource::PrincipalCollection)?;
                 if depth_one {
-                    self.respond(ms, &router::principal_href(me), &Resource::Principal { user: me, display_name: me })?;
+                    let user = self.store.user(me).map_err(store_err)?;
+                    let display_name = user.as_ref().map_or(me, |u| u.display_name.as_str());
+                    self.respond(ms, &router::principal_href(me), &Resource::Principal { user: me, display_name })?;
                 }
             }
             Target::HomeCollection => {
                 self.respond(ms, "/dav/addressbooks/", &Resource::HomeCollection)?;
                 if depth_one {
-                    self.respond(ms, &router::home_href(me), &Resource::Home { user: me })?;
+                    self.respond(ms, &router::home_href(me), &Resource::Home { user: me, me_card: None })?;
                 }
             }
             Target::Principal { user, display_name } => {
                 self.respond(ms, &router::principal_href(user), &Resource::Principal { user, display_name })?;
             }
             Target::Home { user } => {
-                self.respond(ms, &router::home_href(user), &Resource::Home { user })?;
+                let books = self.store.books_in_home(user).map_err(store_err)?;
+                let visible: Vec<&store::BookView> =
+                    books.iter().filter(|b| self.scope.is_none_or(|s| s == b.segment)).collect();
+                // macOS reads its "this is my card" on the home; PROPPATCH keeps it with the first own book.
+                let me_card = match visible.iter().find(|b| !b.shared) {
+                    Some(first) => self
+                        .store
+                        .dead_properties(first.id)
+                        .map_err(store_err)?
+                        .into_iter()
+                        .find(|d| d.namespace == NS_CALSERVER && d.name == "me-card")
+                        .map(|d| d.xml),
+                    None => None,
+                };
+                self.respond(ms, &router::home_href(user), &Resource::Home { user, me_card: me_card.as_deref() })?;
                 if depth_one {
-                    let books = self.store.books_in_home(user).map_err(store_err)?;
-                    for book in books.iter().filter(|b| self.scope.is_none_or(|s| s == b.segment)) {
+                    for book in visible {
                         self.book(ms, book)?;
                     }
                 }

@@ -1,7 +1,7 @@
 //! REPORT: addressbook-multiget and addressbook-query (RFC 6352 §8.6, §8.7) and sync-collection
 //! (RFC 6578). Everything a report can refuse is checked before the 207 starts streaming.
 
-use super::{multistatus_response, read_body, wants_minimal};
+use super::{multistatus_response, preference_applied, read_body, wants_minimal};
 use crate::app::{Ctx, Target};
 use crate::body::{accepts_gzip, stream_body};
 use crate::carddav::filter::Filter;
@@ -43,12 +43,13 @@ pub async fn handle(ctx: Ctx, target: Target, body: Incoming) -> DavResult<Respo
         Report::SyncCollection { token, .. } if !token.is_empty() => Some(check_token(&ctx, &book, token).await?),
         _ => None,
     };
+    let minimal = wants_minimal(&ctx.headers);
     let writer = ReportWriter {
         store: ctx.store().clone(),
         me: ctx.user.username.clone(),
         max_resource_size: limits.max_resource_size,
         prefer_v3: ctx.is_apple(),
-        minimal: wants_minimal(&ctx.headers),
+        minimal,
         book,
     };
     let body = stream_body(gzip, move |out| {
@@ -62,7 +63,7 @@ pub async fn handle(ctx: Ctx, target: Target, body: Incoming) -> DavResult<Respo
         ms.finish()?;
         Ok(())
     });
-    multistatus_response(body, gzip)
+    Ok(preference_applied(multistatus_response(body, gzip)?, minimal))
 }
 
 /// The revision a client's token stands for; RFC 6578 §3.2: 403 + valid-sync-token for a token that is not
@@ -109,7 +110,12 @@ impl ReportWriter {
         meta: &CardMeta,
         body: Option<&[u8]>,
     ) -> io::Result<()> {
-        let pctx = PropContext { me: &self.me, max_resource_size: self.max_resource_size, prefer_v3: self.prefer_v3 };
+        let pctx = PropContext {
+            me: &self.me,
+            max_resource_size: self.max_resource_size,
+            prefer_v3: self.prefer_v3,
+            scoped: false,
+        };
         let resource = Resource::Card { book: &self.book, meta, body };
         let (found, missing) = resource.answer(&pctx, props);
         let others: Vec<(u16, Vec<PropName>)> = if self.minimal { Vec::new() } else { vec![(404, missing)] };

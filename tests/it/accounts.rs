@@ -716,6 +716,9 @@ async fn shared_books_listing_privileges_tokens_and_scoped_logins() {
     assert_eq!(homes.hrefs(), ["/dav/addressbooks/", "/dav/addressbooks/alice/"]);
     let principals = a.propfind("/dav/principals/", "1", &propfind_body("<d:displayname/>")).await.multistatus();
     assert_eq!(principals.hrefs(), ["/dav/principals/", "/dav/principals/alice/"]);
+    let own = a.propfind("/dav/principals/alice/", "0", &propfind_body("<d:displayname/>")).await.multistatus();
+    let listed = principals.get("/dav/principals/alice/").text(DAV, "displayname");
+    assert_eq!(listed, own.get("/dav/principals/alice/").text(DAV, "displayname"), "the same display name listed");
     let root = a.propfind("/dav/", "1", &propfind_body("<d:resourcetype/>")).await;
     assert!(!root.text().contains("bob"), "{}", root.text());
 
@@ -743,6 +746,11 @@ async fn shared_books_listing_privileges_tokens_and_scoped_logins() {
     let home =
         scoped.propfind("/dav/addressbooks/alice/", "1", &propfind_body("<d:resourcetype/>")).await.multistatus();
     assert_eq!(home.hrefs(), ["/dav/addressbooks/alice/", rw.as_str()]);
+    let privs = scoped
+        .propfind("/dav/addressbooks/alice/", "0", &propfind_body("<d:current-user-privilege-set/>"))
+        .await
+        .text();
+    assert!(privs.contains("read") && !privs.contains("bind"), "a scoped login cannot add books: {privs}");
     assert_eq!(scoped.get(&format!("{rw}get.vcf")).await.status, 200);
     assert_eq!(scoped.get("/dav/addressbooks/alice/contacts/get.vcf").await.status, 404);
     assert_eq!(scoped.get(&format!("{ro}get.vcf")).await.status, 404);
