@@ -24,6 +24,9 @@ pub struct App {
     pub public_url: String,
     /// Argon2 hash that unknown logins are verified against, so timing does not tell which logins exist.
     dummy_hash: String,
+    /// One Argon2 verification per core at a time: each holds 19 MB, so a burst of uncached logins (a
+    /// brute-force run, or every device after a restart) would otherwise cost gigabytes.
+    argon2_slots: tokio::sync::Semaphore,
 }
 
 /// The authenticated person making a request.
@@ -95,7 +98,8 @@ impl App {
         );
         let dummy_hash = auth::hash_password(&auth::generate_password()).unwrap_or_default();
         let public_url = config.public_url(bound);
-        App { config, store, auth, public_url, dummy_hash }
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+        App { config, store, auth, public_url, dummy_hash, argon2_slots: tokio::sync::Semaphore::new(cores) }
     }
 
     pub async fn handle(self: Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
@@ -216,8 +220,10 @@ impl App {
             .map(|u| u.password_hash.clone())
             .unwrap_or_else(|| self.dummy_hash.clone());
         let candidate = password.clone();
+        let slot = self.argon2_slots.acquire().await;
         let verified =
             tokio::task::spawn_blocking(move || auth::verify_password(&candidate, &hash)).await.unwrap_or(false);
+        drop(slot);
         match user {
             Some(u) if verified && !u.disabled => {
                 self.auth.remember(&u.username, &password, u.credential_generation);
