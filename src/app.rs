@@ -24,9 +24,8 @@ pub struct App {
     pub public_url: String,
     /// Argon2 hash that unknown logins are verified against, so timing does not tell which logins exist.
     dummy_hash: String,
-    /// One Argon2 verification per core at a time: each holds 19 MB, so a burst of uncached logins (a
-    /// brute-force run, or every device after a restart) would otherwise cost gigabytes.
-    argon2_slots: tokio::sync::Semaphore,
+    /// Argon2 verifications, one thread per core (see `auth::Verifier`).
+    verifier: auth::Verifier,
 }
 
 /// The authenticated person making a request.
@@ -99,7 +98,7 @@ impl App {
         let dummy_hash = auth::hash_password(&auth::generate_password()).unwrap_or_default();
         let public_url = config.public_url(bound);
         let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
-        App { config, store, auth, public_url, dummy_hash, argon2_slots: tokio::sync::Semaphore::new(cores) }
+        App { config, store, auth, public_url, dummy_hash, verifier: auth::Verifier::new(cores) }
     }
 
     pub async fn handle(self: Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
@@ -219,11 +218,7 @@ impl App {
             .filter(|u| !u.disabled)
             .map(|u| u.password_hash.clone())
             .unwrap_or_else(|| self.dummy_hash.clone());
-        let candidate = password.clone();
-        let slot = self.argon2_slots.acquire().await;
-        let verified =
-            tokio::task::spawn_blocking(move || auth::verify_password(&candidate, &hash)).await.unwrap_or(false);
-        drop(slot);
+        let verified = self.verifier.verify(password.clone(), hash).await;
         match user {
             Some(u) if verified && !u.disabled => {
                 self.auth.remember(&u.username, &password, u.credential_generation);
