@@ -28,6 +28,10 @@ const READER_POOL_MAX: usize = 8;
 const LISTING_INDEX: &str = "CREATE INDEX IF NOT EXISTS cards_listing ON cards
     (book_id, name, etag, size, version, created_at, modified_at, uid, fn, emails, phones, org)";
 
+/// The quick-search text by book, so `q=` tests each card against this narrow index and reads the card's row
+/// only for matches (a scan of the rows read all 100,000 cards' search and field columns: ~165 ms).
+const SEARCH_INDEX: &str = "CREATE INDEX IF NOT EXISTS cards_search ON cards (book_id, search)";
+
 pub struct SqliteStore {
     path: PathBuf,
     writer: Mutex<Connection>,
@@ -61,6 +65,7 @@ impl SqliteStore {
         let writer = Self::connect(path, synchronous_full)?;
         migrate(&writer)?;
         writer.execute_batch(LISTING_INDEX)?;
+        writer.execute_batch(SEARCH_INDEX)?;
         Ok(SqliteStore {
             path: path.to_path_buf(),
             writer: Mutex::new(writer),
@@ -892,10 +897,11 @@ impl Store for SqliteStore {
         let mut args: Vec<String> = Vec::new();
         let books = query.books.iter().map(|b| b.to_string()).collect::<Vec<_>>().join(",");
         args.push(format!("$.{}", query.sort.0));
-        let mut sql = format!(
-            "SELECT id, book_id, {META_COLUMNS}, COALESCE(json_extract(fields, ?1), '') AS k, vcard FROM cards
-             WHERE book_id IN ({books})"
-        );
+        // Two steps, as for the query prefilter: the match, sort and page run over ids and sort keys only (a
+        // sort that carried the vCards would copy every matching card, photos included), then the page's
+        // cards are read by id.
+        let mut sql =
+            format!("SELECT id, COALESCE(json_extract(fields, ?1), '') AS k FROM cards WHERE book_id IN ({books})");
         for w in &query.words {
             args.push(w.clone());
             sql.push_str(&format!(" AND instr(search, ?{}) > 0", args.len()));
@@ -925,27 +931,37 @@ impl Store for SqliteStore {
             sql.push_str(&format!(" LIMIT {limit}"));
         }
         self.read(|c| {
-            let mut stmt = c.prepare_cached(&sql)?;
+            let tx = c.unchecked_transaction()?;
             let values: Vec<&dyn rusqlite::ToSql> = args.iter().map(|a| a as &dyn rusqlite::ToSql).collect();
-            let rows = stmt
-                .query_map(values.as_slice(), |r| {
-                    Ok(FoundCard {
-                        id: r.get(0)?,
-                        book: r.get(1)?,
-                        meta: CardMeta {
-                            name: r.get(2)?,
-                            uid: r.get(3)?,
-                            etag: r.get(4)?,
-                            size: r.get(5)?,
-                            version: r.get(6)?,
-                            created_at: r.get(7)?,
-                            modified_at: r.get(8)?,
-                        },
-                        sort_key: r.get(9)?,
-                        vcard: r.get(10)?,
-                    })
-                })?
+            let page = tx
+                .prepare_cached(&sql)?
+                .query_map(values.as_slice(), |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
+            let mut stmt =
+                tx.prepare_cached(&format!("SELECT book_id, {META_COLUMNS}, vcard FROM cards WHERE id = ?1"))?;
+            let mut rows = Vec::with_capacity(page.len());
+            for (id, sort_key) in page {
+                let found = stmt
+                    .query_row([id], move |r| {
+                        Ok(FoundCard {
+                            id,
+                            book: r.get(0)?,
+                            meta: CardMeta {
+                                name: r.get(1)?,
+                                uid: r.get(2)?,
+                                etag: r.get(3)?,
+                                size: r.get(4)?,
+                                version: r.get(5)?,
+                                created_at: r.get(6)?,
+                                modified_at: r.get(7)?,
+                            },
+                            sort_key,
+                            vcard: r.get(8)?,
+                        })
+                    })
+                    .optional()?;
+                rows.extend(found);
+            }
             Ok(rows)
         })
     }
