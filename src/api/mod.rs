@@ -12,7 +12,7 @@ use crate::auth;
 use crate::body::{self, Body};
 use crate::error::{DavError, DavResult};
 use crate::router;
-use crate::store::{self, BookView, ContactQuery, FieldFilter, FieldOp, Precondition, PutOutcome};
+use crate::store::{self, Author, BookView, ContactQuery, FieldFilter, FieldOp, Precondition, PutOutcome};
 use crate::vcard::contact::{COLUMNS, Contact, fold, looks_like_phone, phone_key, project};
 use crate::vcard::{self, Version};
 use base64::Engine as _;
@@ -603,12 +603,7 @@ impl ApiCtx {
         let id = book.id;
         let actor = self.user.username.clone();
         let result = store::blocking(self.store(), move |s| {
-            let outcome = s.put_card(id, &name, &valid.new_card, &pre)?;
-            let created = matches!(outcome, PutOutcome::Created { .. });
-            if let Err(e) = s.record_origin(id, &valid.new_card.uid, &actor, "api", created) {
-                tracing::warn!(error = %e, "could not record the card's origin");
-            }
-            Ok(outcome)
+            s.put_card_by(id, &name, &valid.new_card, &pre, &Author { actor: &actor, via: "api" })
         })
         .await;
         match result {

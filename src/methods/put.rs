@@ -5,7 +5,7 @@ use crate::app::{App, Ctx, Target};
 use crate::body::Body;
 use crate::error::{Condition, DavError, DavResult};
 use crate::router;
-use crate::store::{self, PutOutcome};
+use crate::store::{self, Author, PutOutcome};
 use crate::vcard::{self, Invalid};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
@@ -51,13 +51,7 @@ pub async fn handle(ctx: Ctx, target: Target, body: Incoming) -> DavResult<Respo
     let actor = ctx.user.username.clone();
     let via = format!("carddav: {}", ctx.user_agent().chars().take(200).collect::<String>());
     let result = store::blocking(ctx.store(), move |s| {
-        let outcome = s.put_card(id, &card_name, &new_card, &pre)?;
-        // Provenance is bookkeeping: failing to note it must not fail the write the client made.
-        let created = matches!(outcome, PutOutcome::Created { .. });
-        if let Err(e) = s.record_origin(id, &new_card.uid, &actor, &via, created) {
-            tracing::warn!(error = %e, "could not record the card's origin");
-        }
-        Ok(outcome)
+        s.put_card_by(id, &card_name, &new_card, &pre, &Author { actor: &actor, via: &via })
     })
     .await;
     let (status, etag) = match result {

@@ -8,7 +8,7 @@
 mod records;
 mod sqlite;
 
-pub use records::{ContactEvent, Integration, LocatedCard, NewEvent, Origin, Records};
+pub use records::{Author, ContactEvent, Integration, LocatedCard, NewEvent, Origin, Records};
 pub use sqlite::SqliteStore;
 
 use std::sync::Arc;

@@ -2,7 +2,7 @@
 //! a contact's event history, and what a data-subject request needs to find and erase. Kept apart from the
 //! sync core (`Store`) so that each trait stays narrow; a backend implements both.
 
-use super::{AuditRecord, BookId, Card, Result};
+use super::{AuditRecord, BookId, Card, NewCard, Precondition, PutOutcome, Result};
 
 /// How a contact arrived and who touched it last.
 #[derive(Debug, Clone, PartialEq)]
@@ -55,9 +55,24 @@ pub struct LocatedCard {
     pub card: Card,
 }
 
+/// Who writes a card (a username, or an integration) and through what (`carddav: <user agent>`, `api`).
+pub struct Author<'a> {
+    pub actor: &'a str,
+    pub via: &'a str,
+}
+
 pub trait Records {
     /// Notes a write of the card `uid`: a creation starts a new origin, a change updates "last changed".
     fn record_origin(&self, book: BookId, uid: &str, actor: &str, via: &str, created: bool) -> Result<()>;
+    /// `put_card` and `record_origin` in one transaction: a card is never stored without its origin.
+    fn put_card_by(
+        &self,
+        book: BookId,
+        name: &str,
+        card: &NewCard,
+        pre: &Precondition,
+        author: &Author,
+    ) -> Result<PutOutcome>;
     fn origin(&self, book: BookId, uid: &str) -> Result<Option<Origin>>;
 
     fn create_integration(&self, book: BookId, name: &str, token_hash: &str) -> Result<Integration>;

@@ -116,6 +116,18 @@ impl SqliteStore {
     }
 }
 
+/// One card write inside the caller's transaction: the precondition, the row and the change log.
+fn put_card_in(tx: &Transaction, book: BookId, name: &str, card: &NewCard, pre: &Precondition) -> Result<PutOutcome> {
+    let existing: Option<String> = tx
+        .prepare_cached("SELECT etag FROM cards WHERE book_id = ?1 AND name = ?2")?
+        .query_row(params![book, name], |r| r.get(0))
+        .optional()?;
+    check_precondition(existing.as_deref(), pre)?;
+    upsert_card(tx, book, name, card, existing.is_some())?;
+    let etag = card.etag.clone();
+    Ok(if existing.is_some() { PutOutcome::Updated { etag } } else { PutOutcome::Created { etag } })
+}
+
 fn poisoned() -> Error {
     Error::Internal("a store lock was poisoned by an earlier panic".into())
 }
@@ -776,16 +788,7 @@ impl Store for SqliteStore {
     }
 
     fn put_card(&self, book: BookId, name: &str, card: &NewCard, pre: &Precondition) -> Result<PutOutcome> {
-        self.write(|tx| {
-            let existing: Option<String> = tx
-                .prepare_cached("SELECT etag FROM cards WHERE book_id = ?1 AND name = ?2")?
-                .query_row(params![book, name], |r| r.get(0))
-                .optional()?;
-            check_precondition(existing.as_deref(), pre)?;
-            upsert_card(tx, book, name, card, existing.is_some())?;
-            let etag = card.etag.clone();
-            Ok(if existing.is_some() { PutOutcome::Updated { etag } } else { PutOutcome::Created { etag } })
-        })
+        self.write(|tx| put_card_in(tx, book, name, card, pre))
     }
 
     fn delete_card(&self, book: BookId, name: &str, pre: &Precondition) -> Result<()> {

@@ -122,6 +122,18 @@ async fn acknowledged_writes_survive_sigkill() {
     // Spot-check contents byte for byte (every 25th, to keep the test short).
     for (name, body) in acked.iter().step_by(25) {
         assert_eq!(dav.get(&format!("{}{name}", dav.book())).await.body, body.as_bytes(), "{name}");
+        // The card and its origin are written in one transaction: an acknowledged card always has one.
+        let uid = name.trim_start_matches('r').trim_end_matches(".vcf").replace('w', "");
+        let history = dav
+            .http
+            .get(format!("{base}/api/v1/books/contacts/contacts/uid-{uid}/history"))
+            .basic_auth("crash", Some(&dav.password))
+            .send()
+            .await
+            .expect("history");
+        let history: serde_json::Value =
+            serde_json::from_slice(&history.bytes().await.expect("history body")).expect("history json");
+        assert_eq!(history["origin"]["created_by"], "crash", "origin of {name}: {history}");
     }
     // The change log still gives correct deltas after the restarts.
     let token = listing.sync_token.expect("token");

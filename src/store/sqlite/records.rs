@@ -42,29 +42,55 @@ fn event_from_row(r: &rusqlite::Row) -> rusqlite::Result<ContactEvent> {
 /// `emails` holds one folded address per line; this matches one whole line.
 const HAS_EMAIL: &str = "instr(char(10) || c.emails || char(10), char(10) || ?1 || char(10)) > 0";
 
+/// Notes who created or last changed a card, and through what, inside the caller's transaction.
+fn note_origin(
+    tx: &rusqlite::Transaction,
+    book: BookId,
+    uid: &str,
+    actor: &str,
+    via: &str,
+    created: bool,
+) -> Result<()> {
+    let ts = now();
+    if created {
+        tx.prepare_cached(
+            "INSERT OR REPLACE INTO card_origins
+                 (book_id, uid, source, created_at, created_by, changed_at, changed_by, changed_via)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?4, ?5, ?3)",
+        )?
+        .execute(params![book, uid, via, ts, actor])?;
+    } else {
+        // A card that predates provenance keeps "unknown" as its source.
+        tx.prepare_cached(
+            "INSERT INTO card_origins
+                 (book_id, uid, source, created_at, created_by, changed_at, changed_by, changed_via)
+                 VALUES (?1, ?2, 'unknown', ?4, '', ?4, ?5, ?3)
+                 ON CONFLICT (book_id, uid) DO UPDATE SET changed_at = excluded.changed_at,
+                     changed_by = excluded.changed_by, changed_via = excluded.changed_via",
+        )?
+        .execute(params![book, uid, via, ts, actor])?;
+    }
+    Ok(())
+}
+
 impl Records for SqliteStore {
     fn record_origin(&self, book: BookId, uid: &str, actor: &str, via: &str, created: bool) -> Result<()> {
-        let ts = now();
+        self.write(|tx| note_origin(tx, book, uid, actor, via, created))
+    }
+
+    fn put_card_by(
+        &self,
+        book: BookId,
+        name: &str,
+        card: &NewCard,
+        pre: &Precondition,
+        author: &Author,
+    ) -> Result<PutOutcome> {
         self.write(|tx| {
-            if created {
-                tx.prepare_cached(
-                    "INSERT OR REPLACE INTO card_origins
-                     (book_id, uid, source, created_at, created_by, changed_at, changed_by, changed_via)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?4, ?5, ?3)",
-                )?
-                .execute(params![book, uid, via, ts, actor])?;
-            } else {
-                // A card that predates provenance keeps "unknown" as its source.
-                tx.prepare_cached(
-                    "INSERT INTO card_origins
-                     (book_id, uid, source, created_at, created_by, changed_at, changed_by, changed_via)
-                     VALUES (?1, ?2, 'unknown', ?4, '', ?4, ?5, ?3)
-                     ON CONFLICT (book_id, uid) DO UPDATE SET changed_at = excluded.changed_at,
-                         changed_by = excluded.changed_by, changed_via = excluded.changed_via",
-                )?
-                .execute(params![book, uid, via, ts, actor])?;
-            }
-            Ok(())
+            let outcome = super::put_card_in(tx, book, name, card, pre)?;
+            let created = matches!(outcome, PutOutcome::Created { .. });
+            note_origin(tx, book, &card.uid, author.actor, author.via, created)?;
+            Ok(outcome)
         })
     }
 
