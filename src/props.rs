@@ -222,7 +222,10 @@ impl Resource<'_> {
                 let spec = req.address_data.clone().unwrap_or_default();
                 let want = spec.version.or(if ctx.prefer_v3 { Some(Version::V3) } else { None });
                 let (bytes, _) = vcard::render(body, &meta.version, want, spec.props.as_deref());
-                Value::Text(String::from_utf8_lossy(&bytes).into_owned())
+                // Stored cards are UTF-8 (validated on PUT), so this moves the bytes without a copy.
+                Value::Text(
+                    String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
+                )
             }
             _ => return None,
         };
