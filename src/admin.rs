@@ -3,13 +3,13 @@
 
 use crate::app::{App, AuthUser};
 use crate::auth;
+use crate::body::RequestBody;
 use crate::body::{self, Body};
 use crate::config::Config;
 use crate::error::{DavError, DavResult};
 use crate::router;
 use crate::store::{self, Store, User};
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode, header};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -169,7 +169,7 @@ impl From<AccountError> for DavError {
     }
 }
 
-async fn read_json<T: for<'de> Deserialize<'de> + Default>(req: Request<Incoming>) -> DavResult<T> {
+async fn read_json<T: for<'de> Deserialize<'de> + Default>(req: Request<RequestBody>) -> DavResult<T> {
     let bytes = match Limited::new(req.into_body(), 64 * 1024).collect().await {
         Ok(c) => c.to_bytes(),
         Err(_) => return Err(api_error(StatusCode::PAYLOAD_TOO_LARGE, "the JSON body exceeds 64 KiB")),
@@ -234,7 +234,11 @@ async fn run<T: Send + 'static>(
     }
 }
 
-pub async fn handle_admin(app: Arc<App>, segments: Vec<String>, req: Request<Incoming>) -> DavResult<Response<Body>> {
+pub async fn handle_admin(
+    app: Arc<App>,
+    segments: Vec<String>,
+    req: Request<RequestBody>,
+) -> DavResult<Response<Body>> {
     let token = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -441,7 +445,7 @@ pub async fn handle_account(
     app: Arc<App>,
     user: AuthUser,
     segments: Vec<String>,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
 ) -> DavResult<Response<Body>> {
     match (req.method(), segments.iter().map(String::as_str).collect::<Vec<_>>().as_slice()) {
         (&Method::POST, ["credentials"]) => {

@@ -2,13 +2,13 @@
 //! handler. Reading this file shows every entry point there is.
 
 use crate::auth::{self, AuthState};
+use crate::body::RequestBody;
 use crate::body::{self, Body};
 use crate::config::Config;
 use crate::error::{Condition, DavError, DavResult};
 use crate::router::{self, Route, RouteError};
 use crate::store::{self, BookView, SharedStore};
 use crate::{admin, methods};
-use hyper::body::Incoming;
 use hyper::{HeaderMap, Request, Response, StatusCode, header};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -101,7 +101,7 @@ impl App {
         App { config, store, auth, public_url, dummy_hash, verifier: auth::Verifier::new(cores) }
     }
 
-    pub async fn handle(self: Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    pub async fn handle(self: Arc<Self>, req: Request<RequestBody>, peer: SocketAddr) -> Response<Body> {
         let method = req.method().as_str().to_string();
         let path = req.uri().path().to_string();
         let started = Instant::now();
@@ -113,7 +113,7 @@ impl App {
         response
     }
 
-    async fn dispatch(self: Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> DavResult<Response<Body>> {
+    async fn dispatch(self: Arc<Self>, req: Request<RequestBody>, peer: SocketAddr) -> DavResult<Response<Body>> {
         let route = match router::parse(req.uri().path()) {
             Ok(r) => r,
             Err(RouteError::BadPath(why)) => return Err(DavError::bad_request(why)),

@@ -3,11 +3,51 @@
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
-use hyper::body::Frame;
+use hyper::body::{Body as _, Frame, Incoming, SizeHint};
 use std::io::{self, Write};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
 use tokio::sync::mpsc;
 
 pub type Body = BoxBody<Bytes, io::Error>;
+
+/// A request's body as hyper delivers it, noting when it has been received to the end: a request that runs
+/// out of time before that is the client's slowness (408), after it the server's (503).
+pub struct RequestBody {
+    inner: Incoming,
+    received: Arc<AtomicBool>,
+}
+
+impl RequestBody {
+    /// Wraps `inner`; `received` becomes true once its last frame has arrived (at once for an empty body).
+    pub fn new(inner: Incoming) -> (Self, Arc<AtomicBool>) {
+        let received = Arc::new(AtomicBool::new(inner.is_end_stream()));
+        (RequestBody { inner, received: received.clone() }, received)
+    }
+}
+
+impl hyper::body::Body for RequestBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None)) || self.inner.is_end_stream() {
+            self.received.store(true, Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
 
 pub fn full(bytes: impl Into<Bytes>) -> Body {
     Full::new(bytes.into()).map_err(|never| match never {}).boxed()

@@ -3,6 +3,7 @@
 //! a card points to a document with `X-KARTEI-DOCUMENT:<path below /dav/files/{user}/>`.
 
 use crate::app::{AuthUser, Ctx};
+use crate::body::RequestBody;
 use crate::body::{self, Body, stream_body};
 use crate::dav::request::{PatchOp, PropFind, RequestedProp, parse_propfind, parse_proppatch};
 use crate::dav::response::{Multistatus, Prop, Value};
@@ -12,7 +13,6 @@ use crate::methods::{empty_response, multistatus_response, precondition, read_bo
 use crate::router::{self, Route};
 use crate::store::{self, BookPatch, DeadProperty, FileEntry, PutOutcome, Transfer};
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
 use hyper::{Response, StatusCode, header};
 
 pub const DAV_CLASSES: &str = "1, 3";
@@ -40,7 +40,12 @@ pub fn options() -> Response<Body> {
 }
 
 /// Entry point from the pipeline: the path is already decoded and the user authenticated.
-pub async fn handle(ctx: Ctx, owner: String, segments: Vec<String>, incoming: Incoming) -> DavResult<Response<Body>> {
+pub async fn handle(
+    ctx: Ctx,
+    owner: String,
+    segments: Vec<String>,
+    incoming: RequestBody,
+) -> DavResult<Response<Body>> {
     if owner != ctx.user.username || ctx.user.scope.is_some() {
         return Err(DavError::not_found());
     }
@@ -99,7 +104,7 @@ fn http_date(unix: i64) -> String {
     httpdate::fmt_http_date(std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix.max(0) as u64))
 }
 
-async fn put(ctx: &Ctx, path: &str, incoming: Incoming) -> DavResult<Response<Body>> {
+async fn put(ctx: &Ctx, path: &str, incoming: RequestBody) -> DavResult<Response<Body>> {
     if path.is_empty() {
         return Err(DavError::method_not_allowed(ALLOW));
     }
@@ -151,7 +156,7 @@ async fn delete(ctx: &Ctx, path: &str) -> DavResult<Response<Body>> {
     Ok(empty_response(StatusCode::NO_CONTENT))
 }
 
-async fn mkcol(ctx: &Ctx, path: &str, incoming: Incoming) -> DavResult<Response<Body>> {
+async fn mkcol(ctx: &Ctx, path: &str, incoming: RequestBody) -> DavResult<Response<Body>> {
     let raw = read_body(&ctx.headers, incoming, ctx.app.config.limits.max_xml_body).await?;
     if !raw.is_empty() {
         // RFC 4918 §9.3: a body we do not understand is 415.
@@ -274,7 +279,7 @@ fn answer(user: &AuthUser, file: &FileEntry, dead: &[DeadProperty], request: &Pr
     (found, missing)
 }
 
-async fn propfind(ctx: &Ctx, path: &str, incoming: Incoming) -> DavResult<Response<Body>> {
+async fn propfind(ctx: &Ctx, path: &str, incoming: RequestBody) -> DavResult<Response<Body>> {
     let depth_header = ctx.headers.get("depth").and_then(|v| v.to_str().ok());
     let depth = Depth::parse(depth_header, Depth::Infinity)
         .ok_or_else(|| DavError::bad_request("Depth must be 0, 1 or infinity"))?;
@@ -311,7 +316,7 @@ async fn propfind(ctx: &Ctx, path: &str, incoming: Incoming) -> DavResult<Respon
     multistatus_response(body, false)
 }
 
-async fn proppatch(ctx: &Ctx, path: &str, incoming: Incoming) -> DavResult<Response<Body>> {
+async fn proppatch(ctx: &Ctx, path: &str, incoming: RequestBody) -> DavResult<Response<Body>> {
     let raw = read_body(&ctx.headers, incoming, ctx.app.config.limits.max_xml_body).await?;
     let ops = parse_proppatch(&raw)?;
     let file = entry(ctx, path).await?;

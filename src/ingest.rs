@@ -15,6 +15,7 @@ use crate::api::{json_response, new_uid};
 use crate::app::App;
 use crate::auth;
 use crate::body::Body;
+use crate::body::RequestBody;
 use crate::config::Config;
 use crate::dates::parse_timestamp;
 use crate::error::{DavError, DavResult};
@@ -22,7 +23,6 @@ use crate::store::{self, BookId, Integration, NewEvent, Precondition, PutOutcome
 use crate::vcard::contact::{Contact, Typed, project};
 use crate::vcard::{self, Version};
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode, header};
 use serde::Deserialize;
 use serde_json::json;
@@ -371,7 +371,7 @@ pub fn is_ingest_path(segments: &[String]) -> bool {
 }
 
 /// `POST /api/v1/ingest` and `POST /api/v1/books/{book}/ingest`, authenticated with an integration token.
-pub async fn handle(app: Arc<App>, segments: &[String], req: Request<Incoming>) -> DavResult<Response<Body>> {
+pub async fn handle(app: Arc<App>, segments: &[String], req: Request<RequestBody>) -> DavResult<Response<Body>> {
     if req.method() != Method::POST {
         return Err(
             DavError::new(StatusCode::METHOD_NOT_ALLOWED, "ingest takes POST").with_header(header::ALLOW, "POST")

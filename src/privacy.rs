@@ -12,6 +12,7 @@
 use crate::api::json_response;
 use crate::app::App;
 use crate::auth;
+use crate::body::RequestBody;
 use crate::body::{self, Body};
 use crate::error::{DavError, DavResult};
 use crate::ingest::normalize_email;
@@ -19,7 +20,6 @@ use crate::router;
 use crate::store::{self, BookId, ContactEvent, LocatedCard, Precondition, SharedStore, Store};
 use crate::vcard::{self, contact::project};
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode, header};
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -46,7 +46,7 @@ async fn run<T: Send + 'static>(
         .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
 }
 
-async fn read_json(req: Request<Incoming>) -> DavResult<Value> {
+async fn read_json(req: Request<RequestBody>) -> DavResult<Value> {
     let bytes = match Limited::new(req.into_body(), 64 * 1024).collect().await {
         Ok(c) => c.to_bytes(),
         Err(_) => return Err(err(StatusCode::PAYLOAD_TOO_LARGE, "the JSON body exceeds 64 KiB")),
@@ -68,7 +68,7 @@ pub async fn handle_admin(
     app: Arc<App>,
     method: &Method,
     segments: &[&str],
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
 ) -> Option<DavResult<Response<Body>>> {
     let result = match (method, segments) {
         (&Method::POST, ["integrations"]) => create_integration(app, req).await,
@@ -91,7 +91,7 @@ pub async fn handle_admin(
     Some(result)
 }
 
-async fn create_integration(app: Arc<App>, req: Request<Incoming>) -> DavResult<Response<Body>> {
+async fn create_integration(app: Arc<App>, req: Request<RequestBody>) -> DavResult<Response<Body>> {
     let body = read_json(req).await?;
     let book = string_field(&body, "book")?;
     let name = string_field(&body, "name")?;
@@ -282,7 +282,7 @@ fn report_html(report: &Value) -> String {
     out
 }
 
-async fn subject_access(app: Arc<App>, req: &Request<Incoming>) -> DavResult<Response<Body>> {
+async fn subject_access(app: Arc<App>, req: &Request<RequestBody>) -> DavResult<Response<Body>> {
     let params = crate::api::query_params(req.uri());
     let raw = params.get("email").cloned().unwrap_or_default();
     let email = normalize_email(&raw).map_err(DavError::from)?;
@@ -333,7 +333,7 @@ pub fn erase_subject(store: &dyn Store, email: &str) -> Result<Value, DavError> 
     Ok(summary)
 }
 
-async fn erase(app: Arc<App>, req: Request<Incoming>) -> DavResult<Response<Body>> {
+async fn erase(app: Arc<App>, req: Request<RequestBody>) -> DavResult<Response<Body>> {
     let body = read_json(req).await?;
     let raw = body.get("email").and_then(Value::as_str).unwrap_or_default().to_string();
     let email = normalize_email(&raw).map_err(DavError::from)?;
@@ -342,7 +342,12 @@ async fn erase(app: Arc<App>, req: Request<Incoming>) -> DavResult<Response<Body
     Ok(json_response(StatusCode::OK, &json!({"erased": summary})))
 }
 
-async fn set_retention(app: Arc<App>, user: String, book: String, req: Request<Incoming>) -> DavResult<Response<Body>> {
+async fn set_retention(
+    app: Arc<App>,
+    user: String,
+    book: String,
+    req: Request<RequestBody>,
+) -> DavResult<Response<Body>> {
     let body = read_json(req).await?;
     let days = match body.get("days") {
         Some(Value::Null) => None,

@@ -2,7 +2,7 @@
 //! shutdown. It knows nothing about DAV: every request goes to `App::handle`.
 
 use crate::app::App;
-use crate::body::Body;
+use crate::body::{Body, RequestBody};
 use bytes::Bytes;
 use hyper::body::{Frame, SizeHint};
 use hyper::service::service_fn;
@@ -75,10 +75,13 @@ pub async fn serve(
             let service = service_fn(move |req: Request<hyper::body::Incoming>| {
                 let app = app.clone();
                 let in_flight = InFlight::start(tracker.clone());
+                let (parts, body) = req.into_parts();
+                let (body, received) = RequestBody::new(body);
+                let req = Request::from_parts(parts, body);
                 async move {
                     let response = match tokio::time::timeout(request_timeout, app.handle(req, peer)).await {
                         Ok(r) => r,
-                        Err(_) => timeout_response(),
+                        Err(_) => timeout_response(received.load(Ordering::Relaxed), peer),
                     };
                     Ok::<Response<Tracked>, Infallible>(response.map(|body| Tracked { body, _in_flight: in_flight }))
                 }
@@ -128,11 +131,18 @@ pub async fn serve(
     }
 }
 
-/// A request that did not produce its response head within `request_timeout_secs` (a body trickling in, or a
-/// stuck handler): 503, and the connection is not reused since the request body may be half read.
-fn timeout_response() -> Response<Body> {
-    let mut r = Response::new(crate::body::full("the request took too long\n"));
-    *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+/// A request that did not produce its response head within `request_timeout_secs`. If its body had not
+/// arrived in full, the client was too slow (408, RFC 9110 §15.5.9: a body trickling in); otherwise the server
+/// was (503). Either way the connection is closed, since the request body may be half read.
+fn timeout_response(body_received: bool, peer: std::net::SocketAddr) -> Response<Body> {
+    let (status, message) = if body_received {
+        (StatusCode::SERVICE_UNAVAILABLE, "the server took too long to answer\n")
+    } else {
+        (StatusCode::REQUEST_TIMEOUT, "the request body did not arrive in time\n")
+    };
+    tracing::warn!(%peer, status = status.as_u16(), "request timed out");
+    let mut r = Response::new(crate::body::full(message));
+    *r.status_mut() = status;
     r.headers_mut().insert(header::CONNECTION, header::HeaderValue::from_static("close"));
     r
 }

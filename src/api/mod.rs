@@ -9,6 +9,7 @@ pub mod transfer;
 
 use crate::app::{App, AuthUser};
 use crate::auth;
+use crate::body::RequestBody;
 use crate::body::{self, Body};
 use crate::error::{DavError, DavResult};
 use crate::router;
@@ -17,7 +18,6 @@ use crate::vcard::contact::{COLUMNS, Contact, fold, looks_like_phone, phone_key,
 use crate::vcard::{self, Version};
 use base64::Engine as _;
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
 use hyper::{HeaderMap, Method, Request, Response, StatusCode, header};
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -86,7 +86,7 @@ fn bad(message: impl Into<String>) -> DavError {
 }
 
 /// Entry point: errors become `{"error": "...", "status": N}`.
-pub async fn handle(app: Arc<App>, user: AuthUser, segments: Vec<String>, req: Request<Incoming>) -> Response<Body> {
+pub async fn handle(app: Arc<App>, user: AuthUser, segments: Vec<String>, req: Request<RequestBody>) -> Response<Body> {
     let method = req.method().as_str().to_string();
     let path = req.uri().path().to_string();
     match dispatch(app, user, segments, req).await {
@@ -130,7 +130,7 @@ async fn dispatch(
     app: Arc<App>,
     user: AuthUser,
     segments: Vec<String>,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
 ) -> DavResult<Response<Body>> {
     let Some((index, params)) = route(req.method().as_str(), &segments) else {
         let known_path = ROUTES.iter().any(|(_, t, _)| route_matches_path(t, &segments));
@@ -207,7 +207,7 @@ fn route_matches_path(template: &str, segments: &[String]) -> bool {
     parts.len() == segments.len() && parts.iter().zip(segments).all(|(p, s)| p.starts_with('{') || p == s)
 }
 
-async fn read_json(req: Request<Incoming>) -> DavResult<Value> {
+async fn read_json(req: Request<RequestBody>) -> DavResult<Value> {
     let bytes = match Limited::new(req.into_body(), 1024 * 1024).collect().await {
         Ok(c) => c.to_bytes(),
         Err(_) => return Err(DavError::new(StatusCode::PAYLOAD_TOO_LARGE, "the JSON body exceeds 1 MiB")),

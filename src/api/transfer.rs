@@ -398,7 +398,7 @@ pub async fn import(
     ctx: &ApiCtx,
     book: &BookView,
     params: &HashMap<String, String>,
-    req: Request<hyper::body::Incoming>,
+    req: Request<crate::body::RequestBody>,
 ) -> DavResult<Response<Body>> {
     crate::app::App::require_writable(book)?;
     let content_type =
@@ -682,7 +682,7 @@ fn merge_non_empty(old: &Contact, new: &Contact) -> Contact {
     m
 }
 
-async fn read_upload(body: hyper::body::Incoming) -> DavResult<Vec<u8>> {
+async fn read_upload(body: crate::body::RequestBody) -> DavResult<Vec<u8>> {
     match Limited::new(body, MAX_IMPORT_BYTES).collect().await {
         Ok(c) => Ok(c.to_bytes().to_vec()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(DavError::new(

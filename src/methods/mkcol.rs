@@ -3,14 +3,14 @@
 use super::{empty_response, read_body};
 use crate::app::{Ctx, Target};
 use crate::body::Body;
+use crate::body::RequestBody;
 use crate::dav::request::{PatchOp, parse_mkcol};
 use crate::dav::{NS_CARDDAV, NS_DAV};
 use crate::error::{Condition, DavError, DavResult};
 use crate::store::{self, BookPatch, DeadProperty};
-use hyper::body::Incoming;
 use hyper::{Response, StatusCode};
 
-pub async fn handle(ctx: Ctx, target: Target, body: Incoming) -> DavResult<Response<Body>> {
+pub async fn handle(ctx: Ctx, target: Target, body: RequestBody) -> DavResult<Response<Body>> {
     let (user, segment) = match target {
         Target::MissingBook { user, segment } => (user, segment),
         Target::Book(_) => {

@@ -11,18 +11,18 @@ mod put;
 mod report;
 
 use crate::app::{Ctx, DAV_CLASSES, Target};
+use crate::body::RequestBody;
 use crate::body::{self, Body};
 use crate::dav::response::XML_CONTENT_TYPE;
 use crate::error::{DavError, DavResult};
 use crate::store::Precondition;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
 use hyper::{HeaderMap, Response, StatusCode, header};
 
 pub const ALLOW: &str = "OPTIONS, GET, HEAD, PUT, DELETE, PROPFIND, PROPPATCH, REPORT, MKCOL, COPY, MOVE";
 
-pub async fn dispatch(ctx: Ctx, target: Target, body: Incoming) -> DavResult<Response<Body>> {
+pub async fn dispatch(ctx: Ctx, target: Target, body: RequestBody) -> DavResult<Response<Body>> {
     match ctx.method.as_str() {
         "PROPFIND" => propfind::handle(ctx, target, body).await,
         "PROPPATCH" => proppatch::handle(ctx, target, body).await,
@@ -50,7 +50,7 @@ pub fn options() -> Response<Body> {
 
 /// Reads a request body of at most `limit` bytes: refused by Content-Length before reading, and cut off
 /// while reading when a chunked body grows past it.
-pub async fn read_body(headers: &HeaderMap, body: Incoming, limit: usize) -> DavResult<Bytes> {
+pub async fn read_body(headers: &HeaderMap, body: RequestBody, limit: usize) -> DavResult<Bytes> {
     let too_large = || DavError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("the request body exceeds {limit} bytes"));
     if let Some(len) =
         headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok())

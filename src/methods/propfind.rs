@@ -3,6 +3,7 @@
 
 use super::{multistatus_response, preference_applied, read_body, wants_minimal};
 use crate::app::{Ctx, Target};
+use crate::body::RequestBody;
 use crate::body::{accepts_gzip, stream_body};
 use crate::dav::request::{PropFind, parse_propfind};
 use crate::dav::response::Multistatus;
@@ -11,11 +12,10 @@ use crate::error::{Condition, DavError, DavResult};
 use crate::props::{PropContext, Resource, wants_body};
 use crate::router;
 use crate::store::{self, Store};
-use hyper::body::Incoming;
 use hyper::{Response, StatusCode};
 use std::io::{self, Write};
 
-pub async fn handle(ctx: Ctx, target: Target, body: Incoming) -> DavResult<Response<crate::body::Body>> {
+pub async fn handle(ctx: Ctx, target: Target, body: RequestBody) -> DavResult<Response<crate::body::Body>> {
     let depth_header = match ctx.headers.get("depth").map(|v| v.to_str()) {
         Some(Err(_)) => return Err(DavError::bad_request("Depth must be 0, 1 or infinity")),
         Some(Ok(v)) => Some(v),

@@ -5,6 +5,7 @@
 
 use super::{multistatus_response, read_body};
 use crate::app::{App, Ctx, Target};
+use crate::body::RequestBody;
 use crate::body::stream_body;
 use crate::dav::request::{PatchOp, parse_proppatch};
 use crate::dav::response::{Multistatus, Prop, Value};
@@ -13,7 +14,6 @@ use crate::error::{DavError, DavResult};
 use crate::router;
 use crate::store::{self, BookPatch, DeadProperty};
 use hyper::Response;
-use hyper::body::Incoming;
 
 /// Live properties a client may not set.
 fn is_protected(name: &PropName) -> bool {
@@ -70,7 +70,7 @@ pub fn to_patch(op: &PatchOp) -> Option<(PropName, BookPatch)> {
     if is_protected(&name) { None } else { Some((name, patch)) }
 }
 
-pub async fn handle(ctx: Ctx, target: Target, body: Incoming) -> DavResult<Response<crate::body::Body>> {
+pub async fn handle(ctx: Ctx, target: Target, body: RequestBody) -> DavResult<Response<crate::body::Body>> {
     let raw = read_body(&ctx.headers, body, ctx.app.config.limits.max_xml_body).await?;
     let ops = parse_proppatch(&raw)?;
     let book = match target {

@@ -3,15 +3,15 @@
 use super::{empty_response, precondition};
 use crate::app::{App, Ctx, Target};
 use crate::body::Body;
+use crate::body::RequestBody;
 use crate::error::{Condition, DavError, DavResult};
 use crate::router;
 use crate::store::{self, Author, PutOutcome};
 use crate::vcard::{self, Invalid};
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
 use hyper::{Response, StatusCode, header};
 
-pub async fn handle(ctx: Ctx, target: Target, body: Incoming) -> DavResult<Response<Body>> {
+pub async fn handle(ctx: Ctx, target: Target, body: RequestBody) -> DavResult<Response<Body>> {
     let (book, name) = match target {
         Target::Card { book, name } => (book, name),
         Target::Book(_) | Target::Home { .. } | Target::Root => {

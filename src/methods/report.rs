@@ -3,6 +3,7 @@
 
 use super::{multistatus_response, preference_applied, read_body, wants_minimal};
 use crate::app::{Ctx, Target};
+use crate::body::RequestBody;
 use crate::body::{accepts_gzip, stream_body};
 use crate::carddav::filter::Filter;
 use crate::dav::PropName;
@@ -13,13 +14,12 @@ use crate::props::{self, PropContext, Resource};
 use crate::router;
 use crate::store::{self, BookView, CardMeta, ChangeKind, Prefilter, Store};
 use crate::vcard;
-use hyper::body::Incoming;
 use hyper::{Response, StatusCode};
 use std::io::{self, Write};
 
 const LIMIT_ERROR: &str = "<d:number-of-matches-within-limits/>";
 
-pub async fn handle(ctx: Ctx, target: Target, body: Incoming) -> DavResult<Response<crate::body::Body>> {
+pub async fn handle(ctx: Ctx, target: Target, body: RequestBody) -> DavResult<Response<crate::body::Body>> {
     let limits = &ctx.app.config.limits;
     let raw = read_body(&ctx.headers, body, limits.max_xml_body).await?;
     let report = parse_report_limited(&raw, limits.max_multiget_hrefs, limits.max_filter_terms)?;

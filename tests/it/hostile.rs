@@ -1265,7 +1265,8 @@ async fn request_time_limit() {
         let t0 = Instant::now();
         let r = read_response(&mut tls, Duration::from_secs(10)).await.expect("an answer after the request timeout");
         let took = t0.elapsed();
-        assert_eq!(r.status, 503, "{method}: {}", r.text());
+        // RFC 9110 §15.5.9: the client did not send its request in time.
+        assert_eq!(r.status, 408, "{method}: {}", r.text());
         assert!(
             took >= Duration::from_millis(800) && took < Duration::from_secs(6),
             "{method}: answered after {took:?}"
