@@ -107,6 +107,9 @@ impl App {
         let started = Instant::now();
         let response = match self.dispatch(req, peer).await {
             Ok(r) => r,
+            // The JSON APIs answer errors in JSON too, also those raised before their handlers (a path that
+            // does not decode, a failed login, a refused admin request).
+            Err(e) if is_json_api(&path) => crate::api::error_json(e, &method, &path),
             Err(e) => e.into_response(&method, &path),
         };
         tracing::debug!(%method, %path, status = response.status().as_u16(), micros = started.elapsed().as_micros() as u64, "request");
@@ -294,6 +297,10 @@ impl App {
                 .with_condition(Condition::NeedPrivileges))
         }
     }
+}
+
+fn is_json_api(path: &str) -> bool {
+    ["/api/", "/admin/", "/account/"].iter().any(|prefix| path.starts_with(prefix))
 }
 
 fn too_many(wait: u64) -> DavError {

@@ -133,11 +133,14 @@ async fn dispatch(
     req: Request<RequestBody>,
 ) -> DavResult<Response<Body>> {
     let Some((index, params)) = route(req.method().as_str(), &segments) else {
-        let known_path = ROUTES.iter().any(|(_, t, _)| route_matches_path(t, &segments));
-        return Err(if known_path {
-            DavError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this endpoint")
-        } else {
+        let allowed: Vec<&str> =
+            ROUTES.iter().filter(|(_, t, _)| route_matches_path(t, &segments)).map(|(m, _, _)| *m).collect();
+        return Err(if allowed.is_empty() {
             DavError::new(StatusCode::NOT_FOUND, "no such API endpoint")
+        } else {
+            // RFC 9110 §15.5.6: a 405 names the methods the resource does allow.
+            DavError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this endpoint")
+                .with_header(header::ALLOW, allowed.join(", "))
         });
     };
     let query = query_params(req.uri());
@@ -216,26 +219,144 @@ async fn read_json(req: Request<RequestBody>) -> DavResult<Value> {
 }
 
 /// The OpenAPI 3 document, generated from `ROUTES`.
+/// Query parameters of the list-shaped endpoints, for the OpenAPI document.
+fn selection_parameters() -> Vec<Value> {
+    let param = |name: &str, description: &str| json!({"name": name, "in": "query", "required": false, "schema": {"type": "string"}, "description": description});
+    vec![
+        param("q", "quick search: words in any order, case-, accent- and phone-format-insensitive"),
+        param(
+            "filter",
+            "JSON: {\"column\", \"op\", \"value\"} or {\"and\"|\"or\": […]} or {\"not\": …}; ops equals, contains, starts-with, is-empty, is-not-empty, before, after",
+        ),
+        param("view", "a built-in view (all, staff, members) or a saved view's id"),
+        json!({"name": "sort", "in": "query", "required": false, "description": "a column, '-' in front for descending",
+            "schema": {"type": "string", "enum": COLUMNS.iter().flat_map(|c| [c.to_string(), format!("-{c}")]).collect::<Vec<_>>()}}),
+        param("columns", "comma-separated columns"),
+        param("book", "only this address book (its URL segment)"),
+        json!({"name": "limit", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE}}),
+        param("cursor", "the `next` of the previous page"),
+    ]
+}
+
+/// What the OpenAPI document says about one route besides its path parameters: query parameters and body.
+fn operation_details(method: &str, template: &str) -> (Vec<Value>, Option<Value>) {
+    let json_body = |description: &str, schema: &str| {
+        json!({"required": true, "description": description,
+               "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{schema}")}}}})
+    };
+    let flag = |name: &str| json!({"name": name, "in": "query", "required": false, "schema": {"type": "boolean"}});
+    match (method, template) {
+        ("GET", "/api/v1/contacts") => (selection_parameters(), None),
+        ("GET", "/api/v1/contacts/export") => {
+            let mut params = selection_parameters();
+            params.push(json!({"name": "purpose", "in": "query", "required": true,
+                "schema": {"type": "string", "minLength": 1, "maxLength": 200}, "description": "why the data leaves kartei (audited)"}));
+            params.push(json!({"name": "format", "in": "query", "required": false, "schema": {"type": "string", "enum": ["csv", "vcf"]}}));
+            params.push(json!({"name": "version", "in": "query", "required": false, "schema": {"type": "string", "enum": ["3.0", "4.0"]}}));
+            params.push(flag("bom"));
+            (params, None)
+        }
+        ("GET", "/api/v1/books/{book}/contacts/{uid}") => (
+            vec![json!({"name": "format", "in": "query", "required": false,
+                "schema": {"type": "string", "enum": ["json", "vcard", "jscontact"]}})],
+            None,
+        ),
+        ("POST", "/api/v1/books/{book}/contacts") | ("PUT", "/api/v1/books/{book}/contacts/{uid}") => {
+            (vec![], Some(json_body("the contact's fields; a formatted name is required", "NewContact")))
+        }
+        ("PATCH", "/api/v1/books/{book}/contacts/{uid}") => {
+            (vec![], Some(json_body("the fields to change; the others stay", "Contact")))
+        }
+        ("POST", "/api/v1/views") | ("PUT", "/api/v1/views/{id}") => {
+            (vec![], Some(json_body("a saved view: a name and the selection it stands for", "View")))
+        }
+        ("POST", "/api/v1/ingest" | "/api/v1/books/{book}/ingest") => {
+            (vec![], Some(json_body("a contact from an outside system, matched by e-mail", "Ingest")))
+        }
+        ("POST", "/api/v1/books/{book}/import") => (
+            vec![
+                json!({"name": "format", "in": "query", "required": false, "schema": {"type": "string", "enum": ["vcf", "csv"]}}),
+                json!({"name": "mapping", "in": "query", "required": false, "schema": {"type": "string"},
+                    "description": "CSV column mapping as JSON; detected for Google and Outlook exports"}),
+                flag("dry_run"),
+                flag("progress"),
+                json!({"name": "filename", "in": "query", "required": false, "schema": {"type": "string"}}),
+            ],
+            Some(json!({"required": true, "content": {
+                "text/vcard": {"schema": {"type": "string"}},
+                "text/csv": {"schema": {"type": "string"}},
+            }})),
+        ),
+        _ => (vec![], None),
+    }
+}
+
+/// The JSON shape of a contact (`vcard::contact::Contact`); unknown fields are refused.
+fn contact_schema() -> Value {
+    let text = json!({"type": "string"});
+    let texts = json!({"type": "array", "items": {"type": "string"}});
+    let strict = |properties: Value| json!({"type": "object", "additionalProperties": false, "properties": properties});
+    let typed = strict(json!({"value": text, "types": texts}));
+    strict(json!({
+        "fn": text,
+        "name": strict(json!({"family": text, "given": text, "additional": text, "prefix": text, "suffix": text})),
+        "org": text, "department": text, "title": text, "role": text, "degree": text,
+        "emails": {"type": "array", "items": typed},
+        "phones": {"type": "array", "items": typed},
+        "addresses": {"type": "array", "items": strict(json!({"street": text, "city": text, "region": text,
+            "postal_code": text, "country": text, "types": texts}))},
+        "birthday": {"type": "string", "description": "YYYY-MM-DD, or --MM-DD without a year"},
+        "gender": text, "websites": texts, "social": texts, "categories": texts, "note": text,
+        "influence": text, "attitude": text, "personality": text,
+        "internal": {"type": "boolean"},
+        "documents": {"type": "array", "items": {"type": "string"}, "description": "paths below /dav/files/{user}/"},
+        "purposes": {"type": "array", "items": {"type": "string"}, "description": "from GET /api/v1/purposes"},
+    }))
+}
+
 pub fn openapi() -> Value {
+    let error = json!({"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}});
+    let with_description = |text: &str| {
+        let mut e = error.clone();
+        e["description"] = json!(text);
+        e
+    };
     let mut paths = serde_json::Map::new();
     for (method, template, summary) in ROUTES {
-        let parameters: Vec<Value> = template
+        let mut parameters: Vec<Value> = template
             .split('/')
             .filter_map(|p| p.strip_prefix('{').and_then(|p| p.strip_suffix('}')))
-            .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}))
+            .map(|name| {
+                // A segment cannot hold '/', '\' or NUL (they are refused with 400 before any lookup).
+                json!({"name": name, "in": "path", "required": true, "schema": {"type": "string", "pattern": "^[^/\\\\\\u0000]+$"}})
+            })
             .collect();
+        let (query, body) = operation_details(method, template);
+        parameters.extend(query);
         let entry = paths.entry(template.to_string()).or_insert_with(|| json!({}));
-        entry[method.to_lowercase()] = json!({
+        let mut operation = json!({
             "summary": summary,
             "parameters": parameters,
             "security": [if template.ends_with("/ingest") { json!({"integration": []}) } else { json!({"basic": []}) }],
             "responses": {
                 "200": {"description": "success"},
-                "400": {"description": "bad input; the message names the problem", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
-                "401": {"description": "authentication required"},
-                "404": {"description": "no such book, contact or view"},
+                "400": with_description("bad input; the message names the problem"),
+                "401": with_description("authentication required"),
+                "403": with_description("the book is shared with you read-only"),
+                "404": with_description("no such book, contact or view"),
+                "405": with_description("method not allowed here (see Allow)"),
+                "412": with_description("If-Match does not match the contact's ETag"),
+                "413": with_description("the body is too large"),
+                "429": with_description("too many failed logins"),
             }
         });
+        if method == &"POST" {
+            operation["responses"]["201"] = json!({"description": "created"});
+        }
+        if let Some(body) = body {
+            operation["requestBody"] = body;
+        }
+        entry[method.to_lowercase()] = operation;
     }
     json!({
         "openapi": "3.0.3",
@@ -249,6 +370,25 @@ pub fn openapi() -> Value {
             "schemas": {
                 "Error": {"type": "object", "properties": {"error": {"type": "string"}, "status": {"type": "integer"}}},
                 "Columns": {"type": "string", "enum": COLUMNS},
+                "Contact": contact_schema(),
+                "NewContact": {"allOf": [{"$ref": "#/components/schemas/Contact"},
+                    {"type": "object", "required": ["fn"], "properties": {"fn": {"type": "string", "pattern": "\\S"}}}]},
+                "View": {"type": "object", "required": ["name"], "additionalProperties": false, "properties": {
+                    "name": {"type": "string", "minLength": 1, "pattern": "\\S"},
+                    "q": {"type": "string"},
+                    "filter": {"type": "object", "description": "as the filter parameter of GET /api/v1/contacts"},
+                    "sort": {"type": "string"},
+                    "columns": {"type": "array", "items": {"$ref": "#/components/schemas/Columns"}},
+                }},
+                "Ingest": {"type": "object", "required": ["email"], "properties": {
+                    "email": {"type": "string", "format": "email"},
+                    "name": {"type": "string"}, "phone": {"type": "string"}, "company": {"type": "string"},
+                    "optin": {"type": "boolean"},
+                    "event": {"type": "object", "required": ["start"], "properties": {
+                        "start": {"type": "string"}, "end": {"type": "string"},
+                        "title": {"type": "string"}, "host": {"type": "string"},
+                    }},
+                }},
             }
         }
     })
@@ -411,7 +551,7 @@ impl ApiCtx {
         if let Some(f) = view.get("filter") {
             filters.push(parse_filter(f, &mut terms)?);
         }
-        if let Some(f) = params.get("filter") {
+        if let Some(f) = params.get("filter").filter(|f| !f.trim().is_empty()) {
             let v: Value = serde_json::from_str(f).map_err(|e| bad(format!("filter: invalid JSON: {e}")))?;
             filters.push(parse_filter(&v, &mut terms)?);
         }

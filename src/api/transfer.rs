@@ -408,7 +408,7 @@ pub async fn import(
     let text = String::from_utf8(bytes).map_err(|_| bad("the file is not UTF-8 text"))?;
     let request = ImportRequest {
         format: params.get("format").cloned().unwrap_or_else(|| detect_format(&content_type, &text)),
-        mapping: match params.get("mapping") {
+        mapping: match params.get("mapping").filter(|m| !m.trim().is_empty()) {
             Some(m) => Some(serde_json::from_str::<Value>(m).map_err(|e| bad(format!("mapping: invalid JSON: {e}")))?),
             None => None,
         },

@@ -440,6 +440,21 @@ async fn openapi_lists_every_route_and_read_only_books_stay_read_only() {
     assert_eq!(status, 403);
     let anonymous = s.http().get(format!("{}/api/v1/contacts", s.base)).send().await.expect("send");
     assert_eq!(anonymous.status(), 401);
+    assert!(anonymous.headers().contains_key("www-authenticate"));
+    let anonymous: Value = serde_json::from_slice(&anonymous.bytes().await.expect("body")).expect("a JSON error");
+    assert_eq!(anonymous["status"], 401, "{anonymous}");
+    // Errors raised before an API handler runs (a path that does not decode, a refused admin request) are
+    // JSON too, like every other API answer (found by schemathesis against the OpenAPI document).
+    let (status, error, r) = api(&alice, "GET", "/api/v1/books/w%5C/contacts/x/history", None, &[]).await;
+    assert_eq!(status, 400, "{}", r.text());
+    assert!(error["error"].as_str().is_some_and(|m| m.contains("path segment")), "{error}");
+    // RFC 9110 §15.5.6: a 405 names the methods the endpoint allows.
+    let (status, _, r) = api(&alice, "DELETE", "/api/v1/views", None, &[]).await;
+    assert_eq!(status, 405, "{}", r.text());
+    assert_eq!(r.header("allow").as_deref(), Some("GET, POST"));
+    let admin = s.http().get(format!("{}/admin/v1/users", s.base)).bearer_auth("wrong").send().await.expect("send");
+    assert_eq!(admin.status(), 401);
+    assert!(admin.headers()["content-type"].to_str().is_ok_and(|t| t.starts_with("application/json")));
     s.stop().await;
 }
 
