@@ -46,9 +46,10 @@ for name in "Jürgen Müller" "Anna Schmidt" "Zoë O'Brien"; do
 done
 
 status=0
-schemathesis run "$base/api/v1/openapi.json" --auth "fuzz:$password" --checks not_a_server_error \
+# From the scratch directory: schemathesis keeps its own state (.schemathesis/) in the working directory.
+(cd "$work" && schemathesis run "$base/api/v1/openapi.json" --auth "fuzz:$password" --checks not_a_server_error \
   --phases examples,fuzzing --max-examples "${SCHEMATHESIS_EXAMPLES:-100}" --seed 20261123 -w 2 \
-  --no-color >"$work/schemathesis.log" 2>&1 || status=$?
+  --no-color >"$work/schemathesis.log" 2>&1) || status=$?
 server_errors=$(grep -c -E "status=5[0-9][0-9]|panicked" "$work/server.log" || true)
 generated=$(grep -o -E '[0-9]+ generated' "$work/schemathesis.log" | head -1 || true)
 if [ "$status" -ne 0 ] || [ "$server_errors" -ne 0 ]; then
