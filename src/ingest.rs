@@ -19,7 +19,7 @@ use crate::body::RequestBody;
 use crate::config::Config;
 use crate::dates::parse_timestamp;
 use crate::error::{DavError, DavResult};
-use crate::store::{self, BookId, Integration, NewEvent, Precondition, PutOutcome, Store};
+use crate::store::{self, Author, BookId, Integration, NewEvent, Precondition, Store};
 use crate::vcard::contact::{Contact, Typed, project};
 use crate::vcard::{self, Version};
 use http_body_util::{BodyExt, Limited};
@@ -311,8 +311,7 @@ pub fn ingest(
             Some(card) => Precondition::EtagIn(vec![card.meta.etag.clone()]),
             None => Precondition::MustNotExist,
         };
-        let outcome = store.put_card(book, &resource, &valid.new_card, &pre)?;
-        store.record_origin(book, &uid, &actor, &source, matches!(outcome, PutOutcome::Created { .. }))?;
+        store.put_card_by(book, &resource, &valid.new_card, &pre, &Author { actor: &actor, via: &source })?;
     }
     if let Some((e, starts_unix)) = &event {
         store.add_event(&NewEvent {

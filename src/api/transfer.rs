@@ -4,7 +4,7 @@
 use super::{ApiCtx, bad, json_response, new_uid};
 use crate::body::{self, Body};
 use crate::error::{DavError, DavResult};
-use crate::store::{self, BookView, NewCard, Precondition, PutOutcome};
+use crate::store::{self, Author, BookView, NewCard, Precondition};
 use crate::vcard::contact::{Address, COLUMNS, Contact, Name, Typed, apply_changes, project};
 use crate::vcard::{self, Version};
 use http_body_util::{BodyExt, Limited};
@@ -593,16 +593,9 @@ pub fn run_import(
             json!(format!("{rejected} rows were refused; nothing was imported (see rows, or run with dry_run=true)"));
         return Ok((StatusCode::UNPROCESSABLE_ENTITY, summary));
     }
-    match store.put_cards(book.id, &writes) {
-        Ok(outcomes) => {
-            for ((_, card, _), outcome) in writes.iter().zip(&outcomes) {
-                let created = matches!(outcome, PutOutcome::Created { .. });
-                if let Err(e) = store.record_origin(book.id, &card.uid, &request.actor, &request.source, created) {
-                    tracing::warn!(error = %e, "could not record an imported card's origin");
-                }
-            }
-            Ok((StatusCode::OK, summary))
-        }
+    let author = Author { actor: &request.actor, via: &request.source };
+    match store.put_cards_by(book.id, &writes, &author) {
+        Ok(_) => Ok((StatusCode::OK, summary)),
         Err(store::Error::PreconditionFailed) => Err(DavError::new(
             StatusCode::CONFLICT,
             "the book changed during the import; nothing was imported, try again",

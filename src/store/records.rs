@@ -62,9 +62,8 @@ pub struct Author<'a> {
 }
 
 pub trait Records {
-    /// Notes a write of the card `uid`: a creation starts a new origin, a change updates "last changed".
-    fn record_origin(&self, book: BookId, uid: &str, actor: &str, via: &str, created: bool) -> Result<()>;
-    /// `put_card` and `record_origin` in one transaction: a card is never stored without its origin.
+    /// `put_card` that also notes who wrote the card and through what (a creation starts its origin, a change
+    /// updates "last changed"), in the same transaction: a card is never stored without its origin.
     fn put_card_by(
         &self,
         book: BookId,
@@ -73,6 +72,13 @@ pub trait Records {
         pre: &Precondition,
         author: &Author,
     ) -> Result<PutOutcome>;
+    /// `put_cards` (all or none) with every card's origin, in the same transaction.
+    fn put_cards_by(
+        &self,
+        book: BookId,
+        cards: &[(String, NewCard, Precondition)],
+        author: &Author,
+    ) -> Result<Vec<PutOutcome>>;
     fn origin(&self, book: BookId, uid: &str) -> Result<Option<Origin>>;
 
     fn create_integration(&self, book: BookId, name: &str, token_hash: &str) -> Result<Integration>;

@@ -853,24 +853,7 @@ impl Store for SqliteStore {
     }
 
     fn put_cards(&self, book: BookId, cards: &[(String, NewCard, Precondition)]) -> Result<Vec<PutOutcome>> {
-        self.write(|tx| {
-            let mut outcomes = Vec::with_capacity(cards.len());
-            for (name, card, pre) in cards {
-                let existing: Option<String> = tx
-                    .prepare_cached("SELECT etag FROM cards WHERE book_id = ?1 AND name = ?2")?
-                    .query_row(params![book, name], |r| r.get(0))
-                    .optional()?;
-                check_precondition(existing.as_deref(), pre)?;
-                upsert_card(tx, book, name, card, existing.is_some())?;
-                let etag = card.etag.clone();
-                outcomes.push(if existing.is_some() {
-                    PutOutcome::Updated { etag }
-                } else {
-                    PutOutcome::Created { etag }
-                });
-            }
-            Ok(outcomes)
-        })
+        self.write(|tx| cards.iter().map(|(name, card, pre)| put_card_in(tx, book, name, card, pre)).collect())
     }
 
     fn card_index(&self, book: BookId) -> Result<Vec<CardKey>> {

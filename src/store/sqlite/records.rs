@@ -74,10 +74,6 @@ fn note_origin(
 }
 
 impl Records for SqliteStore {
-    fn record_origin(&self, book: BookId, uid: &str, actor: &str, via: &str, created: bool) -> Result<()> {
-        self.write(|tx| note_origin(tx, book, uid, actor, via, created))
-    }
-
     fn put_card_by(
         &self,
         book: BookId,
@@ -91,6 +87,30 @@ impl Records for SqliteStore {
             let created = matches!(outcome, PutOutcome::Created { .. });
             note_origin(tx, book, &card.uid, author.actor, author.via, created)?;
             Ok(outcome)
+        })
+    }
+
+    fn put_cards_by(
+        &self,
+        book: BookId,
+        cards: &[(String, NewCard, Precondition)],
+        author: &Author,
+    ) -> Result<Vec<PutOutcome>> {
+        self.write(|tx| {
+            let mut outcomes = Vec::with_capacity(cards.len());
+            for (name, card, pre) in cards {
+                let outcome = super::put_card_in(tx, book, name, card, pre)?;
+                note_origin(
+                    tx,
+                    book,
+                    &card.uid,
+                    author.actor,
+                    author.via,
+                    matches!(outcome, PutOutcome::Created { .. }),
+                )?;
+                outcomes.push(outcome);
+            }
+            Ok(outcomes)
         })
     }
 
