@@ -42,17 +42,20 @@ fn event_from_row(r: &rusqlite::Row) -> rusqlite::Result<ContactEvent> {
 /// `emails` holds one folded address per line; this matches one whole line.
 const HAS_EMAIL: &str = "instr(char(10) || c.emails || char(10), char(10) || ?1 || char(10)) > 0";
 
-/// Notes who created or last changed a card, and through what, inside the caller's transaction.
-fn note_origin(
+/// Writes one card and notes who created or last changed it, and through what, inside the caller's
+/// transaction.
+fn put_noted(
     tx: &rusqlite::Transaction,
     book: BookId,
-    uid: &str,
-    actor: &str,
-    via: &str,
-    created: bool,
-) -> Result<()> {
+    name: &str,
+    card: &NewCard,
+    pre: &Precondition,
+    author: &Author,
+) -> Result<PutOutcome> {
+    let outcome = super::put_card_in(tx, book, name, card, pre)?;
     let ts = now();
-    if created {
+    let (uid, via, actor) = (&card.uid, author.via, author.actor);
+    if matches!(outcome, PutOutcome::Created { .. }) {
         tx.prepare_cached(
             "INSERT OR REPLACE INTO card_origins
                  (book_id, uid, source, created_at, created_by, changed_at, changed_by, changed_via)
@@ -70,7 +73,7 @@ fn note_origin(
         )?
         .execute(params![book, uid, via, ts, actor])?;
     }
-    Ok(())
+    Ok(outcome)
 }
 
 impl Records for SqliteStore {
@@ -82,12 +85,7 @@ impl Records for SqliteStore {
         pre: &Precondition,
         author: &Author,
     ) -> Result<PutOutcome> {
-        self.write(|tx| {
-            let outcome = super::put_card_in(tx, book, name, card, pre)?;
-            let created = matches!(outcome, PutOutcome::Created { .. });
-            note_origin(tx, book, &card.uid, author.actor, author.via, created)?;
-            Ok(outcome)
-        })
+        self.write(|tx| put_noted(tx, book, name, card, pre, author))
     }
 
     fn put_cards_by(
@@ -96,22 +94,7 @@ impl Records for SqliteStore {
         cards: &[(String, NewCard, Precondition)],
         author: &Author,
     ) -> Result<Vec<PutOutcome>> {
-        self.write(|tx| {
-            let mut outcomes = Vec::with_capacity(cards.len());
-            for (name, card, pre) in cards {
-                let outcome = super::put_card_in(tx, book, name, card, pre)?;
-                note_origin(
-                    tx,
-                    book,
-                    &card.uid,
-                    author.actor,
-                    author.via,
-                    matches!(outcome, PutOutcome::Created { .. }),
-                )?;
-                outcomes.push(outcome);
-            }
-            Ok(outcomes)
-        })
+        self.write(|tx| cards.iter().map(|(name, card, pre)| put_noted(tx, book, name, card, pre, author)).collect())
     }
 
     fn origin(&self, book: BookId, uid: &str) -> Result<Option<Origin>> {
