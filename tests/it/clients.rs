@@ -346,6 +346,11 @@ const EVOLUTION: &str = "Evolution/3.52.4";
 const VDIRSYNCER: &str = "vdirsyncer/0.19.3";
 const PIMSYNC: &str = "pimsync/0.4.1";
 const OK: &str = "HTTP/1.1 200 OK";
+/// The headers Apple clients send on PROPFIND/REPORT: `Brief` and `Prefer: return=minimal`, Depth 0 or 1.
+const BRIEF: &[(&str, &str)] =
+    &[("depth", "0"), ("brief", "t"), ("prefer", "return=minimal"), ("content-type", "text/xml")];
+const BRIEF1: &[(&str, &str)] =
+    &[("depth", "1"), ("brief", "t"), ("prefer", "return=minimal"), ("content-type", "text/xml")];
 const NOT_FOUND: &str = "HTTP/1.1 404 Not Found";
 
 /// Apple's well-known / root probe (181 bytes in Apple's load-test data and in Radicale logs).
@@ -630,10 +635,6 @@ fn photo_in(card: &str) -> String {
 async fn ios_contacts_session_replays() {
     let s = TestServer::start().await;
     let alice = s.user("alice").await;
-    let brief: &[(&str, &str)] =
-        &[("depth", "0"), ("brief", "t"), ("prefer", "return=minimal"), ("content-type", "text/xml")];
-    let brief1: &[(&str, &str)] =
-        &[("depth", "1"), ("brief", "t"), ("prefer", "return=minimal"), ("content-type", "text/xml")];
 
     // Before the phone: a second book that sorts before the default one, and cards written by a vCard 4
     // client (Thunderbird) into the default book - a person with a non-ASCII file name and a KIND:group.
@@ -649,12 +650,12 @@ async fn ios_contacts_session_replays() {
     let team_href = "/dav/addressbooks/alice/contacts/team-4.vcf".to_string();
 
     // 1. Account setup: the first request carries no credentials and is followed through the redirect.
-    let r = anonymous(&s, IOS_SETUP, "PROPFIND", "/.well-known/carddav", brief, APPLE_CUP).await;
+    let r = anonymous(&s, IOS_SETUP, "PROPFIND", "/.well-known/carddav", BRIEF, APPLE_CUP).await;
     let root = assert_same_origin_redirect(&r, "iOS well-known");
-    let r = anonymous(&s, IOS_SETUP, "PROPFIND", &root, brief, APPLE_CUP).await;
+    let r = anonymous(&s, IOS_SETUP, "PROPFIND", &root, BRIEF, APPLE_CUP).await;
     assert_challenge(&r, "iOS anonymous PROPFIND of the DAV root");
     let phone = client(&alice, IOS_SETUP);
-    let r = phone.send("PROPFIND", &root, brief, APPLE_CUP).await;
+    let r = phone.send("PROPFIND", &root, BRIEF, APPLE_CUP).await;
     let vary = r.header("vary").unwrap_or_default();
     assert!(vary.contains("Brief") && vary.contains("Prefer"), "Vary: {vary}");
     assert_eq!(r.header("preference-applied").as_deref(), Some("return=minimal"), "RFC 7240 §3");
@@ -676,7 +677,7 @@ async fn ios_contacts_session_replays() {
     }
 
     // 3. The principal.
-    let ms = phone.send("PROPFIND", &principal, brief, APPLE_PRINCIPAL).await.multistatus();
+    let ms = phone.send("PROPFIND", &principal, BRIEF, APPLE_PRINCIPAL).await.multistatus();
     assert_minimal(&ms, "iOS principal");
     let p = only(&ms, "/dav/principals/alice/", "iOS principal");
     assert_eq!(p.href_in(CARD, "addressbook-home-set").as_deref(), Some("/dav/addressbooks/alice/"));
@@ -687,7 +688,7 @@ async fn ios_contacts_session_replays() {
     let home = p.href_in(CARD, "addressbook-home-set").expect("home");
 
     // 4. The home, Depth 1: Apple takes the first address book, which must be the default one.
-    let ms = phone.send("PROPFIND", &home, brief1, APPLE_HOME).await.multistatus();
+    let ms = phone.send("PROPFIND", &home, BRIEF1, APPLE_HOME).await.multistatus();
     assert_minimal(&ms, "iOS home listing");
     assert_eq!(ms.responses[0].href, "/dav/addressbooks/alice/", "the home answers first");
     let books: Vec<&Response> = ms
@@ -719,7 +720,7 @@ async fn ios_contacts_session_replays() {
     // 5. The poll, with the collection asked for without its trailing slash: href with the slash.
     let phone = client(&alice, IOS);
     let no_slash = book_href.trim_end_matches('/');
-    let ms = phone.send("PROPFIND", no_slash, brief, APPLE_POLL).await.multistatus();
+    let ms = phone.send("PROPFIND", no_slash, BRIEF, APPLE_POLL).await.multistatus();
     let poll = only(&ms, &book_href, "iOS poll");
     let ctag0 = poll.text(CS, "getctag").expect("getctag");
     let token_prop0 = poll.text(DAV, "sync-token").expect("sync-token");
@@ -808,7 +809,7 @@ async fn ios_contacts_session_replays() {
     assert_eq!(r.status, 204);
 
     // 12. The next poll sees new ctag and token; the delta lists exactly the changes.
-    let ms = phone.send("PROPFIND", &book_href, brief, APPLE_POLL).await.multistatus();
+    let ms = phone.send("PROPFIND", &book_href, BRIEF, APPLE_POLL).await.multistatus();
     let poll = only(&ms, &book_href, "iOS poll after writes");
     let token_prop1 = poll.text(DAV, "sync-token").expect("token");
     assert_ne!(poll.text(CS, "getctag").expect("ctag"), ctag0, "every write changes the ctag");
@@ -869,26 +870,22 @@ fn client(d: &Dav, agent: &str) -> Dav {
 async fn macos_contacts_session_replays() {
     let s = TestServer::start().await;
     let alice = s.user("alice").await;
-    let brief: &[(&str, &str)] =
-        &[("depth", "0"), ("brief", "t"), ("prefer", "return=minimal"), ("content-type", "text/xml")];
-    let brief1: &[(&str, &str)] =
-        &[("depth", "1"), ("brief", "t"), ("prefer", "return=minimal"), ("content-type", "text/xml")];
     let mkcol = r#"<?xml version="1.0" encoding="utf-8"?><D:mkcol xmlns:D="DAV:" xmlns:C="urn:ietf:params:xml:ns:carddav"><D:set><D:prop><D:resourcetype><D:collection/><C:addressbook/></D:resourcetype><D:displayname>Handwerker</D:displayname></D:prop></D:set></D:mkcol>"#;
     assert_eq!(alice.send("MKCOL", "/dav/addressbooks/alice/craftsmen/", &[], mkcol.to_string()).await.status, 201);
 
     // 1. Setup: anonymous first; the well-known redirect, and the documented fallback PROPFIND on "/".
-    let r = anonymous(&s, MACOS, "PROPFIND", "/.well-known/carddav", brief, APPLE_CUP).await;
+    let r = anonymous(&s, MACOS, "PROPFIND", "/.well-known/carddav", BRIEF, APPLE_CUP).await;
     assert_same_origin_redirect(&r, "macOS well-known");
-    let r = anonymous(&s, MACOS, "PROPFIND", "/", brief, APPLE_CUP).await;
+    let r = anonymous(&s, MACOS, "PROPFIND", "/", BRIEF, APPLE_CUP).await;
     assert_challenge(&r, "macOS anonymous PROPFIND /");
     let mac = client(&alice, MACOS);
-    let ms = mac.send("PROPFIND", "/", brief, APPLE_CUP).await.multistatus();
+    let ms = mac.send("PROPFIND", "/", BRIEF, APPLE_CUP).await.multistatus();
     assert_minimal(&ms, "macOS PROPFIND /");
     assert_eq!(ms.responses.len(), 1);
     assert_eq!(ms.responses[0].href_in(DAV, "current-user-principal").as_deref(), Some("/dav/principals/alice/"));
 
     // 2. The unscoped account: both books, the default one first (macOS syncs only that one).
-    let ms = mac.send("PROPFIND", "/dav/addressbooks/alice/", brief1, APPLE_HOME).await.multistatus();
+    let ms = mac.send("PROPFIND", "/dav/addressbooks/alice/", BRIEF1, APPLE_HOME).await.multistatus();
     let books: Vec<&str> = ms
         .responses
         .iter()
@@ -901,20 +898,20 @@ async fn macos_contacts_session_replays() {
     // its home shows exactly that book; the rest of the home is not there for it.
     let mut scoped = client(&alice, MACOS_OLD);
     scoped.user = "alice+craftsmen".into();
-    let r = anonymous(&s, MACOS_OLD, "PROPFIND", "/", brief, APPLE_CUP).await;
+    let r = anonymous(&s, MACOS_OLD, "PROPFIND", "/", BRIEF, APPLE_CUP).await;
     assert_challenge(&r, "old macOS anonymous");
-    let ms = scoped.send("PROPFIND", "/", brief, APPLE_CUP).await.multistatus();
+    let ms = scoped.send("PROPFIND", "/", BRIEF, APPLE_CUP).await.multistatus();
     assert_eq!(ms.responses[0].href_in(DAV, "current-user-principal").as_deref(), Some("/dav/principals/alice/"));
-    let ms = scoped.send("PROPFIND", "/dav/principals/alice/", brief, APPLE_PRINCIPAL).await.multistatus();
+    let ms = scoped.send("PROPFIND", "/dav/principals/alice/", BRIEF, APPLE_PRINCIPAL).await.multistatus();
     let home = ms.get("/dav/principals/alice/").href_in(CARD, "addressbook-home-set").expect("home");
-    let ms = scoped.send("PROPFIND", &home, brief1, APPLE_HOME).await.multistatus();
+    let ms = scoped.send("PROPFIND", &home, BRIEF1, APPLE_HOME).await.multistatus();
     assert_eq!(ms.hrefs(), ["/dav/addressbooks/alice/", "/dav/addressbooks/alice/craftsmen/"]);
     assert_eq!(ms.get("/dav/addressbooks/alice/craftsmen/").text(DAV, "displayname").as_deref(), Some("Handwerker"));
     let book = "/dav/addressbooks/alice/craftsmen/";
-    assert_eq!(scoped.send("PROPFIND", "/dav/addressbooks/alice/contacts/", brief, APPLE_POLL).await.status, 404);
+    assert_eq!(scoped.send("PROPFIND", "/dav/addressbooks/alice/contacts/", BRIEF, APPLE_POLL).await.status, 404);
     let mut wrong = client(&alice, MACOS_OLD);
     wrong.user = "alice+nosuchbook".into();
-    assert_eq!(wrong.send("PROPFIND", "/", brief, APPLE_CUP).await.status, 401, "a scope naming no book");
+    assert_eq!(wrong.send("PROPFIND", "/", BRIEF, APPLE_CUP).await.status, 401, "a scope naming no book");
 
     // 4. Old macOS writes <UUID>-ABSPlugin.vcf, Content-Type without charset.
     let uid = "0E9A1B2C-3D4E-5F60-7182-93A4B5C6D7E8";
@@ -937,7 +934,7 @@ async fn macos_contacts_session_replays() {
     let answer = only(&ms, "/dav/addressbooks/alice/", "me-card PROPPATCH");
     assert_eq!(answer.with_status(OK), ["me-card"], "{answer:?}");
     // It comes back in the home listing macOS reads.
-    let ms = scoped.send("PROPFIND", &home, brief1, APPLE_HOME).await.multistatus();
+    let ms = scoped.send("PROPFIND", &home, BRIEF1, APPLE_HOME).await.multistatus();
     let on_home = ms.get("/dav/addressbooks/alice/").href_in(CS, "me-card");
     assert_eq!(on_home.as_ref(), Some(&href), "macOS reads the me-card on the home's own response");
     // Other properties of the home stay protected.
@@ -970,7 +967,7 @@ async fn macos_contacts_session_replays() {
     assert_eq!(davx5.put(&group_href, &group, &[("if-none-match", "*")]).await.status, 201);
 
     // 7. macOS syncs: empty token, multiget without version.
-    let ms = scoped.send("PROPFIND", book, brief, APPLE_POLL).await.multistatus();
+    let ms = scoped.send("PROPFIND", book, BRIEF, APPLE_POLL).await.multistatus();
     let ctag = ms.get(book).text(CS, "getctag").expect("ctag");
     let ms = scoped.report(book, "1", &apple_sync("")).await.multistatus();
     let mut expected = vec![href.clone(), zoe_href.clone(), group_href.clone()];
@@ -996,7 +993,7 @@ async fn macos_contacts_session_replays() {
     assert_eq!(r.status, 204, "{}", r.text());
     let zoe_etag = ms.get(&zoe_href).text(DAV, "getetag").expect("etag");
     assert_eq!(scoped.delete(&zoe_href, &[("if-match", &zoe_etag)]).await.status, 204);
-    let ms = scoped.send("PROPFIND", book, brief, APPLE_POLL).await.multistatus();
+    let ms = scoped.send("PROPFIND", book, BRIEF, APPLE_POLL).await.multistatus();
     assert_ne!(ms.get(book).text(CS, "getctag").expect("ctag"), ctag);
     let ms = scoped.report(book, "1", &apple_sync(&token)).await.multistatus();
     let mut changed = vec![group_href.clone(), zoe_href.clone()];
