@@ -6,23 +6,11 @@ set -euo pipefail
 KARTEI_BIN=${1:-${KARTEI_BIN:-target/debug/kartei}}
 command -v litmus >/dev/null || { echo "litmus is not installed (apt-get install litmus)"; exit 1; }
 
-work=$(mktemp -d)
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-cat > "$work/kartei.toml" <<CONF
-[server]
-listen = "127.0.0.1:$port"
-[tls]
-mode = "off"
-[storage]
-data_dir = "$work/data"
-CONF
-password=$("$KARTEI_BIN" --config "$work/kartei.toml" user add --username litmus --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["password"])')
-"$KARTEI_BIN" --config "$work/kartei.toml" serve >"$work/server.log" 2>&1 &
-server=$!
-trap 'kill $server 2>/dev/null || true; wait $server 2>/dev/null || true; rm -rf "$work"' EXIT
-for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$port/" && break; sleep 0.1; done
+# shellcheck source=tests/interop/lib.sh
+source "$(dirname "$0")/lib.sh"
+start_plain_kartei litmus
 
-timeout 300 litmus -k "http://127.0.0.1:$port/dav/files/litmus/" litmus "$password" | tee "$work/litmus.out"
+timeout 300 litmus -k "$base/dav/files/litmus/" litmus "$password" | tee "$work/litmus.out"
 
 passed=0; failed=0
 for group in basic copymove props http; do

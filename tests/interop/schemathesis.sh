@@ -8,36 +8,13 @@ KARTEI_BIN=${1:-${KARTEI_BIN:-target/debug/kartei}}
 cd "$(dirname "$0")/../.."
 case "$KARTEI_BIN" in /*) ;; *) [ -x "$OLDPWD/$KARTEI_BIN" ] && KARTEI_BIN="$OLDPWD/$KARTEI_BIN" ;; esac
 command -v schemathesis >/dev/null || { echo "schemathesis is not installed (python3 -m pip install schemathesis)"; exit 1; }
-[ -x "$KARTEI_BIN" ] || { echo "no kartei binary at $KARTEI_BIN (cargo build first)"; exit 1; }
 started=$(date +%s)
 
-work=$(mktemp -d)
-server=""
-cleanup() {
-  if [ -n "$server" ]; then kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; fi
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 # Plain HTTP on loopback (TLS has its own tests); the login throttle off, since the fuzzer sends many
 # requests without or with broken credentials on purpose.
-cat > "$work/kartei.toml" <<CONF
-[server]
-listen = "127.0.0.1:$port"
-[tls]
-mode = "off"
-[storage]
-data_dir = "$work/data"
-[auth]
-throttle_failures = 1000000
-CONF
-password=$("$KARTEI_BIN" --config "$work/kartei.toml" user add --username fuzz --json \
-  | python3 -c 'import json,sys; print(json.load(sys.stdin)["password"])')
-RUST_LOG=warn "$KARTEI_BIN" --config "$work/kartei.toml" serve >"$work/server.log" 2>&1 &
-server=$!
-base="http://127.0.0.1:$port"
-for _ in $(seq 100); do curl -s -o /dev/null "$base/" && break; sleep 0.1; done
+# shellcheck source=tests/interop/lib.sh
+source tests/interop/lib.sh
+start_plain_kartei fuzz "$(printf '[auth]\nthrottle_failures = 1000000')"
 # A few contacts, so that searches, filters and exports have something to work on.
 for name in "Jürgen Müller" "Anna Schmidt" "Zoë O'Brien"; do
   curl -s -o /dev/null -u "fuzz:$password" -H 'Content-Type: application/json' \
