@@ -739,8 +739,11 @@ impl Store for SqliteStore {
 
     fn for_each_named_card(&self, book: BookId, names: &[String], sink: &mut CardSink<'_>) -> Result<()> {
         self.read(|c| {
-            let mut stmt =
-                c.prepare_cached(&format!("SELECT {META_COLUMNS}, vcard FROM cards WHERE book_id = ?1 AND name = ?2"))?;
+            // One snapshot for all names: consistent, and one WAL read lock instead of one per card (each costs
+            // fcntl calls; per-card autocommit made a 100-card multiget spend ~a fifth of its time locking).
+            let tx = c.unchecked_transaction()?;
+            let mut stmt = tx
+                .prepare_cached(&format!("SELECT {META_COLUMNS}, vcard FROM cards WHERE book_id = ?1 AND name = ?2"))?;
             for name in names {
                 let mut rows = stmt.query(params![book, name])?;
                 if let Some(row) = rows.next()? {
