@@ -5,7 +5,8 @@
 # user (`kartei user add --json`), runs kartei-bench against the user's default book, then stops the server
 # and measures a cold start on the filled database (spawn to the first authenticated 207). JSON reports go
 # to $RESULTS (default target/bench-results).
-# Environment: NO_BUILD=1 skips the build, KARTEI=path runs another server binary, KEEP=1 keeps the data dir.
+# Environment: NO_BUILD=1 skips the build, KARTEI=path runs another server binary, KEEP=1 keeps the data dir,
+# BENCH_ARGS="--full-syncs 5" passes more options to kartei-bench.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-1000}
@@ -70,7 +71,7 @@ TOML
   OUT="$RESULTS/kartei-$MODE-n$N-c$C.json"
   set +e
   "$BENCH" --url "$BOOK" --user "$LOGIN" --password="$PASSWORD" -n "$N" -c "$C" --pid "$PID" \
-    --data-dir "$DATA" "${TLSARGS[@]}" --label "kartei $MODE" --json > "$OUT"
+    --data-dir "$DATA" "${TLSARGS[@]}" --label "kartei $MODE" --json ${BENCH_ARGS:-} > "$OUT"
   STATUS=$?
   set -e
   stop_server

@@ -4,7 +4,7 @@
 # Both run on a random loopback port over HTTPS (self-signed) with htpasswd Basic auth (bcrypt, cost 5 like
 # `htpasswd -B`; Radicale with cache_logins on, Xandikos has no login cache). Installs them with pip when
 # missing. JSON reports go to $RESULTS (default target/bench-results). NO_BUILD=1 skips the build, KEEP=1
-# keeps the servers' data directories.
+# keeps the servers' data directories, BENCH_ARGS="--full-syncs 5" passes more options to kartei-bench.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-1000}
@@ -85,7 +85,7 @@ CONF
   OUT="$RESULTS/$PEER-n$N-c$C.json"
   set +e
   "$BENCH" --url "$BOOK" --user "$USER_NAME" --password="$PASSWORD" -n "$N" -c "$C" --pid "$PID" --data-dir "$DATA" \
-    "${TLS[@]}" --label "$PEER https" --json > "$OUT"
+    "${TLS[@]}" --label "$PEER https" --json ${BENCH_ARGS:-} > "$OUT"
   STATUS=$?
   set -e
   kill -TERM "$PID" 2>/dev/null || true
