@@ -197,7 +197,7 @@ impl App {
         };
         let (username, scope) = split_scoped_login(&login);
         let lookup = username.clone();
-        let user = store::blocking(&self.store, move |s| s.user(&lookup)).await?;
+        let user = store::read_now(&self.store, |s| s.user(&lookup))?;
         let login_key = auth::login_key(&username);
         // Only logins that exist are named in the log: a password typed into the user-name field must not
         // end up there.
@@ -239,8 +239,7 @@ impl App {
 
     async fn authorize_scope(&self, user: &store::User, scope: Option<String>) -> DavResult<AuthUser> {
         if let Some(segment) = &scope {
-            let (name, seg) = (user.username.clone(), segment.clone());
-            let book = store::blocking(&self.store, move |s| s.book_in_home(&name, &seg)).await?;
+            let book = store::read_now(&self.store, |s| s.book_in_home(&user.username, segment))?;
             if book.is_none() {
                 return Err(self.challenge("wrong user name or password"));
             }
@@ -265,8 +264,7 @@ impl App {
                 if me.scope.as_ref().is_some_and(|s| *s != book) {
                     return Err(DavError::not_found());
                 }
-                let (name, seg) = (user.clone(), book.clone());
-                match store::blocking(&self.store, move |s| s.book_in_home(&name, &seg)).await? {
+                match store::read_now(&self.store, |s| s.book_in_home(&user, &book))? {
                     Some(view) => Ok(Target::Book(view)),
                     None => Ok(Target::MissingBook { user, segment: book }),
                 }
@@ -275,8 +273,7 @@ impl App {
                 if me.scope.as_ref().is_some_and(|s| *s != book) {
                     return Err(DavError::not_found());
                 }
-                let (u, seg) = (user.clone(), book.clone());
-                match store::blocking(&self.store, move |s| s.book_in_home(&u, &seg)).await? {
+                match store::read_now(&self.store, |s| s.book_in_home(&user, &book))? {
                     Some(view) => Ok(Target::Card { book: view, name }),
                     None => Err(DavError::not_found()),
                 }

@@ -34,8 +34,7 @@ pub async fn handle(ctx: Ctx, target: Target, body: RequestBody) -> DavResult<Re
         return Err(DavError::not_found());
     }
     if let Target::Card { book, name } = &target {
-        let (id, n) = (book.id, name.clone());
-        if store::blocking(ctx.store(), move |s| s.card_meta(id, &n)).await?.is_none() {
+        if store::read_now(ctx.store(), |s| s.card_meta(book.id, name))?.is_none() {
             return Err(DavError::not_found());
         }
     }

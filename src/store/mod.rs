@@ -403,7 +403,8 @@ pub trait Store: Records + Send + Sync {
 
 pub type SharedStore = Arc<dyn Store>;
 
-/// Runs a store call on tokio's blocking pool, so SQLite never blocks an async worker.
+/// Runs a store call on tokio's blocking pool, so SQLite never blocks an async worker: anything that writes
+/// (a commit may wait for the disk), scans or streams.
 pub async fn blocking<T, F>(store: &SharedStore, f: F) -> Result<T>
 where
     T: Send + 'static,
@@ -414,4 +415,13 @@ where
         Ok(result) => result,
         Err(join) => Err(Error::Internal(format!("store task failed: {join}"))),
     }
+}
+
+/// Runs a point read (one row by its key: a login's user, a book by its path, one card) on the calling task.
+/// From SQLite's page cache such a read takes microseconds, while the hand-off to the blocking pool and back
+/// (futex wake-ups, context switches) was ~40 % of a GET's server CPU here: every DAV request makes two or
+/// three of these reads (BENCHMARKS.md, optimization 8). A cold page read blocks one worker briefly; the
+/// other workers go on.
+pub fn read_now<T>(store: &SharedStore, f: impl FnOnce(&dyn Store) -> Result<T>) -> Result<T> {
+    f(store.as_ref())
 }

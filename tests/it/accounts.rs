@@ -774,6 +774,9 @@ async fn shared_books_listing_privileges_tokens_and_scoped_logins() {
         let r = dav_as(&w.s, bad, &a.password).get("/dav/addressbooks/alice/").await;
         assert_eq!(r.status, 401, "scoped login {bad}");
     }
+    // A scoped login to a missing book is refused on that book's own path too.
+    let r = dav_as(&w.s, "alice+nosuch", &a.password).get("/dav/addressbooks/alice/nosuch/x.vcf").await;
+    assert_eq!(r.status, 401, "scoped login to a missing book, on that book's path");
     let r = dav_as(&w.s, "alice+contacts", "wrong-password-xx").get("/dav/addressbooks/alice/contacts/get.vcf").await;
     assert_eq!(r.status, 401);
     w.s.stop().await;
