@@ -18,19 +18,8 @@ const SCHEMA_V1: &str = include_str!("schema.sql");
 const SCHEMA_V2: &str = include_str!("schema_v2.sql");
 const SCHEMA_V3: &str = include_str!("schema_v3.sql");
 const SCHEMA_V4: &str = include_str!("schema_v4.sql");
+const SCHEMA_V5: &str = include_str!("schema_v5.sql");
 const READER_POOL_MAX: usize = 8;
-
-/// A covering index for the listings (PROPFIND Depth 1, initial sync without bodies) and the search columns
-/// of addressbook-query's prefilter, in name order: both read this index instead of the cards' rows, which
-/// hold the vCards (see BENCHMARKS.md: a query over 100,000 cards went from 200 ms to 50 ms). Created at open
-/// (not a migration: it changes no data, and a database without it works, only slower); on an existing
-/// 100,000-card database the first start builds it in about half a second.
-const LISTING_INDEX: &str = "CREATE INDEX IF NOT EXISTS cards_listing ON cards
-    (book_id, name, etag, size, version, created_at, modified_at, uid, fn, emails, phones, org)";
-
-/// The quick-search text by book, so `q=` tests each card against this narrow index and reads the card's row
-/// only for matches (a scan of the rows read all 100,000 cards' search and field columns: ~165 ms).
-const SEARCH_INDEX: &str = "CREATE INDEX IF NOT EXISTS cards_search ON cards (book_id, search)";
 
 pub struct SqliteStore {
     path: PathBuf,
@@ -64,8 +53,6 @@ impl SqliteStore {
     pub fn open(path: &Path, synchronous_full: bool) -> Result<Self> {
         let writer = Self::connect(path, synchronous_full)?;
         migrate(&writer)?;
-        writer.execute_batch(LISTING_INDEX)?;
-        writer.execute_batch(SEARCH_INDEX)?;
         Ok(SqliteStore {
             path: path.to_path_buf(),
             writer: Mutex::new(writer),
@@ -145,6 +132,9 @@ fn migrate(conn: &Connection) -> Result<()> {
     }
     if version < 4 {
         conn.execute_batch(&format!("BEGIN; {SCHEMA_V4} PRAGMA user_version = 4; COMMIT;"))?;
+    }
+    if version < 5 {
+        conn.execute_batch(&format!("BEGIN; {SCHEMA_V5} PRAGMA user_version = 5; COMMIT;"))?;
     }
     Ok(())
 }
@@ -1352,6 +1342,32 @@ mod tests {
         store.create_user("alice", "Alice", "hash").expect("user");
         let book = store.create_book("alice", "contacts", Some("Contacts"), None, &[], true).expect("book");
         (dir, store, book.id)
+    }
+
+    #[test]
+    fn migration_5_adds_the_read_indexes_also_to_a_version_4_database() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("k.db");
+        let indexes = |c: &Connection| -> Vec<String> {
+            let mut stmt = c
+                .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND name IN ('cards_listing', 'cards_search') ORDER BY name")
+                .expect("prepare");
+            stmt.query_map([], |r| r.get(0)).expect("query").collect::<rusqlite::Result<_>>().expect("rows")
+        };
+        // A database as a version-4 build left it: migrations 1-4, no read indexes.
+        {
+            let c = Connection::open(&path).expect("open");
+            c.execute_batch(&format!("{SCHEMA_V1} {SCHEMA_V2} {SCHEMA_V3} {SCHEMA_V4} PRAGMA user_version = 4;"))
+                .expect("v4 schema");
+            assert!(indexes(&c).is_empty());
+        }
+        drop(SqliteStore::open(&path, false).expect("migrate"));
+        let c = Connection::open(&path).expect("reopen");
+        assert_eq!(c.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0)).expect("version"), 5);
+        assert_eq!(indexes(&c), ["cards_listing", "cards_search"]);
+        // Opening again (and a database whose earlier build made the indexes at open) changes nothing.
+        drop(SqliteStore::open(&path, false).expect("reopen store"));
+        assert_eq!(indexes(&Connection::open(&path).expect("reopen")), ["cards_listing", "cards_search"]);
     }
 
     #[test]
