@@ -197,7 +197,7 @@ impl App {
         };
         let (username, scope) = split_scoped_login(&login);
         let lookup = username.clone();
-        let user = store::read_now(&self.store, |s| s.user(&lookup))?;
+        let user = store::point_read(&self.store, move |s| s.user(&lookup)).await?;
         let login_key = auth::login_key(&username);
         // Only logins that exist are named in the log: a password typed into the user-name field must not
         // end up there.
@@ -239,7 +239,8 @@ impl App {
 
     async fn authorize_scope(&self, user: &store::User, scope: Option<String>) -> DavResult<AuthUser> {
         if let Some(segment) = &scope {
-            let book = store::read_now(&self.store, |s| s.book_in_home(&user.username, segment))?;
+            let (name, seg) = (user.username.clone(), segment.clone());
+            let book = store::point_read(&self.store, move |s| s.book_in_home(&name, &seg)).await?;
             if book.is_none() {
                 return Err(self.challenge("wrong user name or password"));
             }
@@ -264,7 +265,8 @@ impl App {
                 if me.scope.as_ref().is_some_and(|s| *s != book) {
                     return Err(DavError::not_found());
                 }
-                match store::read_now(&self.store, |s| s.book_in_home(&user, &book))? {
+                let (name, seg) = (user.clone(), book.clone());
+                match store::point_read(&self.store, move |s| s.book_in_home(&name, &seg)).await? {
                     Some(view) => Ok(Target::Book(view)),
                     None => Ok(Target::MissingBook { user, segment: book }),
                 }
@@ -273,7 +275,8 @@ impl App {
                 if me.scope.as_ref().is_some_and(|s| *s != book) {
                     return Err(DavError::not_found());
                 }
-                match store::read_now(&self.store, |s| s.book_in_home(&user, &book))? {
+                let (u, seg) = (user.clone(), book.clone());
+                match store::point_read(&self.store, move |s| s.book_in_home(&u, &seg)).await? {
                     Some(view) => Ok(Target::Card { book: view, name }),
                     None => Err(DavError::not_found()),
                 }

@@ -26,7 +26,9 @@ pub async fn handle(ctx: Ctx, target: Target) -> DavResult<Response<Body>> {
     let head = ctx.method == "HEAD";
     match target {
         Target::Card { book, name } => {
-            let card = store::read_now(ctx.store(), |s| s.card(book.id, &name))?.ok_or_else(DavError::not_found)?;
+            let id = book.id;
+            let card =
+                store::point_read(ctx.store(), move |s| s.card(id, &name)).await?.ok_or_else(DavError::not_found)?;
             let (bytes, converted) = vcard::render(&card.vcard, &card.meta.version, wanted_version(&ctx), None);
             let version = if converted {
                 wanted_version(&ctx).map(Version::as_str).unwrap_or("4.0")

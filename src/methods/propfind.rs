@@ -33,10 +33,11 @@ pub async fn handle(ctx: Ctx, target: Target, body: RequestBody) -> DavResult<Re
     if let Target::MissingBook { .. } = target {
         return Err(DavError::not_found());
     }
-    if let Target::Card { book, name } = &target
-        && store::read_now(ctx.store(), |s| s.card_meta(book.id, name))?.is_none()
-    {
-        return Err(DavError::not_found());
+    if let Target::Card { book, name } = &target {
+        let (id, n) = (book.id, name.clone());
+        if store::point_read(ctx.store(), move |s| s.card_meta(id, &n)).await?.is_none() {
+            return Err(DavError::not_found());
+        }
     }
     let minimal = wants_minimal(&ctx.headers);
     let gzip = accepts_gzip(&ctx.headers);

@@ -82,7 +82,7 @@ async fn check_token(ctx: &Ctx, book: &BookView, token: &str) -> DavResult<i64> 
         return Err(invalid("the token belongs to another address book"));
     }
     let id = book.id;
-    let current = store::read_now(ctx.store(), |s| s.book_revision(id))?;
+    let current = store::point_read(ctx.store(), move |s| s.book_revision(id)).await?;
     if revision < 0 || revision > current {
         return Err(invalid("the token is newer than the address book"));
     }

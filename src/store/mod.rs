@@ -3,7 +3,8 @@
 //! Every write is one coarse operation that the backend runs as one transaction (check the precondition,
 //! write, bump the book's revision, append to the change log), so the protocol code never sees SQL and a
 //! PostgreSQL backend can implement the same trait. The trait is synchronous: async callers go through
-//! [`blocking`], which moves the call onto tokio's blocking pool.
+//! [`blocking`], which moves the call onto tokio's blocking pool, or, for a read of one row by its key,
+//! [`point_read`], which an embedded backend answers on the calling task.
 
 mod records;
 mod sqlite;
@@ -399,6 +400,12 @@ pub trait Store: Records + Send + Sync {
     fn backup_to(&self, path: &std::path::Path) -> Result<()>;
     /// Writes the WAL back into the database file (at shutdown).
     fn checkpoint(&self) -> Result<()>;
+
+    /// Whether a point read is answered inside this process in microseconds (an embedded database), so that
+    /// [`point_read`] may run it on the calling task. A backend across the network keeps the default.
+    fn point_reads_are_local(&self) -> bool {
+        false
+    }
 }
 
 pub type SharedStore = Arc<dyn Store>;
@@ -417,11 +424,15 @@ where
     }
 }
 
-/// Runs a point read (one row by its key: a login's user, a book by its path, one card) on the calling task.
-/// From SQLite's page cache such a read takes microseconds, while the hand-off to the blocking pool and back
-/// (futex wake-ups, context switches) was ~40 % of a GET's server CPU here: every DAV request makes two or
-/// three of these reads (BENCHMARKS.md, optimization 8). A cold page read blocks one worker briefly; the
-/// other workers go on.
-pub fn read_now<T>(store: &SharedStore, f: impl FnOnce(&dyn Store) -> Result<T>) -> Result<T> {
-    f(store.as_ref())
+/// Runs a point read (one row by its key: a login's user, a book by its path, one card) on the calling task
+/// when the backend answers those in-process (`point_reads_are_local`), else like [`blocking`]. From SQLite's
+/// page cache such a read takes microseconds, while the hand-off to the blocking pool and back (futex
+/// wake-ups, context switches) was ~40 % of a GET's server CPU here: every DAV request makes two or three of
+/// these reads (BENCHMARKS.md, optimization 8). A cold page read holds one worker briefly; the others go on.
+pub async fn point_read<T, F>(store: &SharedStore, f: F) -> Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce(&dyn Store) -> Result<T> + Send + 'static,
+{
+    if store.point_reads_are_local() { f(store.as_ref()) } else { blocking(store, f).await }
 }

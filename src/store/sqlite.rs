@@ -1315,6 +1315,11 @@ impl Store for SqliteStore {
         conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
         Ok(())
     }
+
+    /// WAL readers never wait for the writer, and a row by key is a few pages from the page cache.
+    fn point_reads_are_local(&self) -> bool {
+        true
+    }
 }
 
 #[cfg(test)]
