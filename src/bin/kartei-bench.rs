@@ -10,6 +10,9 @@
 //!   6. 1,000 GETs of random cards at concurrency C;
 //!   7. 500 PUT updates with If-Match at concurrency C, all must be accepted.
 //!
+//! With `--devices D` an eighth phase has D devices, each on its own connection, make an initial full sync
+//! (phases 2 + 3) of the book at the same time, as when dozens of phones are set up at once.
+//!
 //! With `--pid` it reports the server's peak RSS per phase (VmHWM, reset before each phase through
 //! /proc/PID/clear_refs when allowed); with `--data-dir` the size of the server's data on disk.
 //!
@@ -70,6 +73,9 @@ struct Args {
     /// GETs in phase 6 (the phase uses 1,000; more for profiling).
     #[arg(long, default_value_t = 1000)]
     gets: usize,
+    /// Phase 8: this many devices (each its own HTTP client and connection) full-sync the book at once.
+    #[arg(long, default_value_t = 0)]
+    devices: usize,
     /// Initial full syncs (phases 2+3) to time: the first is reported, and with more than one also the median.
     #[arg(long, default_value_t = 1)]
     full_syncs: usize,
@@ -529,6 +535,33 @@ fn parse_multistatus(xml: &[u8], probe: &dyn Fn(&str) -> Option<String>) -> Resu
     Ok(ms)
 }
 
+/// One device's initial full sync: PROPFIND Depth 1, then multigets of 100. Returns its time and the number of
+/// cards that came back with data.
+async fn device_full_sync(http: Arc<Http>) -> Result<(f64, usize), String> {
+    let t = Instant::now();
+    let listing = http.dav("PROPFIND", "1", PROPFIND_BODY.into()).await?;
+    if listing.status.as_u16() != 207 {
+        return Err(format!("PROPFIND -> {}", listing.status));
+    }
+    let base = http.base.path().trim_end_matches('/').to_string();
+    let hrefs: Vec<String> = parse_multistatus(&listing.body, &|_| None)?
+        .responses
+        .into_iter()
+        .filter(|r| r.ok && !r.href.trim_end_matches('/').ends_with(&base))
+        .map(|r| r.href)
+        .collect();
+    let mut cards = 0;
+    for batch in hrefs.chunks(100) {
+        let r = http.dav("REPORT", "0", multiget_body(batch)).await?;
+        if r.status.as_u16() != 207 {
+            return Err(format!("multiget -> {}", r.status));
+        }
+        let answer = parse_multistatus(&r.body, &|_| Some("BEGIN:VCARD".to_string()))?;
+        cards += answer.responses.iter().filter(|r| r.ok && r.data_len > 0 && r.data_has.is_some()).count();
+    }
+    Ok((ms(t.elapsed()), cards))
+}
+
 /// The last path segment of an href, percent-decoded (the member's resource name).
 fn href_name(href: &str) -> String {
     let path = href.trim_end_matches('/');
@@ -555,6 +588,31 @@ struct Reply {
 }
 
 impl Http {
+    /// A client with its own connection pool (one per simulated device in phase 8).
+    fn new(args: &Args, base: &reqwest::Url) -> Result<Self, String> {
+        let mut builder = Client::builder()
+            .no_proxy()
+            .pool_max_idle_per_host(args.c.max(1) * 2)
+            .timeout(Duration::from_secs(600))
+            .user_agent("kartei-bench/1");
+        if args.http1 {
+            builder = builder.http1_only();
+        }
+        if args.insecure {
+            builder = builder.tls_danger_accept_invalid_certs(true);
+        }
+        if let Some(path) = &args.cacert {
+            let pem = std::fs::read(path).map_err(|e| format!("--cacert {}: {e}", path.display()))?;
+            let cert = reqwest::Certificate::from_pem(&pem).map_err(|e| format!("--cacert: {e}"))?;
+            builder = builder.add_root_certificate(cert);
+        }
+        let client = builder.build().map_err(|e| format!("HTTP client: {e}"))?;
+        let credentials =
+            base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", args.user, args.password).as_bytes());
+        let auth = HeaderValue::from_str(&format!("Basic {credentials}")).map_err(|e| e.to_string())?;
+        Ok(Http { client, auth, base: base.clone(), gzip: !args.no_gzip })
+    }
+
     fn card_url(&self, name: &str) -> reqwest::Url {
         let mut url = self.base.clone();
         let encoded = percent_encoding::utf8_percent_encode(name, percent_encoding::NON_ALPHANUMERIC).to_string();
@@ -994,6 +1052,48 @@ impl Bench {
         ms(wall)
     }
 
+    /// Phase 8: `--devices` clients, each with its own connection, full-sync the book at once: PROPFIND
+    /// Depth 1, then multigets of 100 of what it listed. Every device must get every card.
+    async fn devices(&mut self, url: &reqwest::Url) {
+        let d = self.args.devices;
+        let expected = self.model.lock().expect("model").alive().len();
+        let mut clients = Vec::with_capacity(d);
+        for _ in 0..d {
+            match Http::new(&self.args, url) {
+                Ok(h) => clients.push(Arc::new(h)),
+                Err(e) => return self.check(false, format!("devices: {e}")),
+            }
+        }
+        self.phase_start();
+        let t = Instant::now();
+        let tasks: Vec<_> = clients.into_iter().map(|http| tokio::spawn(device_full_sync(http))).collect();
+        let mut lat = Lat::default();
+        let mut complete = 0;
+        let mut errors = Vec::new();
+        for task in tasks {
+            match task.await {
+                Ok(Ok((ms, cards))) if cards == expected => {
+                    complete += 1;
+                    lat.0.push(ms);
+                }
+                Ok(Ok((_, cards))) => errors.push(format!("a device got {cards} of {expected} cards")),
+                Ok(Err(e)) => errors.push(e),
+                Err(e) => errors.push(e.to_string()),
+            }
+        }
+        let wall = t.elapsed();
+        self.check(
+            errors.is_empty(),
+            format!("devices: {} of {d} incomplete, first: {:?}", d - complete, errors.first()),
+        );
+        self.record(json!({
+            "phase": format!("8 {d} devices full-sync at once"), "key": "devices", "wall_ms": ms(wall),
+            "requests": d * (1 + expected.div_ceil(100)), "req_per_s": ((d * (1 + expected.div_ceil(100))) as f64 / wall.as_secs_f64()).round(),
+            "devices": d, "complete": complete, "cards_per_s": ((complete * expected) as f64 / wall.as_secs_f64()).round(),
+            "p50_ms": lat.pct(0.5), "max_ms": lat.pct(1.0),
+        }));
+    }
+
     async fn put_version(&self, i: usize, version: u32, pre: (&str, String)) -> Result<Reply, String> {
         let g = generate(self.args.seed, i, version);
         let headers = [pre, ("Content-Type", "text/vcard; charset=utf-8".to_string())];
@@ -1347,27 +1447,7 @@ async fn run(args: Args) -> Result<Value, String> {
         let p = format!("{}/", url.path());
         url.set_path(&p);
     }
-    let mut builder = Client::builder()
-        .no_proxy()
-        .pool_max_idle_per_host(args.c.max(1) * 2)
-        .timeout(Duration::from_secs(600))
-        .user_agent("kartei-bench/1");
-    if args.http1 {
-        builder = builder.http1_only();
-    }
-    if args.insecure {
-        builder = builder.tls_danger_accept_invalid_certs(true);
-    }
-    if let Some(path) = &args.cacert {
-        let pem = std::fs::read(path).map_err(|e| format!("--cacert {}: {e}", path.display()))?;
-        let cert = reqwest::Certificate::from_pem(&pem).map_err(|e| format!("--cacert: {e}"))?;
-        builder = builder.add_root_certificate(cert);
-    }
-    let client = builder.build().map_err(|e| format!("HTTP client: {e}"))?;
-    let credentials =
-        base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", args.user, args.password).as_bytes());
-    let auth = HeaderValue::from_str(&format!("Basic {credentials}")).map_err(|e| e.to_string())?;
-    let http = Arc::new(Http { client, auth, base: url.clone(), gzip: !args.no_gzip });
+    let http = Arc::new(Http::new(&args, &url)?);
 
     // The collection must answer before anything is timed.
     let probe = http.dav("PROPFIND", "0", PROPFIND_BODY.into()).await?;
@@ -1429,6 +1509,9 @@ async fn run(args: Args) -> Result<Value, String> {
     bench.query().await;
     bench.gets().await;
     bench.updates().await;
+    if args.devices > 0 {
+        bench.devices(&url).await;
+    }
     let total_ms = ms(total.elapsed());
     let size = args.data_dir.as_deref().map(dir_size);
     let cards_bytes: usize = (0..args.n).map(|i| generate(args.seed, i, 0).body.len()).sum();
