@@ -9,7 +9,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
-use tokio::sync::mpsc;
+use std::time::Duration;
+use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 pub type Body = BoxBody<Bytes, io::Error>;
 
@@ -57,9 +59,13 @@ pub fn empty() -> Body {
     full(Bytes::new())
 }
 
-/// An `io::Write` that sends what is written as body chunks; fails once the client is gone.
+type Chunks = mpsc::Sender<Result<Frame<Bytes>, io::Error>>;
+
+/// An `io::Write` that sends what is written as body chunks; fails once the client is gone, or when it has
+/// taken nothing for `stall` (its answer holds one of the server's producer slots).
 pub struct ChunkWriter {
-    tx: mpsc::Sender<Result<Frame<Bytes>, io::Error>>,
+    tx: Chunks,
+    stall: Duration,
 }
 
 impl Write for ChunkWriter {
@@ -67,9 +73,20 @@ impl Write for ChunkWriter {
         if buf.is_empty() {
             return Ok(0);
         }
-        self.tx
-            .blocking_send(Ok(Frame::data(Bytes::copy_from_slice(buf))))
-            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "client went away"))?;
+        let gone = || io::Error::new(io::ErrorKind::BrokenPipe, "client went away");
+        match self.tx.try_send(Ok(Frame::data(Bytes::copy_from_slice(buf)))) {
+            Ok(()) => {}
+            Err(TrySendError::Closed(_)) => return Err(gone()),
+            // The channel is full: the client reads slower than we produce. Wait for it, within limits.
+            Err(TrySendError::Full(chunk)) => {
+                let send = tokio::time::timeout(self.stall, self.tx.send(chunk));
+                match tokio::runtime::Handle::current().block_on(send) {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return Err(gone()),
+                    Err(_) => return Err(io::Error::new(io::ErrorKind::TimedOut, "the client stopped reading")),
+                }
+            }
+        }
         Ok(buf.len())
     }
 
@@ -78,33 +95,79 @@ impl Write for ChunkWriter {
     }
 }
 
+/// A server's slots for producing streamed answers. Each answer being produced holds a blocking thread, a
+/// database connection with its page cache (up to 16 MB) and a deflate state; beyond a couple per core they
+/// add memory, not speed. 24 devices full-syncing a 100,000-card book at once peaked at 468 MB without
+/// this limit and at 189 MB with it, in the same time (BENCHMARKS.md). Answers beyond the limit wait for a
+/// slot, holding nothing. A client that stops reading loses its answer after `stall`, so that a few such
+/// clients cannot keep the slots from everybody else.
+#[derive(Clone)]
+pub struct Producers {
+    slots: Arc<Semaphore>,
+    stall: Duration,
+}
+
+impl Producers {
+    /// Two slots per core, at least four.
+    pub fn new(stall: Duration) -> Self {
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+        Producers { slots: Arc::new(Semaphore::new((cores * 2).max(4))), stall }
+    }
+}
+
 /// Runs `produce` on the blocking pool, streaming what it writes as the response body; with `gzip` the
 /// stream is compressed on the way. Errors after the first byte can only cut the body short (and are
 /// logged), which is why callers validate everything before they start streaming.
-pub fn stream_body<F>(gzip: bool, produce: F) -> Body
+pub fn stream_body<F>(producers: &Producers, gzip: bool, produce: F) -> Body
 where
     F: FnOnce(&mut dyn Write) -> io::Result<()> + Send + 'static,
 {
     let (tx, rx) = mpsc::channel(16);
     let error_tx = tx.clone();
-    tokio::task::spawn_blocking(move || {
-        let writer = ChunkWriter { tx };
-        let result = if gzip {
-            let mut encoder = flate2::write::GzEncoder::new(writer, flate2::Compression::fast());
-            produce(&mut encoder).and_then(|_| encoder.finish().map(|_| ()))
-        } else {
-            let mut writer = writer;
-            produce(&mut writer)
-        };
-        if let Err(e) = result
-            && e.kind() != io::ErrorKind::BrokenPipe
-        {
-            tracing::error!(error = %e, "streamed response failed");
-            let _ = error_tx.blocking_send(Err(e));
+    let writer = ChunkWriter { tx, stall: producers.stall };
+    match producers.slots.clone().try_acquire_owned() {
+        Ok(slot) => {
+            tokio::task::spawn_blocking(move || produce_into(writer, error_tx, gzip, produce, slot));
         }
-    });
+        Err(_) => {
+            let slots = producers.slots.clone();
+            tokio::spawn(async move {
+                // Never closed; a client that left while its answer waited gets nothing produced.
+                let Ok(slot) = slots.acquire_owned().await else { return };
+                if writer.tx.is_closed() {
+                    return;
+                }
+                tokio::task::spawn_blocking(move || produce_into(writer, error_tx, gzip, produce, slot));
+            });
+        }
+    }
     let stream = tokio_stream_from(rx);
     BodyExt::boxed(StreamBody::new(stream))
+}
+
+/// The blocking half of `stream_body`; `_slot` is released when production ends.
+fn produce_into<F>(mut writer: ChunkWriter, error_tx: Chunks, gzip: bool, produce: F, _slot: OwnedSemaphorePermit)
+where
+    F: FnOnce(&mut dyn Write) -> io::Result<()>,
+{
+    let result = if gzip {
+        let mut encoder = flate2::write::GzEncoder::new(writer, flate2::Compression::fast());
+        produce(&mut encoder).and_then(|_| encoder.finish().map(|_| ()))
+    } else {
+        produce(&mut writer)
+    };
+    match result {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {}
+        Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+            tracing::warn!("a client stopped reading its streamed answer; the answer was cut")
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "streamed response failed");
+            // Best effort: the client may be the reason (full channel), so this must not wait.
+            let _ = error_tx.try_send(Err(e));
+        }
+    }
 }
 
 fn tokio_stream_from(

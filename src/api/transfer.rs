@@ -421,7 +421,7 @@ pub async fn import(
     let wants_progress = params.get("progress").is_some_and(|p| matches!(p.as_str(), "true" | "1" | "ndjson"))
         || ctx_accepts_ndjson(req_accept.as_deref());
     if wants_progress {
-        return Ok(streamed_import(store, target, text, request));
+        return Ok(streamed_import(&ctx.app.producers, store, target, text, request));
     }
     let (status, summary) =
         tokio::task::spawn_blocking(move || run_import(store.as_ref(), &target, &text, &request, &mut |_, _| {}))
@@ -442,7 +442,13 @@ fn ctx_accepts_ndjson(accept: Option<&str>) -> bool {
 /// A large import with live progress: `application/x-ndjson`, one `{"progress": {"done", "total"}}` line
 /// per ~1% of the rows as they are planned, then the summary line (with its `status`: 200, or 422 when
 /// rows were refused and nothing was imported). The HTTP status is 200 once streaming starts.
-fn streamed_import(store: store::SharedStore, book: BookView, text: String, request: ImportRequest) -> Response<Body> {
+fn streamed_import(
+    producers: &body::Producers,
+    store: store::SharedStore,
+    book: BookView,
+    text: String,
+    request: ImportRequest,
+) -> Response<Body> {
     let produce = move |out: &mut dyn std::io::Write| -> std::io::Result<()> {
         let mut last_line = 0usize;
         let mut write_error = None;
@@ -476,7 +482,7 @@ fn streamed_import(store: store::SharedStore, book: BookView, text: String, requ
     Response::builder()
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, "application/x-ndjson")
-        .body(body::stream_body(false, produce))
+        .body(body::stream_body(producers, false, produce))
         .unwrap_or_else(|_| Response::new(body::empty()))
 }
 

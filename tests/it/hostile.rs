@@ -1442,3 +1442,73 @@ async fn a_client_that_stops_reading_is_disconnected() {
     assert_eq!(alice.get(&format!("{}big-0.vcf", alice.book())).await.status.as_u16(), 200);
     s.stop().await;
 }
+
+#[tokio::test]
+async fn clients_that_stop_reading_do_not_hold_up_other_answers() {
+    // Streamed answers are produced a few at a time (two per core, at least four: body::Producers). One whose
+    // client stops reading is cut after idle_timeout_secs, although its connection would stay open until the
+    // watchdog's request timeout: otherwise a handful of such clients would hold the slots from everybody.
+    let s = TestServer::start_with(|c| {
+        c.limits.idle_timeout_secs = 2;
+        c.limits.request_timeout_secs = 120;
+    })
+    .await;
+    let alice = s.user("alice").await;
+    let note = format!("NOTE:{}\r\n", "x".repeat(900_000));
+    for i in 0..24 {
+        alice.put_card(&format!("big-{i}.vcf"), &format!("big-{i}"), "Big", &note).await;
+    }
+    let raw = Raw::new(&s, &alice);
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+    let get = format!("GET {} HTTP/1.1\r\nHost: localhost\r\nAuthorization: {}\r\n\r\n", alice.book(), raw.auth);
+    let mut stalled = Vec::new();
+    for _ in 0..(cores * 2).max(4) + 2 {
+        let mut tls = raw.connect().await;
+        tls.write_all(get.as_bytes()).await.expect("write");
+        stalled.push(tls);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // Others are answered once the stalled answers are cut (after ~2 s), long before 120 s; all at once, too.
+    let started = Instant::now();
+    let mut listings = Vec::new();
+    for _ in 0..12 {
+        let (http, url, auth) = (s.http(), format!("{}{}", s.base, alice.book()), raw.auth.clone());
+        listings.push(tokio::spawn(async move {
+            let request = http
+                .request(reqwest::Method::from_bytes(b"PROPFIND").expect("method"), url)
+                .header("Authorization", auth)
+                .header("Depth", "1")
+                .body(r#"<propfind xmlns="DAV:"><prop><getetag/></prop></propfind>"#);
+            let r = request.send().await.expect("send");
+            (r.status().as_u16(), r.text().await.expect("body"))
+        }));
+    }
+    for listing in listings {
+        let (status, body) = tokio::time::timeout(Duration::from_secs(30), listing)
+            .await
+            .expect("a PROPFIND waited behind stalled clients")
+            .expect("join");
+        assert_eq!(status, 207, "{body}");
+        assert_eq!(body.matches("<d:response>").count(), 25, "the book and its 24 cards: {body}");
+    }
+    assert!(started.elapsed() < Duration::from_secs(30), "took {:?}", started.elapsed());
+
+    // The stalled answers were cut, not delivered whole.
+    for mut tls in stalled {
+        let mut received = 0usize;
+        let mut chunk = vec![0u8; 64 * 1024];
+        let drained = tokio::time::timeout(Duration::from_secs(15), async {
+            loop {
+                match tls.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => received += n,
+                }
+            }
+        })
+        .await;
+        assert!(drained.is_ok(), "a stalled connection was still open");
+        assert!(received < 24 * 900_000, "the whole answer arrived ({received} bytes)");
+    }
+    s.stop().await;
+}
