@@ -117,17 +117,20 @@ impl Producers {
 
 /// Runs `produce` on the blocking pool, streaming what it writes as the response body; with `gzip` the
 /// stream is compressed on the way. Errors after the first byte can only cut the body short (and are
-/// logged), which is why callers validate everything before they start streaming.
+/// logged), which is why callers validate everything before they start streaming. A body cut short ends
+/// in an error, never cleanly, so that the client cannot take a truncated answer for a whole one (HTTP/1.1
+/// closes the connection without the last chunk, HTTP/2 resets the stream).
 pub fn stream_body<F>(producers: &Producers, gzip: bool, produce: F) -> Body
 where
     F: FnOnce(&mut dyn Write) -> io::Result<()> + Send + 'static,
 {
     let (tx, rx) = mpsc::channel(16);
-    let error_tx = tx.clone();
+    let failed = Arc::new(AtomicBool::new(false));
     let writer = ChunkWriter { tx, stall: producers.stall };
+    let cut = failed.clone();
     match producers.slots.clone().try_acquire_owned() {
         Ok(slot) => {
-            tokio::task::spawn_blocking(move || produce_into(writer, error_tx, gzip, produce, slot));
+            tokio::task::spawn_blocking(move || produce_into(writer, cut, gzip, produce, slot));
         }
         Err(_) => {
             let slots = producers.slots.clone();
@@ -137,17 +140,22 @@ where
                 if writer.tx.is_closed() {
                     return;
                 }
-                tokio::task::spawn_blocking(move || produce_into(writer, error_tx, gzip, produce, slot));
+                tokio::task::spawn_blocking(move || produce_into(writer, cut, gzip, produce, slot));
             });
         }
     }
-    let stream = tokio_stream_from(rx);
-    BodyExt::boxed(StreamBody::new(stream))
+    BodyExt::boxed(StreamBody::new(chunk_stream(rx, failed)))
 }
 
-/// The blocking half of `stream_body`; `_slot` is released when production ends.
-fn produce_into<F>(mut writer: ChunkWriter, error_tx: Chunks, gzip: bool, produce: F, _slot: OwnedSemaphorePermit)
-where
+/// The blocking half of `stream_body`. `_slot` is released when production ends; `failed` is set before the
+/// writer (the channel's sender) is dropped, so the body sees it when the channel ends.
+fn produce_into<F>(
+    mut writer: ChunkWriter,
+    failed: Arc<AtomicBool>,
+    gzip: bool,
+    produce: F,
+    _slot: OwnedSemaphorePermit,
+) where
     F: FnOnce(&mut dyn Write) -> io::Result<()>,
 {
     let result = if gzip {
@@ -156,24 +164,26 @@ where
     } else {
         produce(&mut writer)
     };
-    match result {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {}
-        Err(e) if e.kind() == io::ErrorKind::TimedOut => {
-            tracing::warn!("a client stopped reading its streamed answer; the answer was cut")
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "streamed response failed");
-            // Best effort: the client may be the reason (full channel), so this must not wait.
-            let _ = error_tx.try_send(Err(e));
-        }
+    let Err(e) = result else { return };
+    failed.store(true, Ordering::Release);
+    match e.kind() {
+        io::ErrorKind::BrokenPipe => {}
+        io::ErrorKind::TimedOut => tracing::warn!("a client stopped reading its streamed answer; the answer was cut"),
+        _ => tracing::error!(error = %e, "streamed response failed"),
     }
 }
 
-fn tokio_stream_from(
+/// The body's chunks as they arrive; when the producer failed, an error instead of a clean end.
+fn chunk_stream(
     mut rx: mpsc::Receiver<Result<Frame<Bytes>, io::Error>>,
+    failed: Arc<AtomicBool>,
 ) -> impl futures_core::Stream<Item = Result<Frame<Bytes>, io::Error>> {
-    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+    futures_util::stream::poll_fn(move |cx| match rx.poll_recv(cx) {
+        Poll::Ready(None) if failed.load(Ordering::Acquire) => {
+            Poll::Ready(Some(Err(io::Error::other("the answer could not be completed"))))
+        }
+        polled => polled,
+    })
 }
 
 /// Does the client accept gzip (`Accept-Encoding: gzip`, not `gzip;q=0`)?
