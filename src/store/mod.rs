@@ -331,7 +331,7 @@ pub trait Store: Records + Send + Sync {
     // --- cards ---
     fn card(&self, book: BookId, name: &str) -> Result<Option<Card>>;
     fn card_meta(&self, book: BookId, name: &str) -> Result<Option<CardMeta>>;
-    /// Streams every card of a book in name order; bodies only when `with_body`.
+    /// Streams every card of a book in the order they were added; bodies only when `with_body`.
     fn for_each_card(&self, book: BookId, with_body: bool, sink: &mut CardSink<'_>) -> Result<()>;
     /// Streams the named cards that exist, in the order asked; missing names are skipped.
     fn for_each_named_card(&self, book: BookId, names: &[String], sink: &mut CardSink<'_>) -> Result<()>;

@@ -712,9 +712,8 @@ impl Store for SqliteStore {
     fn for_each_card(&self, book: BookId, with_body: bool, sink: &mut CardSink<'_>) -> Result<()> {
         self.read(|c| {
             let body = if with_body { "vcard" } else { "NULL" };
-            let mut stmt = c.prepare_cached(&format!(
-                "SELECT {META_COLUMNS}, {body} FROM cards WHERE book_id = ?1 ORDER BY name"
-            ))?;
+            let mut stmt =
+                c.prepare_cached(&format!("SELECT {META_COLUMNS}, {body} FROM cards WHERE book_id = ?1 ORDER BY id"))?;
             let mut rows = stmt.query([book])?;
             while let Some(row) = rows.next()? {
                 let meta = meta_from_row(row)?;
@@ -754,11 +753,10 @@ impl Store for SqliteStore {
         prefilter_sql(prefilter, &mut condition, &mut args);
         self.read(|c| {
             // Two steps in one snapshot: the prefilter runs over the covering index only (a scan of the rows
-            // would read every stored vCard), then the candidates are read by rowid, in name order.
+            // would read every stored vCard), then the candidates are read by rowid, in insertion order.
             let tx = c.unchecked_transaction()?;
-            let sql = format!(
-                "SELECT id FROM cards INDEXED BY cards_listing WHERE book_id = ?1 AND {condition} ORDER BY name"
-            );
+            let sql =
+                format!("SELECT id FROM cards INDEXED BY cards_listing WHERE book_id = ?1 AND {condition} ORDER BY id");
             let mut values: Vec<&dyn rusqlite::ToSql> = vec![&book];
             values.extend(args.iter().map(|a| a as &dyn rusqlite::ToSql));
             let ids = tx
@@ -1350,7 +1348,7 @@ mod tests {
     }
 
     #[test]
-    fn migration_5_adds_the_read_indexes_also_to_a_version_4_database() {
+    fn migration_5_puts_the_read_indexes_in_insertion_order_also_in_a_version_4_database() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("k.db");
         let indexes = |c: &Connection| -> Vec<String> {
@@ -1366,11 +1364,21 @@ mod tests {
                 .expect("v4 schema");
             assert!(indexes(&c).is_empty());
         }
+        // ...or as the builds that made the read indexes at open left it: ordered by name.
+        Connection::open(&path)
+            .expect("open")
+            .execute_batch("CREATE INDEX cards_listing ON cards (book_id, name, etag); CREATE INDEX cards_search ON cards (book_id, search);")
+            .expect("old indexes");
         drop(SqliteStore::open(&path, false).expect("migrate"));
         let c = Connection::open(&path).expect("reopen");
         assert_eq!(c.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0)).expect("version"), 5);
         assert_eq!(indexes(&c), ["cards_listing", "cards_search"]);
-        // Opening again (and a database whose earlier build made the indexes at open) changes nothing.
+        // Both are replaced by the ones in insertion order.
+        let sql = |name: &str| -> String {
+            c.query_row("SELECT sql FROM sqlite_master WHERE name = ?1", [name], |r| r.get(0)).expect("index sql")
+        };
+        assert!(sql("cards_listing").contains("(book_id, id, name,"), "{}", sql("cards_listing"));
+        assert!(sql("cards_search").contains("(book_id, id, search)"), "{}", sql("cards_search"));
         drop(SqliteStore::open(&path, false).expect("reopen store"));
         assert_eq!(indexes(&Connection::open(&path).expect("reopen")), ["cards_listing", "cards_search"]);
     }
