@@ -26,8 +26,8 @@ pub struct App {
     dummy_hash: String,
     /// Argon2 verifications, one thread per core (see `auth::Verifier`).
     verifier: auth::Verifier,
-    /// Slots for producing streamed answers (see `body::Producers`).
-    pub producers: body::Producers,
+    /// How streamed answers wait for slow clients (see `body::Streaming`).
+    pub streaming: body::Streaming,
 }
 
 /// The authenticated person making a request.
@@ -100,8 +100,8 @@ impl App {
         let dummy_hash = auth::hash_password(&auth::generate_password()).unwrap_or_default();
         let public_url = config.public_url(bound);
         let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
-        let producers = body::Producers::new(Duration::from_secs(config.limits.idle_timeout_secs.max(1)));
-        App { config, store, auth, public_url, dummy_hash, verifier: auth::Verifier::new(cores), producers }
+        let streaming = body::Streaming { stall: Duration::from_secs(config.limits.idle_timeout_secs.max(1)) };
+        App { config, store, auth, public_url, dummy_hash, verifier: auth::Verifier::new(cores), streaming }
     }
 
     pub async fn handle(self: Arc<Self>, req: Request<RequestBody>, peer: SocketAddr) -> Response<Body> {

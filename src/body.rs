@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
+use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 pub type Body = BoxBody<Bytes, io::Error>;
 
@@ -62,18 +62,35 @@ pub fn empty() -> Body {
 type Chunks = mpsc::Sender<Result<Frame<Bytes>, io::Error>>;
 
 /// An `io::Write` that sends what is written as body chunks; fails once the client is gone, or when it has
-/// taken nothing for `stall` (its answer holds one of the server's producer slots).
+/// taken nothing for `stall` (a producer blocked on it holds a thread and a database snapshot). After one
+/// failure every write fails at once, so that an encoder's flush on drop does not wait again.
 pub struct ChunkWriter {
     tx: Chunks,
     stall: Duration,
+    broken: bool,
 }
 
 impl Write for ChunkWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let result = self.send(buf);
+        self.broken |= result.is_err();
+        result
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl ChunkWriter {
+    fn send(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let gone = || io::Error::new(io::ErrorKind::BrokenPipe, "client went away");
+        if self.broken {
+            return Err(gone());
+        }
         if buf.is_empty() {
             return Ok(0);
         }
-        let gone = || io::Error::new(io::ErrorKind::BrokenPipe, "client went away");
         match self.tx.try_send(Ok(Frame::data(Bytes::copy_from_slice(buf)))) {
             Ok(()) => {}
             Err(TrySendError::Closed(_)) => return Err(gone()),
@@ -89,30 +106,12 @@ impl Write for ChunkWriter {
         }
         Ok(buf.len())
     }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
 }
 
-/// A server's slots for producing streamed answers. Each answer being produced holds a blocking thread, a
-/// database connection with its page cache (up to 16 MB) and a deflate state; beyond a couple per core they
-/// add memory, not speed. 24 devices full-syncing a 100,000-card book at once peaked at 468 MB without
-/// this limit and at 189 MB with it, in the same time (BENCHMARKS.md). Answers beyond the limit wait for a
-/// slot, holding nothing. A client that stops reading loses its answer after `stall`, so that a few such
-/// clients cannot keep the slots from everybody else.
+/// How a server streams its answers: `stall` is how long a producer waits for a client that takes nothing.
 #[derive(Clone)]
-pub struct Producers {
-    slots: Arc<Semaphore>,
-    stall: Duration,
-}
-
-impl Producers {
-    /// Two slots per core, at least four.
-    pub fn new(stall: Duration) -> Self {
-        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
-        Producers { slots: Arc::new(Semaphore::new((cores * 2).max(4))), stall }
-    }
+pub struct Streaming {
+    pub stall: Duration,
 }
 
 /// Runs `produce` on the blocking pool, streaming what it writes as the response body; with `gzip` the
@@ -120,66 +119,52 @@ impl Producers {
 /// logged), which is why callers validate everything before they start streaming. A body cut short ends
 /// in an error, never cleanly, so that the client cannot take a truncated answer for a whole one (HTTP/1.1
 /// closes the connection without the last chunk, HTTP/2 resets the stream).
-pub fn stream_body<F>(producers: &Producers, gzip: bool, produce: F) -> Body
+pub fn stream_body<F>(streaming: &Streaming, gzip: bool, produce: F) -> Body
 where
     F: FnOnce(&mut dyn Write) -> io::Result<()> + Send + 'static,
 {
     let (tx, rx) = mpsc::channel(16);
-    let failed = Arc::new(AtomicBool::new(false));
-    let writer = ChunkWriter { tx, stall: producers.stall };
-    let cut = failed.clone();
-    match producers.slots.clone().try_acquire_owned() {
-        Ok(slot) => {
-            tokio::task::spawn_blocking(move || produce_into(writer, cut, gzip, produce, slot));
-        }
-        Err(_) => {
-            let slots = producers.slots.clone();
-            tokio::spawn(async move {
-                // Never closed; a client that left while its answer waited gets nothing produced.
-                let Ok(slot) = slots.acquire_owned().await else { return };
-                if writer.tx.is_closed() {
-                    return;
-                }
-                tokio::task::spawn_blocking(move || produce_into(writer, cut, gzip, produce, slot));
-            });
-        }
-    }
-    BodyExt::boxed(StreamBody::new(chunk_stream(rx, failed)))
+    let complete = Arc::new(AtomicBool::new(false));
+    let writer = ChunkWriter { tx, stall: streaming.stall, broken: false };
+    let done = complete.clone();
+    tokio::task::spawn_blocking(move || produce_into(writer, done, gzip, produce));
+    BodyExt::boxed(StreamBody::new(chunk_stream(rx, complete)))
 }
 
-/// The blocking half of `stream_body`. `_slot` is released when production ends; `failed` is set before the
-/// writer (the channel's sender) is dropped, so the body sees it when the channel ends.
-fn produce_into<F>(
-    mut writer: ChunkWriter,
-    failed: Arc<AtomicBool>,
-    gzip: bool,
-    produce: F,
-    _slot: OwnedSemaphorePermit,
-) where
+/// The blocking half of `stream_body`. `complete` is set only after the whole answer (with its gzip trailer)
+/// was handed over, and before the channel's sender is dropped: an error, a panic or an encoder finishing
+/// on drop all leave it unset, so the body ends in an error.
+fn produce_into<F>(writer: ChunkWriter, complete: Arc<AtomicBool>, gzip: bool, produce: F)
+where
     F: FnOnce(&mut dyn Write) -> io::Result<()>,
 {
     let result = if gzip {
         let mut encoder = flate2::write::GzEncoder::new(writer, flate2::Compression::fast());
-        produce(&mut encoder).and_then(|_| encoder.finish().map(|_| ()))
+        produce(&mut encoder).and_then(|()| encoder.finish())
     } else {
-        produce(&mut writer)
+        let mut writer = writer;
+        produce(&mut writer).map(|()| writer)
     };
-    let Err(e) = result else { return };
-    failed.store(true, Ordering::Release);
-    match e.kind() {
-        io::ErrorKind::BrokenPipe => {}
-        io::ErrorKind::TimedOut => tracing::warn!("a client stopped reading its streamed answer; the answer was cut"),
-        _ => tracing::error!(error = %e, "streamed response failed"),
+    match result {
+        Ok(writer) => {
+            complete.store(true, Ordering::Release);
+            drop(writer);
+        }
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {}
+        Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+            tracing::warn!("a client stopped reading its streamed answer; the answer was cut")
+        }
+        Err(e) => tracing::error!(error = %e, "streamed response failed"),
     }
 }
 
-/// The body's chunks as they arrive; when the producer failed, an error instead of a clean end.
+/// The body's chunks as they arrive; unless the producer finished the answer, an error instead of a clean end.
 fn chunk_stream(
     mut rx: mpsc::Receiver<Result<Frame<Bytes>, io::Error>>,
-    failed: Arc<AtomicBool>,
+    complete: Arc<AtomicBool>,
 ) -> impl futures_core::Stream<Item = Result<Frame<Bytes>, io::Error>> {
     futures_util::stream::poll_fn(move |cx| match rx.poll_recv(cx) {
-        Poll::Ready(None) if failed.load(Ordering::Acquire) => {
+        Poll::Ready(None) if !complete.load(Ordering::Acquire) => {
             Poll::Ready(Some(Err(io::Error::other("the answer could not be completed"))))
         }
         polled => polled,

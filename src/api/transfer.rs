@@ -421,7 +421,7 @@ pub async fn import(
     let wants_progress = params.get("progress").is_some_and(|p| matches!(p.as_str(), "true" | "1" | "ndjson"))
         || ctx_accepts_ndjson(req_accept.as_deref());
     if wants_progress {
-        return Ok(streamed_import(&ctx.app.producers, store, target, text, request));
+        return Ok(streamed_import(&ctx.app.streaming, store, target, text, request));
     }
     let (status, summary) =
         tokio::task::spawn_blocking(move || run_import(store.as_ref(), &target, &text, &request, &mut |_, _| {}))
@@ -443,7 +443,7 @@ fn ctx_accepts_ndjson(accept: Option<&str>) -> bool {
 /// per ~1% of the rows as they are planned, then the summary line (with its `status`: 200, or 422 when
 /// rows were refused and nothing was imported). The HTTP status is 200 once streaming starts.
 fn streamed_import(
-    producers: &body::Producers,
+    streaming: &body::Streaming,
     store: store::SharedStore,
     book: BookView,
     text: String,
@@ -482,7 +482,7 @@ fn streamed_import(
     Response::builder()
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, "application/x-ndjson")
-        .body(body::stream_body(producers, false, produce))
+        .body(body::stream_body(streaming, false, produce))
         .unwrap_or_else(|_| Response::new(body::empty()))
 }
 

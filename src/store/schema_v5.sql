@@ -4,7 +4,7 @@
 --
 -- Both are ordered by the card's row id after the book, i.e. in insertion order: a new card's entries go at
 -- the end of the book's range instead of at random places (card names are mostly random UUIDs), which kept
--- the upload rate at 100,000 cards 28 % higher (BENCHMARKS.md, optimization 10). Listings come in that
+-- the upload rate at 100,000 cards 28 % higher (BENCHMARKS.md, optimization 9). Listings come in that
 -- order; WebDAV gives members no order.
 DROP INDEX IF EXISTS cards_listing;
 DROP INDEX IF EXISTS cards_search;
