@@ -550,16 +550,19 @@ async fn device_full_sync(http: Arc<Http>) -> Result<(f64, usize), String> {
         .filter(|r| r.ok && !r.href.trim_end_matches('/').ends_with(&base))
         .map(|r| r.href)
         .collect();
-    let mut cards = 0;
+    // Distinct hrefs that came back with data, so that a repeated answer cannot hide a missing one.
+    let mut cards = std::collections::HashSet::new();
     for batch in hrefs.chunks(100) {
         let r = http.dav("REPORT", "0", multiget_body(batch)).await?;
         if r.status.as_u16() != 207 {
             return Err(format!("multiget -> {}", r.status));
         }
         let answer = parse_multistatus(&r.body, &|_| Some("BEGIN:VCARD".to_string()))?;
-        cards += answer.responses.iter().filter(|r| r.ok && r.data_len > 0 && r.data_has.is_some()).count();
+        cards.extend(
+            answer.responses.into_iter().filter(|r| r.ok && r.data_len > 0 && r.data_has.is_some()).map(|r| r.href),
+        );
     }
-    Ok((ms(t.elapsed()), cards))
+    Ok((ms(t.elapsed()), cards.len()))
 }
 
 /// The last path segment of an href, percent-decoded (the member's resource name).
