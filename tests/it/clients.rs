@@ -126,6 +126,9 @@ const DEPENDS_ON: &[&str] = &[
     "getctag",
 ];
 
+/// Replays a recorded session against a fresh server and asserts every step: the status, the responses and
+/// properties the client depends on, and the principal and home it discovers. The two Thunderbird tests
+/// below are this call.
 async fn replay(trace_file: &str) {
     let s = TestServer::start().await;
     let alice = s

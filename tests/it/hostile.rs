@@ -143,6 +143,34 @@ async fn read_response<R: tokio::io::AsyncRead + Unpin>(stream: &mut R, limit: D
     }
 }
 
+/// Reads a streamed answer until the server closes the connection or the answer ends with its last chunk
+/// (a whole answer leaves a keep-alive connection open). Returns the bytes received and the last 16 of them,
+/// or `None` when neither happened within `limit`.
+async fn read_answer<R: tokio::io::AsyncRead + Unpin>(stream: &mut R, limit: Duration) -> Option<(usize, Vec<u8>)> {
+    let (mut received, mut tail) = (0usize, Vec::new());
+    let mut chunk = vec![0u8; 64 * 1024];
+    let read = async {
+        loop {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    received += n;
+                    tail.extend_from_slice(&chunk[..n]);
+                    tail.drain(..tail.len().saturating_sub(16));
+                }
+            }
+            if tail.ends_with(LAST_CHUNK) {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(limit, read).await.ok()?;
+    Some((received, tail))
+}
+
+/// How a chunked HTTP/1.1 body ends when it is complete.
+const LAST_CHUNK: &[u8] = b"\r\n0\r\n\r\n";
+
 /// Waits until the server closes the connection; `Ok(elapsed)` or `Err` when it is still open at `limit`.
 async fn wait_closed<R: tokio::io::AsyncRead + Unpin>(stream: &mut R, limit: Duration) -> Result<Duration, String> {
     let started = Instant::now();
@@ -1425,18 +1453,9 @@ async fn a_client_that_stops_reading_is_disconnected() {
     tls.write_all(get.as_bytes()).await.expect("write");
     // The answer (about 22 MB, streamed from a blocking thread) fills the socket buffers; then nothing moves.
     tokio::time::sleep(Duration::from_secs(4)).await;
-    let mut received = 0usize;
-    let mut chunk = vec![0u8; 64 * 1024];
-    let drained = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            match tls.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => received += n,
-            }
-        }
-    })
-    .await;
-    assert!(drained.is_ok(), "the stalled connection was still open");
+    let drained = read_answer(&mut tls, Duration::from_secs(10)).await;
+    assert!(drained.is_some(), "the stalled connection was still open");
+    let received = drained.map_or(0, |(n, _)| n);
     assert!(received < 24 * 900_000, "the whole answer arrived ({received} bytes): the connection was not cut");
     // The server is fine afterwards.
     assert_eq!(alice.get(&format!("{}big-0.vcf", alice.book())).await.status.as_u16(), 200);
@@ -1491,27 +1510,10 @@ async fn a_streamed_answer_its_client_stops_reading_is_cut_visibly() {
     assert_eq!(listing.multistatus().hrefs().len(), 33, "the book and its 32 cards");
     tokio::time::sleep(Duration::from_secs(4)).await;
     for (n, mut tls) in stalled.into_iter().enumerate() {
-        let (mut received, mut tail) = (0usize, Vec::new());
-        let mut chunk = vec![0u8; 64 * 1024];
-        let drained = tokio::time::timeout(Duration::from_secs(20), async {
-            loop {
-                match tls.read(&mut chunk).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(k) => {
-                        received += k;
-                        tail.extend_from_slice(&chunk[..k]);
-                        tail.drain(..tail.len().saturating_sub(16));
-                    }
-                }
-                // A whole answer leaves the connection open (keep-alive): stop at its last chunk.
-                if tail.ends_with(b"\r\n0\r\n\r\n") {
-                    return;
-                }
-            }
-        })
-        .await;
-        assert!(drained.is_ok(), "stalled answer {n}: the connection neither closed nor ended the answer");
-        assert!(!tail.ends_with(b"\r\n0\r\n\r\n"), "stalled answer {n} ended like a complete one ({received} bytes)");
+        let drained = read_answer(&mut tls, Duration::from_secs(20)).await;
+        let (received, tail) =
+            drained.unwrap_or_else(|| panic!("stalled answer {n}: the connection neither closed nor ended the answer"));
+        assert!(!tail.ends_with(LAST_CHUNK), "stalled answer {n} ended like a complete one ({received} bytes)");
     }
     assert_eq!(alice.get(&format!("{}big-0.vcf", alice.book())).await.status.as_u16(), 200);
     s.stop().await;
