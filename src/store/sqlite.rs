@@ -9,6 +9,7 @@ use super::*;
 use rusqlite::{Connection, ErrorCode, OptionalExtension, Transaction, TransactionBehavior, params};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 // Provenance, integrations, events (the `Records` half of the store), kept apart from the sync core.
@@ -20,11 +21,19 @@ const SCHEMA_V3: &str = include_str!("schema_v3.sql");
 const SCHEMA_V4: &str = include_str!("schema_v4.sql");
 const SCHEMA_V5: &str = include_str!("schema_v5.sql");
 const READER_POOL_MAX: usize = 8;
+/// The page cache of the writer and of each pooled reader (negative in PRAGMA cache_size: KiB, not pages).
+const PAGE_CACHE_KIB: i64 = 16000;
+/// The page cache of a reader opened beyond the pool (more answers being produced at once than the pool
+/// holds). It serves one read and closes, so a big cache would only add memory: 24 devices full-syncing
+/// a 100,000-card book at once each filled 16 MB (see BENCHMARKS.md, "dozens of devices").
+const OVERFLOW_READER_CACHE_KIB: i64 = 2048;
 
 pub struct SqliteStore {
     path: PathBuf,
     writer: Mutex<Connection>,
     readers: Mutex<Vec<Connection>>,
+    /// Pooled readers in existence (idle in `readers` or in use); at most `READER_POOL_MAX`.
+    pooled_readers: AtomicUsize,
     synchronous_full: bool,
 }
 
@@ -57,6 +66,7 @@ impl SqliteStore {
             path: path.to_path_buf(),
             writer: Mutex::new(writer),
             readers: Mutex::new(Vec::new()),
+            pooled_readers: AtomicUsize::new(0),
             synchronous_full,
         })
     }
@@ -71,7 +81,7 @@ impl SqliteStore {
         conn.pragma_update(None, "synchronous", if synchronous_full { "FULL" } else { "NORMAL" })?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.pragma_update(None, "temp_store", "MEMORY")?;
-        conn.pragma_update(None, "cache_size", -16000)?; // 16 MB page cache per connection
+        conn.pragma_update(None, "cache_size", -PAGE_CACHE_KIB)?;
         // Checkpoint every 8,192 WAL pages (32 MB) instead of SQLite's 1,000: a card write dirties ~6 pages, so
         // the default checkpointed (and fsynced) every ~40 writes; see BENCHMARKS.md for the numbers.
         conn.pragma_update(None, "wal_autocheckpoint", 8192)?;
@@ -81,16 +91,27 @@ impl SqliteStore {
 
     fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
         let pooled = self.readers.lock().map_err(|_| poisoned())?.pop();
-        let conn = match pooled {
-            Some(c) => c,
-            None => Self::connect(&self.path, self.synchronous_full)?,
+        let reader = match pooled {
+            Some(conn) => Reader { conn: Some(conn), store: self, pooled: true },
+            None => self.open_reader()?,
         };
-        let result = f(&conn);
-        let mut pool = self.readers.lock().map_err(|_| poisoned())?;
-        if pool.len() < READER_POOL_MAX {
-            pool.push(conn);
+        f(reader.connection()?)
+    }
+
+    /// A new reader: a pooled one while the pool has room, else an overflow reader with a small cache.
+    fn open_reader(&self) -> Result<Reader<'_>> {
+        let pooled = self
+            .pooled_readers
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < READER_POOL_MAX).then_some(n + 1))
+            .is_ok();
+        // From here the guard gives the pool slot back, whatever happens.
+        let mut reader = Reader { conn: None, store: self, pooled };
+        let conn = Self::connect(&self.path, self.synchronous_full)?;
+        if !pooled {
+            conn.pragma_update(None, "cache_size", -OVERFLOW_READER_CACHE_KIB)?;
         }
-        result
+        reader.conn = Some(conn);
+        Ok(reader)
     }
 
     /// Runs `f` in one IMMEDIATE transaction on the writer; commits only when `f` succeeds.
@@ -100,6 +121,36 @@ impl SqliteStore {
         let value = f(&tx)?;
         tx.commit()?;
         Ok(value)
+    }
+}
+
+/// A reader connection on loan: a pooled one goes back to the pool when dropped, an overflow one is closed,
+/// and so is one whose read panicked (it may be left inside a transaction).
+struct Reader<'a> {
+    conn: Option<Connection>,
+    store: &'a SqliteStore,
+    pooled: bool,
+}
+
+impl Reader<'_> {
+    fn connection(&self) -> Result<&Connection> {
+        self.conn.as_ref().ok_or_else(|| Error::Internal("reader connection missing".into()))
+    }
+}
+
+impl Drop for Reader<'_> {
+    fn drop(&mut self) {
+        if !self.pooled {
+            return;
+        }
+        let conn = self.conn.take().filter(|_| !std::thread::panicking());
+        match (conn, self.store.readers.lock()) {
+            (Some(conn), Ok(mut pool)) => pool.push(conn),
+            // Not returned (it failed to open, its read panicked, or the pool lock is poisoned): free its slot.
+            _ => {
+                self.store.pooled_readers.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
     }
 }
 
@@ -1449,5 +1500,42 @@ mod tests {
         assert!(books[0].is_default && !books[0].shared);
         assert!(books[1].shared && !books[1].writable && books[1].segment == segment);
         assert_eq!(s.book_in_home("bob", &segment).expect("lookup").map(|v| v.id), Some(b));
+    }
+
+    /// Reads nested `depth` deep (each holding its connection, as concurrent answers do) and returns the
+    /// page cache size each level's connection had.
+    fn nested_cache_sizes(store: &SqliteStore, depth: usize) -> Vec<i64> {
+        if depth == 0 {
+            return Vec::new();
+        }
+        store
+            .read(|conn| {
+                let size: i64 = conn.query_row("PRAGMA cache_size", [], |r| r.get(0))?;
+                let mut sizes = vec![size];
+                sizes.extend(nested_cache_sizes(store, depth - 1));
+                Ok(sizes)
+            })
+            .expect("read")
+    }
+
+    #[test]
+    fn readers_beyond_the_pool_get_a_small_cache_and_are_closed_after_use() {
+        let (_dir, store, _) = store_with_book();
+        let sizes = nested_cache_sizes(&store, READER_POOL_MAX + 3);
+        assert_eq!(sizes[..READER_POOL_MAX], vec![-PAGE_CACHE_KIB; READER_POOL_MAX][..], "pooled readers keep 16 MB");
+        assert_eq!(sizes[READER_POOL_MAX..], [-OVERFLOW_READER_CACHE_KIB; 3][..], "overflow readers get 2 MB");
+        assert_eq!(store.readers.lock().expect("pool").len(), READER_POOL_MAX, "only pooled readers are kept");
+        assert_eq!(store.pooled_readers.load(Ordering::Acquire), READER_POOL_MAX);
+        // The next reads reuse the pool: all of them pooled again.
+        assert_eq!(nested_cache_sizes(&store, READER_POOL_MAX), vec![-PAGE_CACHE_KIB; READER_POOL_MAX]);
+
+        // A read that panics does not give its connection back, but frees its slot for a new one.
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _ = store.read(|_| -> Result<()> { panic!("a bug inside a read") });
+        }));
+        assert!(panicked.is_err());
+        assert_eq!(store.readers.lock().expect("pool").len(), READER_POOL_MAX - 1);
+        assert_eq!(store.pooled_readers.load(Ordering::Acquire), READER_POOL_MAX - 1);
+        assert_eq!(nested_cache_sizes(&store, READER_POOL_MAX), vec![-PAGE_CACHE_KIB; READER_POOL_MAX]);
     }
 }
