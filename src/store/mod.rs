@@ -401,8 +401,9 @@ pub trait Store: Records + Send + Sync {
     /// Writes the WAL back into the database file (at shutdown).
     fn checkpoint(&self) -> Result<()>;
 
-    /// Whether a point read is answered inside this process in microseconds (an embedded database), so that
-    /// [`point_read`] may run it on the calling task. A backend across the network keeps the default.
+    /// Whether a point read would be answered inside this process in microseconds right now (an embedded
+    /// database with a connection at hand), so that [`point_read`] may run it on the calling task. A backend
+    /// across the network keeps the default.
     fn point_reads_are_local(&self) -> bool {
         false
     }

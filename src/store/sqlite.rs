@@ -1365,9 +1365,12 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    /// WAL readers never wait for the writer, and a row by key is a few pages from the page cache.
+    /// WAL readers never wait for the writer, and a row by key is a few pages from the page cache; but only
+    /// with an idle pooled reader at hand. Without one the read would open the database file on an async
+    /// worker, so it goes to the blocking pool instead (a race with another thread can still open one here,
+    /// which takes well under a millisecond).
     fn point_reads_are_local(&self) -> bool {
-        true
+        self.readers.lock().is_ok_and(|pool| !pool.is_empty())
     }
 }
 
@@ -1526,6 +1529,15 @@ mod tests {
         assert_eq!(sizes[READER_POOL_MAX..], [-OVERFLOW_READER_CACHE_KIB; 3][..], "overflow readers get 2 MB");
         assert_eq!(store.readers.lock().expect("pool").len(), READER_POOL_MAX, "only pooled readers are kept");
         assert_eq!(store.pooled_readers.load(Ordering::Acquire), READER_POOL_MAX);
+        // With every pooled reader busy, a point read goes to the blocking pool rather than open a reader on
+        // the async worker.
+        assert!(store.point_reads_are_local());
+        let busy = (0..READER_POOL_MAX).fold(Vec::new(), |mut held, _| {
+            held.push(store.readers.lock().expect("pool").pop().expect("idle reader"));
+            held
+        });
+        assert!(!store.point_reads_are_local());
+        store.readers.lock().expect("pool").extend(busy);
         // The next reads reuse the pool: all of them pooled again.
         assert_eq!(nested_cache_sizes(&store, READER_POOL_MAX), vec![-PAGE_CACHE_KIB; READER_POOL_MAX]);
 
