@@ -23,10 +23,12 @@ const SCHEMA_V5: &str = include_str!("schema_v5.sql");
 const READER_POOL_MAX: usize = 8;
 /// The page cache of the writer and of each pooled reader (negative in PRAGMA cache_size: KiB, not pages).
 const PAGE_CACHE_KIB: i64 = 16000;
-/// The page cache of a reader opened beyond the pool (more answers being produced at once than the pool
-/// holds). It serves one read and closes, so a big cache would only add memory: 24 devices full-syncing
-/// a 100,000-card book at once each filled 16 MB (see BENCHMARKS.md, "dozens of devices").
-const OVERFLOW_READER_CACHE_KIB: i64 = 2048;
+/// The page cache of a spare reader, used when all pooled readers are busy (more answers produced at once
+/// than the pool holds). A big cache there would only add memory: 24 devices full-syncing a 100,000-card
+/// book at once each filled 16 MB (see BENCHMARKS.md, optimization 10).
+const SPARE_READER_CACHE_KIB: i64 = 2048;
+/// Idle spare readers kept for reuse, so that reads beyond the pool do not each open a connection.
+const SPARE_POOL_MAX: usize = 8;
 
 pub struct SqliteStore {
     path: PathBuf,
@@ -34,6 +36,8 @@ pub struct SqliteStore {
     readers: Mutex<Vec<Connection>>,
     /// Pooled readers in existence (idle in `readers` or in use); at most `READER_POOL_MAX`.
     pooled_readers: AtomicUsize,
+    /// Idle spare readers (small cache); in use there may be any number of them.
+    spare_readers: Mutex<Vec<Connection>>,
     synchronous_full: bool,
 }
 
@@ -67,6 +71,7 @@ impl SqliteStore {
             writer: Mutex::new(writer),
             readers: Mutex::new(Vec::new()),
             pooled_readers: AtomicUsize::new(0),
+            spare_readers: Mutex::new(Vec::new()),
             synchronous_full,
         })
     }
@@ -90,25 +95,29 @@ impl SqliteStore {
     }
 
     fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
-        let pooled = self.readers.lock().map_err(|_| poisoned())?.pop();
-        let reader = match pooled {
-            Some(conn) => Reader { conn: Some(conn), store: self, pooled: true },
-            None => self.open_reader()?,
-        };
+        let reader = self.take_reader()?;
         f(reader.connection()?)
     }
 
-    /// A new reader: a pooled one while the pool has room, else an overflow reader with a small cache.
-    fn open_reader(&self) -> Result<Reader<'_>> {
+    /// An idle pooled reader; else a new pooled one while the pool has room; else an idle spare; else a new
+    /// spare.
+    fn take_reader(&self) -> Result<Reader<'_>> {
+        if let Some(conn) = self.readers.lock().map_err(|_| poisoned())?.pop() {
+            return Ok(Reader { conn: Some(conn), store: self, kind: ReaderKind::Pooled });
+        }
         let pooled = self
             .pooled_readers
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < READER_POOL_MAX).then_some(n + 1))
             .is_ok();
-        // From here the guard gives the pool slot back, whatever happens.
-        let mut reader = Reader { conn: None, store: self, pooled };
+        if !pooled && let Some(conn) = self.spare_readers.lock().map_err(|_| poisoned())?.pop() {
+            return Ok(Reader { conn: Some(conn), store: self, kind: ReaderKind::Spare });
+        }
+        let kind = if pooled { ReaderKind::Pooled } else { ReaderKind::Spare };
+        // From here the guard gives a pool slot back, whatever happens.
+        let mut reader = Reader { conn: None, store: self, kind };
         let conn = Self::connect(&self.path, self.synchronous_full)?;
-        if !pooled {
-            conn.pragma_update(None, "cache_size", -OVERFLOW_READER_CACHE_KIB)?;
+        if kind == ReaderKind::Spare {
+            conn.pragma_update(None, "cache_size", -SPARE_READER_CACHE_KIB)?;
         }
         reader.conn = Some(conn);
         Ok(reader)
@@ -124,12 +133,20 @@ impl SqliteStore {
     }
 }
 
-/// A reader connection on loan: a pooled one goes back to the pool when dropped, an overflow one is closed,
-/// and so is one whose read panicked (it may be left inside a transaction).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ReaderKind {
+    /// One of at most `READER_POOL_MAX` readers with the full page cache.
+    Pooled,
+    /// A reader with a small cache, for when all pooled readers are busy.
+    Spare,
+}
+
+/// A reader connection on loan. Dropping it returns it to its pool (a spare one only while the spare pool
+/// has room); one whose read panicked is closed instead, as it may be left inside a transaction.
 struct Reader<'a> {
     conn: Option<Connection>,
     store: &'a SqliteStore,
-    pooled: bool,
+    kind: ReaderKind,
 }
 
 impl Reader<'_> {
@@ -140,15 +157,27 @@ impl Reader<'_> {
 
 impl Drop for Reader<'_> {
     fn drop(&mut self) {
-        if !self.pooled {
-            return;
-        }
-        let conn = self.conn.take().filter(|_| !std::thread::panicking());
-        match (conn, self.store.readers.lock()) {
-            (Some(conn), Ok(mut pool)) => pool.push(conn),
-            // Not returned (it failed to open, its read panicked, or the pool lock is poisoned): free its slot.
-            _ => {
+        let Some(conn) = self.conn.take().filter(|_| !std::thread::panicking()) else {
+            // It failed to open or its read panicked: nothing to return, but a pooled slot to free.
+            if self.kind == ReaderKind::Pooled {
                 self.store.pooled_readers.fetch_sub(1, Ordering::AcqRel);
+            }
+            return;
+        };
+        match self.kind {
+            ReaderKind::Pooled => match self.store.readers.lock() {
+                Ok(mut pool) => pool.push(conn),
+                Err(_) => {
+                    drop(conn); // closed before its slot is freed, so there are never more than the maximum
+                    self.store.pooled_readers.fetch_sub(1, Ordering::AcqRel);
+                }
+            },
+            ReaderKind::Spare => {
+                if let Ok(mut spares) = self.store.spare_readers.lock()
+                    && spares.len() < SPARE_POOL_MAX
+                {
+                    spares.push(conn);
+                }
             }
         }
     }
@@ -1366,11 +1395,13 @@ impl Store for SqliteStore {
     }
 
     /// WAL readers never wait for the writer, and a row by key is a few pages from the page cache; but only
-    /// with an idle pooled reader at hand. Without one the read would open the database file on an async
-    /// worker, so it goes to the blocking pool instead (a race with another thread can still open one here,
-    /// which takes well under a millisecond).
+    /// with an idle reader at hand. Without one, the read would open the database file on an async worker,
+    /// so it goes to the blocking pool instead. (Another thread may take the last idle reader between this
+    /// check and the read, which then opens one on the worker: well under a millisecond, and rare.)
     fn point_reads_are_local(&self) -> bool {
-        self.readers.lock().is_ok_and(|pool| !pool.is_empty())
+        // try_lock: never wait on the async worker; a contended pool means the blocking pool.
+        let idle = |pool: &Mutex<Vec<Connection>>| pool.try_lock().is_ok_and(|p| !p.is_empty());
+        idle(&self.readers) || idle(&self.spare_readers)
     }
 }
 
@@ -1522,32 +1553,48 @@ mod tests {
     }
 
     #[test]
-    fn readers_beyond_the_pool_get_a_small_cache_and_are_closed_after_use() {
-        let (_dir, store, _) = store_with_book();
+    fn readers_beyond_the_pool_get_a_small_cache_and_are_reused_within_limits() {
+        let (dir, mut store, _) = store_with_book();
+        let idle = |pool: &Mutex<Vec<Connection>>| pool.lock().expect("pool").len();
+
         let sizes = nested_cache_sizes(&store, READER_POOL_MAX + 3);
         assert_eq!(sizes[..READER_POOL_MAX], vec![-PAGE_CACHE_KIB; READER_POOL_MAX][..], "pooled readers keep 16 MB");
-        assert_eq!(sizes[READER_POOL_MAX..], [-OVERFLOW_READER_CACHE_KIB; 3][..], "overflow readers get 2 MB");
-        assert_eq!(store.readers.lock().expect("pool").len(), READER_POOL_MAX, "only pooled readers are kept");
+        assert_eq!(sizes[READER_POOL_MAX..], [-SPARE_READER_CACHE_KIB; 3][..], "spare readers get 2 MB");
+        assert_eq!((idle(&store.readers), idle(&store.spare_readers)), (READER_POOL_MAX, 3));
         assert_eq!(store.pooled_readers.load(Ordering::Acquire), READER_POOL_MAX);
-        // With every pooled reader busy, a point read goes to the blocking pool rather than open a reader on
-        // the async worker.
+        // The same again reuses both pools (new spares would leave 6 idle)...
+        nested_cache_sizes(&store, READER_POOL_MAX + 3);
+        assert_eq!((idle(&store.readers), idle(&store.spare_readers)), (READER_POOL_MAX, 3));
+        // ...and spares beyond their pool's limit are closed.
+        let sizes = nested_cache_sizes(&store, READER_POOL_MAX + SPARE_POOL_MAX + 2);
+        assert_eq!(sizes.iter().filter(|&&s| s == -PAGE_CACHE_KIB).count(), READER_POOL_MAX);
+        assert_eq!((idle(&store.readers), idle(&store.spare_readers)), (READER_POOL_MAX, SPARE_POOL_MAX));
+
+        // A point read runs inline only with an idle reader at hand.
         assert!(store.point_reads_are_local());
-        let busy = (0..READER_POOL_MAX).fold(Vec::new(), |mut held, _| {
-            held.push(store.readers.lock().expect("pool").pop().expect("idle reader"));
-            held
-        });
-        assert!(!store.point_reads_are_local());
+        let take_all = |pool: &Mutex<Vec<Connection>>| std::mem::take(&mut *pool.lock().expect("pool"));
+        let (busy, busy_spares) = (take_all(&store.readers), take_all(&store.spare_readers));
+        assert!(!store.point_reads_are_local(), "no idle reader: the blocking pool, not a new file on the worker");
+        store.spare_readers.lock().expect("pool").extend(busy_spares);
+        assert!(store.point_reads_are_local(), "an idle spare will do");
         store.readers.lock().expect("pool").extend(busy);
-        // The next reads reuse the pool: all of them pooled again.
-        assert_eq!(nested_cache_sizes(&store, READER_POOL_MAX), vec![-PAGE_CACHE_KIB; READER_POOL_MAX]);
 
         // A read that panics does not give its connection back, but frees its slot for a new one.
         let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let _ = store.read(|_| -> Result<()> { panic!("a bug inside a read") });
         }));
         assert!(panicked.is_err());
-        assert_eq!(store.readers.lock().expect("pool").len(), READER_POOL_MAX - 1);
+        assert_eq!(idle(&store.readers), READER_POOL_MAX - 1);
         assert_eq!(store.pooled_readers.load(Ordering::Acquire), READER_POOL_MAX - 1);
         assert_eq!(nested_cache_sizes(&store, READER_POOL_MAX), vec![-PAGE_CACHE_KIB; READER_POOL_MAX]);
+
+        // A reader that cannot be opened frees its slot too.
+        take_all(&store.readers);
+        store.pooled_readers.store(0, Ordering::Release);
+        let path = std::mem::replace(&mut store.path, dir.path().join("missing").join("k.db"));
+        assert!(store.read(|_| Ok(())).is_err());
+        assert_eq!(store.pooled_readers.load(Ordering::Acquire), 0);
+        store.path = path;
+        assert_eq!(nested_cache_sizes(&store, 1), vec![-PAGE_CACHE_KIB]);
     }
 }
