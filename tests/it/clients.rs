@@ -127,9 +127,9 @@ const DEPENDS_ON: &[&str] = &[
 ];
 
 /// Replays a recorded session against a fresh server and asserts every step: the status, the responses and
-/// properties the client depends on, and the principal and home it discovers. The two Thunderbird tests
-/// below are this call.
-async fn replay(trace_file: &str) {
+/// properties the client depends on, and the principal and home it discovers. Returns each step's number,
+/// method and the status kartei answered, for the checks particular to a trace.
+async fn replay(trace_file: &str) -> Vec<(usize, String, u16)> {
     let s = TestServer::start().await;
     let alice = s
         .user("alice")
@@ -162,6 +162,7 @@ async fn replay(trace_file: &str) {
     let mut principal = String::new();
     let mut home = String::new();
     let mut checked = 0;
+    let mut answered = Vec::new();
     for step in &steps {
         if step.number == 11 {
             // Phase 3 changed cards on the server between two syncs; make the same changes here.
@@ -251,6 +252,7 @@ async fn replay(trace_file: &str) {
             (_, code) => code,
         };
         assert_eq!(resp.status.as_u16(), expected, "{what}: {}", resp.text());
+        answered.push((step.number, step.method.clone(), expected));
         if expected == 301 {
             assert_eq!(resp.header("location").as_deref(), Some("/dav/"), "{what}");
         }
@@ -322,16 +324,31 @@ async fn replay(trace_file: &str) {
     assert_eq!(principal, "/dav/principals/alice/");
     assert_eq!(home, "/dav/addressbooks/alice/");
     s.stop().await;
+    answered
+}
+
+/// The statuses kartei gave the trace's sync-collection REPORTs, by step number.
+fn report_statuses(answered: &[(usize, String, u16)]) -> Vec<(usize, u16)> {
+    answered.iter().filter(|(_, method, _)| method == "REPORT").map(|(n, _, status)| (*n, *status)).collect()
 }
 
 #[tokio::test]
 async fn thunderbird_session_replays() {
-    replay(concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/traces/trace-thunderbird.txt")).await;
+    let answered = replay(concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/traces/trace-thunderbird.txt")).await;
+    // Seven syncs succeed; the two with a token the reference server refused (403) get 400 from kartei,
+    // the status Thunderbird recovers from.
+    let reports = report_statuses(&answered);
+    assert_eq!(reports.iter().filter(|(_, status)| *status == 207).count(), 7, "{reports:?}");
+    assert_eq!(reports.iter().filter(|(n, _)| *n >= 21).map(|(_, s)| *s).collect::<Vec<_>>(), [400, 400]);
 }
 
 #[tokio::test]
 async fn thunderbird_session_with_token_recovery_replays() {
-    replay(concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/traces/trace-thunderbird-token400.txt")).await;
+    let answered = replay(concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/traces/trace-thunderbird-token400.txt")).await;
+    // The stale token gets 400 (#21), Thunderbird resyncs in full, and its next sync succeeds (#24).
+    let reports = report_statuses(&answered);
+    assert!(reports.contains(&(21, 400)) && reports.contains(&(24, 207)), "{reports:?}");
+    assert!(answered.iter().any(|(n, method, status)| *n > 21 && *n < 24 && method == "PROPFIND" && *status == 207));
 }
 
 // ---------------------------------------------------------------------------------------------------------
