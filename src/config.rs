@@ -101,6 +101,8 @@ pub struct LimitsConfig {
     pub max_header_bytes: usize,
     /// Most prop-filters, text-matches and param-filters in one addressbook-query filter.
     pub max_filter_terms: usize,
+    /// Seconds a shutdown waits for in-flight requests and streamed answers before it cuts them.
+    pub shutdown_grace_secs: u64,
 }
 
 impl Default for LimitsConfig {
@@ -115,6 +117,7 @@ impl Default for LimitsConfig {
             max_connections: 1024,
             max_header_bytes: 64 * 1024,
             max_filter_terms: 64,
+            shutdown_grace_secs: 10,
         }
     }
 }

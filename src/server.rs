@@ -44,7 +44,10 @@ pub async fn serve(
         .max_header_list_size(limits.max_header_bytes as u32)
         .keep_alive_interval(Some(Duration::from_secs(30)));
     let builder = Arc::new(builder);
+    // Every connection's task, so that the ones still open after the grace period can be cut (below).
+    let mut tasks = tokio::task::JoinSet::new();
     loop {
+        while tasks.try_join_next().is_some() {}
         let permit = tokio::select! {
             _ = shutdown.changed() => break,
             permit = connections.clone().acquire_owned() => match permit { Ok(p) => p, Err(_) => break },
@@ -68,7 +71,7 @@ pub async fn serve(
         let idle_timeout = Duration::from_secs(limits.idle_timeout_secs.max(1));
         let handshake_timeout = Duration::from_secs(limits.idle_timeout_secs.clamp(1, 30));
         let watcher = graceful.watcher();
-        tokio::spawn(async move {
+        tasks.spawn(async move {
             let _permit = permit;
             let activity = Arc::new(Activity::new());
             let tracker = activity.clone();
@@ -125,10 +128,20 @@ pub async fn serve(
         });
     }
     drop(listener);
-    // Finish in-flight requests, but do not wait forever for idle keep-alive connections.
-    if tokio::time::timeout(Duration::from_secs(10), graceful.shutdown()).await.is_err() {
-        tracing::warn!("some connections did not finish within 10 s of shutdown");
+    // Finish in-flight requests, but do not wait forever for idle keep-alive connections or for clients
+    // that stopped reading.
+    let grace = Duration::from_secs(limits.shutdown_grace_secs);
+    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+        tracing::warn!(
+            connections = tasks.len(),
+            "cutting the connections still open {}s after shutdown began",
+            grace.as_secs()
+        );
     }
+    // Ending the tasks drops their streamed answers, so every producer sees the client gone at its next
+    // chunk: it ends its read transaction (which the WAL checkpoint at shutdown waits for) and never starts
+    // a timed wait while the runtime's timers are shutting down.
+    tasks.shutdown().await;
 }
 
 /// A request that did not produce its response head within `request_timeout_secs`. If its body had not

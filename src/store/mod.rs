@@ -398,7 +398,8 @@ pub trait Store: Records + Send + Sync {
     // --- operations ---
     fn integrity_check(&self) -> Result<Vec<String>>;
     fn backup_to(&self, path: &std::path::Path) -> Result<()>;
-    /// Writes the WAL back into the database file (at shutdown).
+    /// Writes the WAL back into the database file (at shutdown); an error when readers kept it from
+    /// finishing.
     fn checkpoint(&self) -> Result<()>;
 
     /// Whether a point read would be answered inside this process in microseconds right now (an embedded

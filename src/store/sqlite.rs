@@ -1409,7 +1409,11 @@ impl Store for SqliteStore {
 
     fn checkpoint(&self) -> Result<()> {
         let conn = self.writer.lock().map_err(|_| poisoned())?;
-        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        // The first column is 1 when a reader kept the checkpoint from finishing (after the busy timeout).
+        let busy: i64 = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
+        if busy != 0 {
+            return Err(Error::Unavailable("a reader kept the WAL from being checkpointed".into()));
+        }
         Ok(())
     }
 
