@@ -37,7 +37,7 @@ enum Command {
     AdminToken(AdminTokenCommand),
     /// Write a consistent copy of the database (safe while the server runs).
     Backup { file: PathBuf },
-    /// Replace the database with a backup (stop the server first).
+    /// Replace the database with a backup (stop the server first); clients then resync their books once.
     Restore { file: PathBuf },
     /// Verify the database's integrity and that every stored card parses.
     Check,
@@ -544,6 +544,10 @@ fn restore(config: &Config, file: &std::path::Path) -> Result<(), String> {
         if integrity != ["ok"] {
             return Err(format!("the backup fails its integrity check: {}", integrity.join("; ")));
         }
+        // Clients hold sync tokens of the database being replaced; tokens of the backup's books would look
+        // valid for them once the revisions catch up, and the deltas would be wrong. New keys make every
+        // client resync.
+        store.reissue_sync_keys().map_err(|e| e.to_string())?;
         store.checkpoint().map_err(|e| e.to_string())?;
         drop(store);
         if std::fs::metadata(with_suffix(&incoming, "-wal")).is_ok_and(|m| m.len() > 0) {

@@ -10,15 +10,17 @@ use crate::vcard::{self, Version};
 
 pub const SYNC_TOKEN_PREFIX: &str = "http://kartei.invalid/ns/sync/";
 
+/// The book's sync key and revision; also its CTag. (Books made before schema v6 have their row id as key,
+/// so the tokens of that time stay valid.)
 pub fn sync_token(book: &BookView) -> String {
-    format!("{SYNC_TOKEN_PREFIX}{}/{}", book.id, book.revision)
+    format!("{SYNC_TOKEN_PREFIX}{}/{}", book.sync_key, book.revision)
 }
 
-/// `(book id, revision)` of a token we issued, if it is one.
-pub fn parse_sync_token(token: &str) -> Option<(i64, i64)> {
+/// `(book's sync key, revision)` of a token we issued, if it is one.
+pub fn parse_sync_token(token: &str) -> Option<(&str, i64)> {
     let rest = token.strip_prefix(SYNC_TOKEN_PREFIX)?;
     let (book, revision) = rest.split_once('/')?;
-    Some((book.parse().ok()?, revision.parse().ok()?))
+    Some((book, revision.parse().ok()?))
 }
 
 /// What the properties are computed from.
@@ -284,7 +286,8 @@ mod tests {
 
     #[test]
     fn sync_tokens_round_trip() {
-        assert_eq!(parse_sync_token("http://kartei.invalid/ns/sync/7/42"), Some((7, 42)));
+        assert_eq!(parse_sync_token("http://kartei.invalid/ns/sync/7/42"), Some(("7", 42)));
+        assert_eq!(parse_sync_token("http://kartei.invalid/ns/sync/0f3a9c2e41b7d655/3"), Some(("0f3a9c2e41b7d655", 3)));
         assert_eq!(parse_sync_token("http://other/ns/sync/7/42"), None);
         assert_eq!(parse_sync_token("http://kartei.invalid/ns/sync/7/x"), None);
     }

@@ -75,10 +75,10 @@ async fn check_token(ctx: &Ctx, book: &BookView, token: &str) -> DavResult<i64> 
             if ctx.user_agent().contains("Thunderbird") { StatusCode::BAD_REQUEST } else { StatusCode::FORBIDDEN };
         DavError::new(status, format!("invalid sync token: {why}")).with_condition(Condition::ValidSyncToken)
     };
-    let Some((book_id, revision)) = props::parse_sync_token(token) else {
+    let Some((sync_key, revision)) = props::parse_sync_token(token) else {
         return Err(invalid("not a token this server issued"));
     };
-    if book_id != book.id {
+    if sync_key != book.sync_key {
         return Err(invalid("the token belongs to another address book"));
     }
     let id = book.id;

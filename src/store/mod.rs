@@ -46,6 +46,8 @@ pub struct BookView {
     pub writable: bool,
     pub shared: bool,
     pub created_at: i64,
+    /// Names the book in its sync tokens and CTag; never reused by another book (schema_v6.sql).
+    pub sync_key: String,
 }
 
 /// A dead property stored on a book: the client's XML element, serialized.
@@ -317,6 +319,9 @@ pub trait Store: Records + Send + Sync {
         dead: &[DeadProperty],
         is_default: bool,
     ) -> Result<BookView>;
+    /// Gives every book a new sync key, so that the sync tokens and CTags issued before are refused and
+    /// clients resync (after a restore, whose database clients did not see last).
+    fn reissue_sync_keys(&self) -> Result<()>;
     fn delete_book(&self, book: BookId) -> Result<()>;
     fn patch_book(&self, book: BookId, patch: &[BookPatch]) -> Result<()>;
     fn dead_properties(&self, book: BookId) -> Result<Vec<DeadProperty>>;

@@ -20,6 +20,7 @@ const SCHEMA_V2: &str = include_str!("schema_v2.sql");
 const SCHEMA_V3: &str = include_str!("schema_v3.sql");
 const SCHEMA_V4: &str = include_str!("schema_v4.sql");
 const SCHEMA_V5: &str = include_str!("schema_v5.sql");
+const SCHEMA_V6: &str = include_str!("schema_v6.sql");
 const READER_POOL_MAX: usize = 8;
 /// The page cache of the writer and of each pooled reader (negative in PRAGMA cache_size: KiB, not pages).
 const PAGE_CACHE_KIB: i64 = 16000;
@@ -195,6 +196,13 @@ fn put_card_in(tx: &Transaction, book: BookId, name: &str, card: &NewCard, pre: 
     Ok(if existing.is_some() { PutOutcome::Updated { etag } } else { PutOutcome::Created { etag } })
 }
 
+/// A new book's sync key: 64 random bits in hex, so that no book, not even one at a deleted book's path or
+/// row id, takes over another's sync tokens (schema_v6.sql).
+fn new_sync_key() -> String {
+    use rand::Rng as _;
+    format!("{:016x}", rand::rng().next_u64())
+}
+
 fn poisoned() -> Error {
     Error::Internal("a store lock was poisoned by an earlier panic".into())
 }
@@ -216,6 +224,9 @@ fn migrate(conn: &Connection) -> Result<()> {
     if version < 5 {
         conn.execute_batch(&format!("BEGIN; {SCHEMA_V5} PRAGMA user_version = 5; COMMIT;"))?;
     }
+    if version < 6 {
+        conn.execute_batch(&format!("BEGIN; {SCHEMA_V6} PRAGMA user_version = 6; COMMIT;"))?;
+    }
     Ok(())
 }
 
@@ -235,11 +246,11 @@ const USER_COLUMNS: &str = "id, username, display_name, password_hash, disabled,
 
 // Own books and shared books share one shape; `segment` is the name in the viewer's home.
 const OWN_BOOKS: &str = "SELECT b.id, u.username, b.segment, b.segment, b.display_name, b.description, b.revision,
-        b.is_default, 1, 0, b.created_at
+        b.is_default, 1, 0, b.created_at, b.sync_key
      FROM addressbooks b JOIN users u ON u.id = b.owner_id
      WHERE u.username = ?1";
 const SHARED_BOOKS: &str = "SELECT b.id, o.username, b.segment, s.segment, b.display_name, b.description, b.revision,
-        0, s.writable, 1, b.created_at
+        0, s.writable, 1, b.created_at, b.sync_key
      FROM shares s JOIN users u ON u.id = s.user_id
      JOIN addressbooks b ON b.id = s.book_id JOIN users o ON o.id = b.owner_id
      WHERE u.username = ?1";
@@ -249,13 +260,13 @@ const SHARED_BOOKS: &str = "SELECT b.id, o.username, b.segment, s.segment, b.dis
 // parameter each time the cached statement was used again, ~5 % of a GET's server CPU (BENCHMARKS.md,
 // optimization 12). A unit test checks they are not re-prepared.
 const OWN_BOOK_BY_SEGMENT: &str = "SELECT b.id, ?1, b.segment, b.segment, b.display_name, b.description, b.revision,
-        b.is_default, 1, 0, b.created_at
+        b.is_default, 1, 0, b.created_at, b.sync_key
      FROM addressbooks b WHERE b.owner_id = (SELECT id FROM users WHERE username = ?1) AND b.segment = ?2";
 const SHARE_BY_SEGMENT: &str = "SELECT book_id, segment, writable FROM shares
      WHERE user_id = (SELECT id FROM users WHERE username = ?1) AND segment = ?2";
 /// The shared book `?1` as its sharee sees it: in the sharee's home as `?2`, writable if `?3`.
 const SHARED_BOOK_BY_ID: &str = "SELECT b.id, (SELECT username FROM users WHERE id = b.owner_id), b.segment, ?2,
-        b.display_name, b.description, b.revision, 0, ?3, 1, b.created_at
+        b.display_name, b.description, b.revision, 0, ?3, 1, b.created_at, b.sync_key
      FROM addressbooks b WHERE b.id = ?1";
 
 fn book_from_row(r: &rusqlite::Row) -> rusqlite::Result<BookView> {
@@ -271,6 +282,7 @@ fn book_from_row(r: &rusqlite::Row) -> rusqlite::Result<BookView> {
         writable: r.get(8)?,
         shared: r.get(9)?,
         created_at: r.get(10)?,
+        sync_key: r.get(11)?,
     })
 }
 
@@ -632,10 +644,12 @@ impl Store for SqliteStore {
                 return Err(Error::AlreadyExists);
             }
             let created = now();
+            let sync_key = new_sync_key();
             tx.execute(
-                "INSERT INTO addressbooks (owner_id, segment, display_name, description, is_default, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![owner_id, segment, display_name, description, is_default, created],
+                "INSERT INTO addressbooks (owner_id, segment, display_name, description, is_default, created_at,
+                                           sync_key)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![owner_id, segment, display_name, description, is_default, created, sync_key],
             )?;
             let id = tx.last_insert_rowid();
             for p in dead {
@@ -656,7 +670,19 @@ impl Store for SqliteStore {
                 writable: true,
                 shared: false,
                 created_at: created,
+                sync_key,
             })
+        })
+    }
+
+    fn reissue_sync_keys(&self) -> Result<()> {
+        self.write(|tx| {
+            let mut stmt = tx.prepare("SELECT id FROM addressbooks")?;
+            let ids = stmt.query_map([], |r| r.get::<_, BookId>(0))?.collect::<rusqlite::Result<Vec<_>>>()?;
+            for id in ids {
+                tx.execute("UPDATE addressbooks SET sync_key = ?2 WHERE id = ?1", params![id, new_sync_key()])?;
+            }
+            Ok(())
         })
     }
 
@@ -1479,7 +1505,7 @@ mod tests {
             .expect("old indexes");
         drop(SqliteStore::open(&path, false).expect("migrate"));
         let c = Connection::open(&path).expect("reopen");
-        assert_eq!(c.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0)).expect("version"), 5);
+        assert_eq!(c.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0)).expect("version"), 6);
         assert_eq!(indexes(&c), ["cards_listing", "cards_search"]);
         // Both are replaced by the ones in insertion order.
         let sql = |name: &str| -> String {
@@ -1489,6 +1515,40 @@ mod tests {
         assert!(sql("cards_search").contains("(book_id, id, search)"), "{}", sql("cards_search"));
         drop(SqliteStore::open(&path, false).expect("reopen store"));
         assert_eq!(indexes(&Connection::open(&path).expect("reopen")), ["cards_listing", "cards_search"]);
+    }
+
+    #[test]
+    fn migration_6_keeps_existing_books_tokens_and_new_books_never_take_over_a_deleted_ones() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("k.db");
+        {
+            let c = Connection::open(&path).expect("open");
+            c.execute_batch(&format!(
+                "{SCHEMA_V1} {SCHEMA_V2} {SCHEMA_V3} {SCHEMA_V4} {SCHEMA_V5} PRAGMA user_version = 5;
+                 INSERT INTO users (id, username, display_name, password_hash, created_at) VALUES (1, 'al', 'Al', 'x', 0);
+                 INSERT INTO addressbooks (id, owner_id, segment, revision, created_at) VALUES (7, 1, 'old', 3, 0);"
+            ))
+            .expect("a version-5 database with one book");
+        }
+        let s = SqliteStore::open(&path, false).expect("migrate");
+        // The book from before keeps its id as key: the tokens its clients hold (".../sync/7/3") stay valid.
+        let old = s.book_in_home("al", "old").expect("read").expect("book");
+        assert_eq!((old.id, old.sync_key.as_str()), (7, "7"));
+        // A book made now gets a random key; deleted and made again (SQLite gives it the same row id), it gets
+        // another one.
+        let made = s.create_book("al", "new", None, None, &[], false).expect("create");
+        assert_eq!(made.sync_key.len(), 16, "{}", made.sync_key);
+        assert!(made.sync_key.chars().all(|c| c.is_ascii_hexdigit()), "{}", made.sync_key);
+        s.delete_book(made.id).expect("delete");
+        let again = s.create_book("al", "new", None, None, &[], false).expect("create again");
+        assert_eq!(again.id, made.id, "SQLite reuses the deleted book's row id");
+        assert_ne!(again.sync_key, made.sync_key);
+        assert_eq!(s.book_in_home("al", "new").expect("read").expect("book").sync_key, again.sync_key);
+        // A restore gives every book a new key.
+        s.reissue_sync_keys().expect("reissue");
+        let after: Vec<String> = s.books_in_home("al").expect("books").into_iter().map(|b| b.sync_key).collect();
+        assert_eq!(after.len(), 2);
+        assert!(!after.contains(&"7".to_string()) && !after.contains(&again.sync_key), "{after:?}");
     }
 
     #[test]

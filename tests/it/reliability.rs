@@ -872,6 +872,9 @@ async fn backup_while_writing_restores_every_acknowledged_card() {
     write_config(&copy.join("kartei.toml"), free_port(), &copy.join("data"));
     kartei_check(&copy.join("kartei.toml"));
 
+    // A device that synced after the backup holds a token the restored database never issued.
+    let device_token = dav.sync(&dav.book(), "", "<d:getetag/>", None).await.multistatus().sync_token.expect("token");
+
     // Restore it over the live data (server stopped), then serve.
     srv.stop().await;
     let restore = site.kartei(&["restore", backup.to_str().expect("utf-8 path")]);
@@ -890,6 +893,16 @@ async fn backup_while_writing_restores_every_acknowledged_card() {
     for (name, body) in before.iter().step_by(10) {
         assert_eq!(dav.get(&format!("{}{name}", dav.book())).await.body, body.as_bytes(), "{name}");
     }
+    // Once the restored book's revision has caught up with the device's token, that token would name a
+    // revision of different contents: it must be refused (403 valid-sync-token), so the device resyncs.
+    let revision = |token: &str| token.rsplit_once('/').and_then(|(_, r)| r.parse::<i64>().ok()).expect("revision");
+    let restored = dav.sync(&dav.book(), "", "<d:getetag/>", None).await.multistatus().sync_token.expect("token");
+    for i in 0..=(revision(&device_token) - revision(&restored)).max(0) {
+        dav.put_card(&format!("after-restore-{i}.vcf"), &format!("after-restore-{i}"), "After Restore", "").await;
+    }
+    let stale = dav.sync(&dav.book(), &device_token, "<d:getetag/>", None).await;
+    assert_eq!(stale.status, 403, "a token issued before the restore: {}", String::from_utf8_lossy(&stale.body));
+    assert_eq!(stale.error_condition(), "{DAV:}valid-sync-token");
     srv.stop().await;
     eprintln!(
         "backup under load: {} cards acknowledged before the backup, {} by its end; backup of {db_bytes} bytes (database + WAL) \

@@ -97,6 +97,48 @@ async fn limit_truncates_and_the_follow_up_finishes() {
     s.stop().await;
 }
 
+/// Deleting the newest book and making one at the same path: SQLite gives the new book the deleted one's
+/// row id, which tokens and CTags used to carry, so the old token gave a delta of the new book as if it
+/// were the same one (the client kept cards that were gone and missed new ones), and the CTag repeated.
+#[tokio::test]
+async fn a_recreated_book_refuses_the_deleted_books_token() {
+    let s = TestServer::start().await;
+    let alice = s.user("alice").await;
+    let book = "/dav/addressbooks/alice/project/";
+    let ctag_body = r#"<d:propfind xmlns:d="DAV:" xmlns:cs="http://calendarserver.org/ns/"><d:prop><cs:getctag/></d:prop></d:propfind>"#;
+    let ctag = || async {
+        alice.propfind(book, "0", ctag_body).await.multistatus().responses[0].text(CS, "getctag").expect("ctag")
+    };
+    let put = |name: String| {
+        let alice = &alice;
+        async move {
+            let card = vcard(&name, &name, "");
+            assert_eq!(alice.put(&format!("{book}{name}.vcf"), &card, &[]).await.status, 201);
+        }
+    };
+    assert_eq!(alice.send("MKCOL", book, &[], Vec::new()).await.status, 201);
+    for i in 0..3 {
+        put(format!("old{i}")).await;
+    }
+    let old_token = alice.sync(book, "", ETAG, None).await.multistatus().sync_token.expect("token");
+    let old_ctag = ctag().await;
+
+    assert_eq!(alice.delete(book, &[]).await.status, 204);
+    assert_eq!(alice.send("MKCOL", book, &[], Vec::new()).await.status, 201);
+    for i in 0..3 {
+        put(format!("new{i}")).await;
+    }
+    assert_ne!(ctag().await, old_ctag, "the new book, with as many changes, repeats the deleted book's CTag");
+    put("new3".into()).await;
+    let r = alice.sync(book, &old_token, ETAG, None).await;
+    assert_eq!(r.status, 403, "the deleted book's token on the new book: {}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.error_condition(), "{DAV:}valid-sync-token");
+    let fresh = alice.sync(book, "", ETAG, None).await.multistatus();
+    let names: Vec<String> = (0..4).map(|i| format!("{book}new{i}.vcf")).collect();
+    assert_eq!(fresh.hrefs(), names);
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn ctag_and_token_change_on_every_change() {
     let s = TestServer::start().await;
