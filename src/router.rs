@@ -65,8 +65,10 @@ fn decode_segments(path: &str) -> Result<Vec<String>, RouteError> {
         if decoded == "." || decoded == ".." {
             return Err(RouteError::BadPath("dot segments are not allowed in paths"));
         }
-        if decoded.contains('/') || decoded.contains('\0') || decoded.contains('\\') {
-            return Err(RouteError::BadPath("a path segment contains '/', '\\' or NUL"));
+        if decoded.contains('/') || decoded.contains('\\') || decoded.chars().any(|c| c.is_ascii_control()) {
+            // Control characters (NUL, newlines, DEL) have no place in a name, and would end up in headers
+            // such as a whole-book GET's Content-Disposition.
+            return Err(RouteError::BadPath("a path segment contains '/', '\\' or a control character"));
         }
         out.push(decoded.into_owned());
     }

@@ -38,16 +38,22 @@ pub async fn handle(ctx: Ctx, target: Target) -> DavResult<Response<Body>> {
     }
     let overwrite =
         !ctx.headers.get("overwrite").and_then(|v| v.to_str().ok()).is_some_and(|v| v.trim().eq_ignore_ascii_case("F"));
-    let _ = precondition(&ctx.headers)?;
+    // If-Match / If-None-Match are about the request's resource, the source (RFC 4918 §9.8, RFC 9110 §13):
+    // a MOVE by a client that has not seen the card's latest version must not carry it away.
+    let source_pre = precondition(&ctx.headers)?;
     let me = ctx.user.username.clone();
     let to_segment = to.segment.clone();
     let result = if ctx.method == "MOVE" {
         let (f, fname, t, tname) = (from.id, from_name.clone(), to.id, to_name.clone());
-        store::blocking(ctx.store(), move |s| s.move_card(f, &fname, t, &tname, overwrite)).await
+        store::blocking(ctx.store(), move |s| s.move_card(f, &fname, t, &tname, overwrite, &source_pre)).await
     } else {
         let (f, fname, t, tname) = (from.id, from_name.clone(), to.id, to_name.clone());
         store::blocking(ctx.store(), move |s| {
-            let card = s.card(f, &fname)?.ok_or(store::Error::NotFound)?;
+            let card = s.card(f, &fname)?;
+            if !source_pre.holds_for(card.as_ref().map(|c| c.meta.etag.as_str())) {
+                return Err(store::Error::PreconditionFailed);
+            }
+            let card = card.ok_or(store::Error::NotFound)?;
             let valid = vcard::validate(&card.vcard)
                 .map_err(|_| store::Error::Internal("stored card no longer parses".into()))?;
             let pre = if overwrite { Precondition::None } else { Precondition::MustNotExist };

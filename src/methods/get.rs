@@ -56,7 +56,7 @@ pub async fn handle(ctx: Ctx, target: Target) -> DavResult<Response<Body>> {
         Target::Book(book) => {
             let store = ctx.store().clone();
             let want = wanted_version(&ctx);
-            let filename = format!("{}.vcf", book.segment.replace(['"', '\\'], "_"));
+            let disposition = attachment(&format!("{}.vcf", book.segment));
             let body = if head {
                 body::empty()
             } else {
@@ -85,7 +85,7 @@ pub async fn handle(ctx: Ctx, target: Target) -> DavResult<Response<Body>> {
             Response::builder()
                 .status(StatusCode::OK)
                 .header(header::CONTENT_TYPE, "text/vcard; charset=utf-8")
-                .header(header::CONTENT_DISPOSITION, format!("attachment; filename=\"{filename}\""))
+                .header(header::CONTENT_DISPOSITION, disposition)
                 .body(body)
                 .map_err(|e| DavError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
         }
@@ -100,4 +100,13 @@ pub async fn handle(ctx: Ctx, target: Target) -> DavResult<Response<Body>> {
             })
             .map_err(|e| DavError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
     }
+}
+
+/// `Content-Disposition: attachment` for any file name (RFC 6266): an ASCII stand-in for old clients, and
+/// the exact name, percent-encoded UTF-8, in `filename*`. Always a valid header value.
+fn attachment(name: &str) -> String {
+    let plain: String =
+        name.chars().map(|c| if c.is_ascii_graphic() && c != '"' && c != '\\' || c == ' ' { c } else { '_' }).collect();
+    let exact = percent_encoding::utf8_percent_encode(name, percent_encoding::NON_ALPHANUMERIC);
+    format!("attachment; filename=\"{plain}\"; filename*=UTF-8''{exact}")
 }

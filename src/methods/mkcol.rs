@@ -13,10 +13,22 @@ use hyper::{Response, StatusCode};
 pub async fn handle(ctx: Ctx, target: Target, body: RequestBody) -> DavResult<Response<Body>> {
     let (user, segment) = match target {
         Target::MissingBook { user, segment } => (user, segment),
-        Target::Book(_) => {
+        // MKCOL only makes something where nothing is (RFC 4918 §9.3.1: 405 on an existing resource).
+        Target::Book(_)
+        | Target::Root
+        | Target::PrincipalCollection
+        | Target::Principal { .. }
+        | Target::HomeCollection
+        | Target::Home { .. } => {
             return Err(DavError::method_not_allowed(super::ALLOW).with_condition(Condition::ResourceMustBeNull));
         }
-        _ => return Err(DavError::forbidden("address books can only be created inside your address-book home")),
+        Target::Card { book, name } => {
+            let id = book.id;
+            return Err(match store::point_read(ctx.store(), move |s| s.card_meta(id, &name)).await? {
+                Some(_) => DavError::method_not_allowed(super::ALLOW).with_condition(Condition::ResourceMustBeNull),
+                None => DavError::forbidden("address books can only be created inside your address-book home"),
+            });
+        }
     };
     if ctx.user.scope.is_some() {
         return Err(DavError::forbidden("a login scoped to one book cannot create books"));
@@ -26,6 +38,15 @@ pub async fn handle(ctx: Ctx, target: Target, body: RequestBody) -> DavResult<Re
     let mut description = None;
     let mut dead = Vec::new();
     if !raw.iter().all(u8::is_ascii_whitespace) {
+        // A body is an extended MKCOL (RFC 5689), which is XML; any other kind is not understood (RFC 4918
+        // §9.3: 415).
+        let content_type = ctx.headers.get(hyper::header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+        if content_type.is_some_and(|t| !super::is_xml_media_type(t)) {
+            return Err(DavError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "a MKCOL body must be an XML mkcol request (RFC 5689)",
+            ));
+        }
         let mkcol = parse_mkcol(&raw)?;
         // Inside a home only address books may be made (RFC 5689 valid-resourcetype).
         let is_book = mkcol.resourcetypes.iter().any(|t| t.is(NS_CARDDAV, "addressbook"));

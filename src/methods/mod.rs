@@ -100,6 +100,12 @@ pub fn precondition(headers: &HeaderMap) -> DavResult<Precondition> {
     Ok(Precondition::None)
 }
 
+/// `application/xml`, `text/xml` or a `+xml` type, parameters ignored (RFC 7303).
+pub fn is_xml_media_type(content_type: &str) -> bool {
+    let essence = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    essence == "application/xml" || essence == "text/xml" || essence.ends_with("+xml")
+}
+
 pub fn multistatus_response(body: Body, gzip: bool) -> DavResult<Response<Body>> {
     let mut builder = Response::builder()
         .status(StatusCode::MULTI_STATUS)

@@ -114,6 +114,19 @@ pub enum Precondition {
     EtagIn(Vec<String>),
 }
 
+impl Precondition {
+    /// Whether it holds for a resource with this ETag (`None`: there is none).
+    pub fn holds_for(&self, existing_etag: Option<&str>) -> bool {
+        match (self, existing_etag) {
+            (Precondition::None, _) => true,
+            (Precondition::MustNotExist, existing) => existing.is_none(),
+            (Precondition::MustExist, existing) => existing.is_some(),
+            (Precondition::EtagIn(tags), Some(etag)) => tags.iter().any(|t| t == etag),
+            (Precondition::EtagIn(_), None) => false,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum PutOutcome {
     Created { etag: String },
@@ -345,6 +358,7 @@ pub trait Store: Records + Send + Sync {
     fn put_card(&self, book: BookId, name: &str, card: &NewCard, pre: &Precondition) -> Result<PutOutcome>;
     fn delete_card(&self, book: BookId, name: &str, pre: &Precondition) -> Result<()>;
     /// Moves a card between books (or renames it) in one transaction; both change logs record it.
+    /// `source` is the client's If-Match / If-None-Match, checked against the card being moved.
     fn move_card(
         &self,
         from: BookId,
@@ -352,6 +366,7 @@ pub trait Store: Records + Send + Sync {
         to: BookId,
         to_name: &str,
         overwrite: bool,
+        source: &Precondition,
     ) -> Result<PutOutcome>;
 
     /// Writes several cards in one transaction: all or none (imports).

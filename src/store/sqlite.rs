@@ -319,14 +319,7 @@ fn record_change(tx: &Transaction, book: BookId, name: &str, kind: i64) -> Resul
 }
 
 fn check_precondition(existing_etag: Option<&str>, pre: &Precondition) -> Result<()> {
-    let ok = match (pre, existing_etag) {
-        (Precondition::None, _) => true,
-        (Precondition::MustNotExist, existing) => existing.is_none(),
-        (Precondition::MustExist, existing) => existing.is_some(),
-        (Precondition::EtagIn(tags), Some(etag)) => tags.iter().any(|t| t == etag),
-        (Precondition::EtagIn(_), None) => false,
-    };
-    if ok { Ok(()) } else { Err(Error::PreconditionFailed) }
+    if pre.holds_for(existing_etag) { Ok(()) } else { Err(Error::PreconditionFailed) }
 }
 
 /// Inserts or replaces a card inside a transaction that already checked preconditions.
@@ -928,6 +921,7 @@ impl Store for SqliteStore {
         to: BookId,
         to_name: &str,
         overwrite: bool,
+        source_pre: &Precondition,
     ) -> Result<PutOutcome> {
         self.write(|tx| {
             let source = tx
@@ -950,8 +944,9 @@ impl Store for SqliteStore {
                         })
                     },
                 )
-                .optional()?
-                .ok_or(Error::NotFound)?;
+                .optional()?;
+            check_precondition(source.as_ref().map(|c| c.etag.as_str()), source_pre)?;
+            let source = source.ok_or(Error::NotFound)?;
             let target_exists: bool = tx.query_row(
                 "SELECT EXISTS (SELECT 1 FROM cards WHERE book_id = ?1 AND name = ?2)",
                 params![to, to_name],

@@ -227,3 +227,67 @@ async fn copy_and_move_between_books() {
     assert_eq!(conflict.status, 409);
     s.stop().await;
 }
+
+/// If-Match on COPY and MOVE is about the source (RFC 4918 §9.8, RFC 9110 §13): a client that has not seen
+/// the card's latest version gets 412 and nothing moves. (Found by a review: the header was read and dropped.)
+#[tokio::test]
+async fn copy_and_move_honour_if_match_on_the_source() {
+    let s = TestServer::start().await;
+    let alice = s.user("alice").await;
+    let book = alice.book();
+    let etag = alice.put_card("a.vcf", "a", "Anna", "").await;
+    let src = format!("{book}a.vcf");
+    let to = |name: &str| format!("{}{book}{name}", alice.base);
+    let stale = [("if-match", "\"not-the-etag\"")];
+    for method in ["MOVE", "COPY"] {
+        let dest = to("elsewhere.vcf");
+        let r = alice.send(method, &src, &[("destination", dest.as_str()), stale[0]], Vec::new()).await;
+        assert_eq!(r.status, 412, "{method} with a stale If-Match: {}", r.text());
+        assert_eq!(alice.get(&src).await.status, 200, "{method} refused: the source stays");
+        assert_eq!(alice.get(&format!("{book}elsewhere.vcf")).await.status, 404, "{method} refused: no copy");
+    }
+    let dest = to("b.vcf");
+    let r = alice.send("MOVE", &src, &[("destination", dest.as_str()), ("if-match", etag.as_str())], Vec::new()).await;
+    assert_eq!(r.status, 201, "MOVE with the current ETag: {}", r.text());
+    assert_eq!(alice.get(&src).await.status, 404);
+    assert_eq!(alice.get(&format!("{book}b.vcf")).await.status, 200);
+    s.stop().await;
+}
+
+/// MKCOL makes something only where nothing is: 405 on an existing card or home, 415 for a body that is not
+/// an XML mkcol request, 400 for a name with a control character (it would end up in headers).
+#[tokio::test]
+async fn mkcol_refusals_follow_rfc_4918() {
+    let s = TestServer::start().await;
+    let alice = s.user("alice").await;
+    alice.put_card("a.vcf", "a", "Anna", "").await;
+    let on_card = alice.send("MKCOL", &format!("{}a.vcf", alice.book()), &[], Vec::new()).await;
+    assert_eq!(on_card.status, 405, "MKCOL on an existing card: {}", on_card.text());
+    assert_eq!(alice.send("MKCOL", &alice.home(), &[], Vec::new()).await.status, 405, "MKCOL on the home");
+    let plain = alice
+        .send("MKCOL", "/dav/addressbooks/alice/notes/", &[("content-type", "text/plain")], "hello".to_string())
+        .await;
+    assert_eq!(plain.status, 415, "MKCOL with a text body: {}", plain.text());
+    let control = alice.send("MKCOL", "/dav/addressbooks/alice/ctl%01book/", &[], Vec::new()).await;
+    assert_eq!(control.status, 400, "a control character in a name: {}", control.text());
+    assert_eq!(alice.get("/dav/addressbooks/alice/notes/").await.status, 404, "nothing was made");
+    s.stop().await;
+}
+
+/// A whole-book download names its file after the book, whatever characters the name has (RFC 6266): an
+/// ASCII stand-in in `filename`, the exact name in `filename*`.
+#[tokio::test]
+async fn whole_book_download_names_any_book() {
+    let s = TestServer::start().await;
+    let alice = s.user("alice").await;
+    let book = "/dav/addressbooks/alice/M%C3%BCller%20%22Bau%22/";
+    assert_eq!(alice.send("MKCOL", book, &[], Vec::new()).await.status, 201);
+    let r = alice.get(book).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let disposition = r.header("content-disposition").expect("content-disposition");
+    assert_eq!(
+        disposition,
+        "attachment; filename=\"M_ller _Bau_.vcf\"; filename*=UTF-8''M%C3%BCller%20%22Bau%22%2Evcf"
+    );
+    s.stop().await;
+}
