@@ -10,6 +10,7 @@ use crate::store::NewCard;
 use calcard::vcard::{VCard, VCardEntry, VCardParameterName, VCardProperty, VCardValue, VCardVersion};
 use calcard::{Entry, Parser};
 use sha2::{Digest, Sha256};
+use std::borrow::Cow;
 
 /// The vCard versions a CardDAV client can ask for (RFC 6352 supported-address-data).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,6 +73,11 @@ pub fn validate(bytes: &[u8]) -> Result<ValidCard, Invalid> {
         Invalid::Unsupported(format!("the body is not UTF-8 text (invalid byte at offset {})", e.valid_up_to()))
     })?;
     let text = strip_bom(text);
+    if let Some(b) = text.bytes().find(|&b| crate::dav::response::is_control(b)) {
+        // No vCard property may hold one (RFC 6350 §3.3 excludes controls from values), and XML cannot carry
+        // it: a multiget answer with this card would be unreadable for the client.
+        return Err(Invalid::Malformed(format!("the vCard contains the control character U+{b:04X}")));
+    }
     let trimmed = text.trim();
     if !starts_with_ignore_case(trimmed, "BEGIN:VCARD") {
         return Err(Invalid::Unsupported("the body is not a vCard (it must start with BEGIN:VCARD)".into()));
@@ -79,7 +85,8 @@ pub fn validate(bytes: &[u8]) -> Result<ValidCard, Invalid> {
     if !ends_with_ignore_case(trimmed, "END:VCARD") {
         return Err(Invalid::Malformed("the vCard is not terminated by END:VCARD".into()));
     }
-    let mut parser = Parser::new(text);
+    let input = calcard_input(text);
+    let mut parser = Parser::new(&input);
     let card = match parser.entry() {
         Entry::VCard(card) => card,
         Entry::ICalendar(_) => return Err(Invalid::Unsupported("the body is iCalendar data, not a vCard".into())),
@@ -244,7 +251,58 @@ impl SearchIndex {
 /// Parses a stored card (already validated on the way in) for filtering or conversion.
 pub fn parse_stored(bytes: &[u8]) -> Option<VCard> {
     let text = std::str::from_utf8(bytes).ok()?;
-    VCard::parse(strip_bom(text)).ok()
+    VCard::parse(calcard_input(strip_bom(text)).as_ref()).ok()
+}
+
+/// The card text as calcard should read it. calcard reads the dates of BDAY, ANNIVERSARY and DEATHDATE in
+/// RFC 6350's basic format only: the extended `1983-02-03`, which many producers write (and vCard 3.0
+/// allows), became `1983-02`, and `--04-16` became `--4`, so an Apple client (served 3.0) lost the day of
+/// every such birthday. Those values are handed over in the basic format (`19830203`, `--0416`); the stored
+/// bytes stay as they came.
+pub fn calcard_input(text: &str) -> Cow<'_, str> {
+    if !text.lines().any(|line| basic_date_line(line).is_some()) {
+        return Cow::Borrowed(text);
+    }
+    Cow::Owned(
+        text.split_inclusive('\n').map(|line| basic_date_line(line).unwrap_or_else(|| line.to_string())).collect(),
+    )
+}
+
+/// `[group.]BDAY|ANNIVERSARY|DEATHDATE[;params]:<extended date>` in the basic format, if it is one.
+fn basic_date_line(line: &str) -> Option<String> {
+    let (head, rest) = line.split_once(':')?;
+    if head.contains('"') || head.to_ascii_uppercase().contains("VALUE=TEXT") {
+        return None;
+    }
+    let name = head.split(';').next()?.rsplit('.').next()?;
+    if !["BDAY", "ANNIVERSARY", "DEATHDATE"].iter().any(|n| name.eq_ignore_ascii_case(n)) {
+        return None;
+    }
+    let value = rest.trim_end_matches(['\r', '\n']);
+    let basic = basic_date(value)?;
+    Some(format!("{head}:{basic}{}", &rest[value.len()..]))
+}
+
+/// `1983-02-03` → `19830203`, `--04-16` → `--0416`, with an optional time `T20:12:43+04:00` → `T201243+0400`.
+/// Anything else (already basic, reduced accuracy like `1983-02`, text) gives `None`.
+fn basic_date(value: &str) -> Option<String> {
+    let digits = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_digit());
+    let (date, time) = match value.split_once(['T', 't']) {
+        Some((d, t)) => (d, Some(t)),
+        None => (value, None),
+    };
+    let date = match date.split('-').collect::<Vec<_>>().as_slice() {
+        [y, m, d] if digits(y, 4) && digits(m, 2) && digits(d, 2) => format!("{y}{m}{d}"),
+        ["", "", m, d] if digits(m, 2) && digits(d, 2) => format!("--{m}{d}"),
+        _ => return None,
+    };
+    match time {
+        None => Some(date),
+        Some(t) if t.bytes().all(|b| b.is_ascii_digit() || b"+-:Zz.".contains(&b)) => {
+            Some(format!("{date}T{}", t.replace(':', "")))
+        }
+        Some(_) => None,
+    }
 }
 
 /// The text value of a property as a text-match sees it: structured components joined with `;`, list values
@@ -473,6 +531,35 @@ pub fn render(stored: &[u8], stored_version: &str, want: Option<Version>, props:
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by a review: calcard read the extended format of 4.0 dates wrongly, and conversions served the
+    /// damage (an Apple client got `BDAY:1983-02` for `BDAY:1983-02-03`).
+    #[test]
+    fn dates_keep_their_day_through_a_conversion() {
+        for (version, line, want) in [
+            ("4.0", "BDAY:1983-02-03", "BDAY:1983-02-03"),
+            ("4.0", "BDAY;VALUE=DATE:1983-02-03", "BDAY;VALUE=DATE:1983-02-03"),
+            ("4.0", "item1.BDAY:1983-02-03", "item1.BDAY:1983-02-03"),
+            ("4.0", "BDAY:--04-16", "BDAY:--04-16"),
+            ("4.0", "ANNIVERSARY:2009-08-08", "ANNIVERSARY:2009-08-08"),
+            ("4.0", "DEATHDATE:1983-02-03", "DEATHDATE:1983-02-03"),
+            ("4.0", "BDAY:1996-04-15T20:12:43+04:00", "BDAY:1996-04-15T20:12:43+04:00"),
+            ("4.0", "BDAY:1983-02", "BDAY:1983-02"),
+            ("4.0", "BDAY;VALUE=text:circa 1800", "BDAY;VALUE=TEXT:circa 1800"),
+            ("3.0", "BDAY:1983-02-03", "BDAY:19830203"),
+            ("3.0", "BDAY:19830203", "BDAY:19830203"),
+        ] {
+            let text = format!("BEGIN:VCARD\r\nVERSION:{version}\r\nUID:x\r\nFN:X\r\n{line}\r\nEND:VCARD\r\n");
+            let to = if version == "4.0" { Version::V3 } else { Version::V4 };
+            let (out, converted) = render(text.as_bytes(), version, Some(to), None);
+            assert!(converted, "{line}");
+            let out = String::from_utf8(out).expect("utf-8");
+            assert!(out.lines().any(|l| l == want), "{version} {line} -> {out}");
+        }
+        // The stored bytes are never rewritten: validation reads the basic form but keeps the card as sent.
+        let text = "BEGIN:VCARD\r\nVERSION:4.0\r\nUID:x\r\nFN:X\r\nBDAY:1983-02-03\r\nEND:VCARD\r\n";
+        assert_eq!(validate(text.as_bytes()).expect("valid").new_card.bytes, text.as_bytes());
+    }
 
     const V3: &str = "BEGIN:VCARD\r\nVERSION:3.0\r\nUID:abc\r\nFN:Jürgen Müller\r\nN:Müller;Jürgen;;;\r\n\
 EMAIL;TYPE=INTERNET,WORK:JM@Example.com\r\nTEL;TYPE=CELL:+49 30 1234\r\nitem1.X-ABLabel:Custom\r\nEND:VCARD\r\n";

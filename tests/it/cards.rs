@@ -75,6 +75,13 @@ async fn invalid_cards_are_refused_with_preconditions() {
             "{urn:ietf:params:xml:ns:carddav}valid-address-data",
         ),
         (
+            // XML cannot carry it: one such card made every multiget and sync answer of its book unreadable.
+            "a control character",
+            vcard("ctl", "Ctl", "NOTE:line one\u{0b}line two\r\n"),
+            400,
+            "{urn:ietf:params:xml:ns:carddav}valid-address-data",
+        ),
+        (
             "two cards",
             format!("{}{}", vcard("a", "A", ""), vcard("b", "B", "")),
             400,
