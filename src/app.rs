@@ -188,9 +188,10 @@ impl App {
             .with_header(header::WWW_AUTHENTICATE, "Basic realm=\"kartei\", charset=\"UTF-8\"")
     }
 
-    /// HTTP Basic on every request, with the verification cache and failure throttling. Credentials verified
-    /// recently pass even while their login or address is throttled (a guess is never cached), so a
-    /// person's synced devices, also behind the same address as an attacker, keep working.
+    /// HTTP Basic on every request, with the verification cache and failure throttling (per address, and
+    /// per login from that address; see `auth::pair_key`). Credentials verified recently pass even while
+    /// their address is throttled (a guess is never cached), so a person's synced devices, also behind the
+    /// same address as an attacker, keep working.
     pub async fn authenticate(&self, headers: &HeaderMap, peer: SocketAddr) -> DavResult<AuthUser> {
         let ip_key = auth::ip_key(peer.ip());
         let Some((login, password)) =
@@ -201,7 +202,7 @@ impl App {
         let (username, scope) = split_scoped_login(&login);
         let lookup = username.clone();
         let user = store::point_read(&self.store, move |s| s.user(&lookup)).await?;
-        let login_key = auth::login_key(&username);
+        let pair_key = auth::pair_key(&username, peer.ip());
         // Only logins that exist are named in the log: a password typed into the user-name field must not
         // end up there.
         let logged_login = if user.is_some() { username.as_str() } else { "(unknown login)" };
@@ -211,12 +212,8 @@ impl App {
         {
             return self.authorize_scope(u, scope).await;
         }
-        if let Some(wait) = self.auth.throttled(&ip_key) {
-            tracing::warn!(login = %logged_login, client = %peer.ip(), "client address throttled after repeated failures");
-            return Err(too_many(wait));
-        }
-        if let Some(wait) = self.auth.throttled(&login_key) {
-            tracing::warn!(login = %logged_login, client = %peer.ip(), "login throttled after repeated failures");
+        if let Err(wait) = self.auth.begin_attempt(&[&ip_key, &pair_key]) {
+            tracing::warn!(login = %logged_login, client = %peer.ip(), "login attempt throttled after repeated failures");
             return Err(too_many(wait));
         }
         let hash = user
@@ -228,12 +225,11 @@ impl App {
         match user {
             Some(u) if verified && !u.disabled => {
                 self.auth.remember(&u.username, &password, u.credential_generation);
-                self.auth.clear_failures(&login_key);
+                self.auth.attempt_succeeded(&pair_key, &ip_key);
                 self.authorize_scope(&u, scope).await
             }
             _ => {
-                self.auth.record_failure(&login_key);
-                self.auth.record_failure(&ip_key);
+                // Counted already, by begin_attempt.
                 tracing::warn!(login = %logged_login, client = %peer.ip(), "authentication failed");
                 Err(self.challenge("wrong user name or password"))
             }

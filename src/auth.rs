@@ -203,35 +203,44 @@ impl AuthState {
         }
     }
 
-    /// Seconds to wait when `key` (a login or an address) failed too often recently, rounded up so that a
-    /// client honouring `Retry-After` is not refused again.
-    pub fn throttled(&self, key: &str) -> Option<u64> {
-        let failures = self.failures.lock().ok()?;
-        let f = failures.get(key)?;
-        let elapsed = f.window_start.elapsed();
-        (f.count >= self.max_failures && elapsed < self.window).then(|| {
-            let left = self.window - elapsed;
-            (left.as_secs() + u64::from(left.subsec_nanos() > 0)).max(1)
-        })
-    }
-
-    pub fn record_failure(&self, key: &str) {
-        if let Ok(mut failures) = self.failures.lock() {
-            let now = Instant::now();
-            if failures.len() > 100_000 {
-                failures.retain(|_, f| now.duration_since(f.window_start) < self.window);
+    /// Counts a login attempt against each key (its address, and its login from that address) *before* the
+    /// password is checked, so that guesses sent in parallel cannot all pass before the first failure is
+    /// counted. `Err(seconds to wait)` when a key is over the limit; nothing is counted then.
+    pub fn begin_attempt(&self, keys: &[&str]) -> Result<(), u64> {
+        // A poisoned lock only means a panic elsewhere: logins go on unthrottled rather than all refused.
+        let Ok(mut failures) = self.failures.lock() else { return Ok(()) };
+        let now = Instant::now();
+        if failures.len() > 100_000 {
+            failures.retain(|_, f| now.duration_since(f.window_start) < self.window);
+        }
+        for key in keys {
+            if let Some(f) = failures.get(*key) {
+                let elapsed = now.duration_since(f.window_start);
+                if f.count >= self.max_failures && elapsed < self.window {
+                    // Rounded up, so that a client honouring Retry-After is not refused again.
+                    let left = self.window - elapsed;
+                    return Err((left.as_secs() + u64::from(left.subsec_nanos() > 0)).max(1));
+                }
             }
+        }
+        for key in keys {
             let entry = failures.entry(key.to_string()).or_insert(Failures { count: 0, window_start: now });
             if now.duration_since(entry.window_start) >= self.window {
                 *entry = Failures { count: 0, window_start: now };
             }
             entry.count += 1;
         }
+        Ok(())
     }
 
-    pub fn clear_failures(&self, key: &str) {
+    /// The password was right: the login's count from this address starts over, and the address gets its
+    /// attempt back (only that one, so that a valid login of one's own cannot wipe out failed guesses).
+    pub fn attempt_succeeded(&self, pair_key: &str, ip_key: &str) {
         if let Ok(mut failures) = self.failures.lock() {
-            failures.remove(key);
+            failures.remove(pair_key);
+            if let Some(f) = failures.get_mut(ip_key) {
+                f.count = f.count.saturating_sub(1);
+            }
         }
     }
 }
@@ -240,8 +249,12 @@ pub fn ip_key(ip: IpAddr) -> String {
     format!("ip:{ip}")
 }
 
-pub fn login_key(user: &str) -> String {
-    format!("login:{}", user.to_lowercase())
+/// A login from one address. Throttling by login alone would let anyone lock a person out with a few
+/// wrong guesses; per address and per login from that address, an attacker only throttles themselves (and
+/// whoever shares their address). Generated passwords are far too strong to guess online anyway: the limit
+/// is about the Argon2 work an address can cause.
+pub fn pair_key(user: &str, ip: IpAddr) -> String {
+    format!("login:{}|{ip}", user.to_lowercase())
 }
 
 #[cfg(test)]
@@ -283,16 +296,18 @@ mod tests {
     }
 
     #[test]
-    fn throttle_after_repeated_failures() {
+    fn throttle_counts_attempts_before_they_are_checked() {
         let a = AuthState::new(Duration::from_secs(60), 3, Duration::from_secs(60));
-        for _ in 0..2 {
-            a.record_failure("k");
+        // Three attempts in flight at once use up the limit: the fourth waits, whatever their outcome.
+        for _ in 0..3 {
+            assert!(a.begin_attempt(&["ip", "pair"]).is_ok());
         }
-        assert!(a.throttled("k").is_none());
-        a.record_failure("k");
-        assert!(a.throttled("k").is_some());
-        a.clear_failures("k");
-        assert!(a.throttled("k").is_none());
+        assert!(a.begin_attempt(&["ip", "pair"]).is_err());
+        assert!(a.begin_attempt(&["other-ip", "other-pair"]).is_ok(), "other keys are not affected");
+        // A right password clears its pair and gives back the address's one attempt.
+        a.attempt_succeeded("pair", "ip");
+        assert!(a.begin_attempt(&["ip", "pair"]).is_ok());
+        assert!(a.begin_attempt(&["ip", "pair2"]).is_err(), "the address has its 3 again");
     }
 
     #[test]

@@ -878,10 +878,16 @@ impl ApiCtx {
         let contact = project(&parsed);
         let owner = book.owner.clone();
         let paths = contact.documents.clone();
+        // The files live in the book owner's private file area, which sharing a book does not share: anyone
+        // who may write the book could otherwise probe it for names, sizes and types by naming paths in a
+        // card. Others get the paths only. (`None`: no such file; `Some(None)`: not looked up.)
+        let mine = self.user.username == book.owner;
         let entries = store::blocking(self.store(), move |s| {
             paths
                 .iter()
-                .map(|p| Ok((p.clone(), s.file(&owner, p.trim_matches('/'))?)))
+                .map(|p| {
+                    Ok((p.clone(), if mine { s.file(&owner, p.trim_matches('/'))?.map(Some) } else { Some(None) }))
+                })
                 .collect::<store::Result<Vec<_>>>()
         })
         .await?;
@@ -889,12 +895,17 @@ impl ApiCtx {
             .into_iter()
             .map(|(path, entry)| {
                 let clean = path.trim_matches('/');
+                let (exists, size, content_type) = match &entry {
+                    None => (json!(false), Value::Null, Value::Null),
+                    Some(Some(file)) => (json!(true), json!(file.size), json!(file.content_type)),
+                    Some(None) => (Value::Null, Value::Null, Value::Null), // not the caller's to know
+                };
                 json!({
                     "path": clean,
                     "href": format!("/dav/files/{}/{}", router::encode(&book.owner), clean.split('/').map(router::encode).collect::<Vec<_>>().join("/")),
-                    "exists": entry.is_some(),
-                    "size": entry.as_ref().map(|e| e.size),
-                    "content_type": entry.as_ref().and_then(|e| e.content_type.clone()),
+                    "exists": exists,
+                    "size": size,
+                    "content_type": content_type,
                 })
             })
             .collect();

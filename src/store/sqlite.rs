@@ -521,10 +521,18 @@ fn prefilter_sql(p: &Prefilter, sql: &mut String, args: &mut Vec<String>) {
 impl Store for SqliteStore {
     fn create_user(&self, username: &str, display_name: &str, password_hash: &str) -> Result<User> {
         self.write(|tx| {
+            // A random first credential generation: a user deleted and made again under the same name (by
+            // another process, e.g. the CLI, whose server's login cache knows nothing of it) must not
+            // inherit the old password's cached logins, which are keyed by name and generation.
+            let generation = {
+                use rand::Rng as _;
+                i64::from(rand::rng().next_u32()) + 2
+            };
             let inserted = tx.execute(
-                "INSERT INTO users (username, display_name, password_hash, created_at) VALUES (?1, ?2, ?3, ?4)
+                "INSERT INTO users (username, display_name, password_hash, created_at, credential_generation)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
                  ON CONFLICT (username) DO NOTHING",
-                params![username, display_name, password_hash, now()],
+                params![username, display_name, password_hash, now(), generation],
             )?;
             if inserted == 0 {
                 return Err(Error::AlreadyExists);
