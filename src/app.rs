@@ -100,7 +100,7 @@ impl App {
         let dummy_hash = auth::hash_password(&auth::generate_password()).unwrap_or_default();
         let public_url = config.public_url(bound);
         let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
-        let streaming = body::Streaming { stall: Duration::from_secs(config.limits.idle_timeout_secs.max(1)) };
+        let streaming = body::Streaming::new(Duration::from_secs(config.limits.idle_timeout_secs.max(1)));
         App { config, store, auth, public_url, dummy_hash, verifier: auth::Verifier::new(cores), streaming }
     }
 

@@ -1,17 +1,20 @@
 //! Response bodies: small ones in one piece, large multistatus answers streamed (optionally gzipped) from a
 //! blocking task through a bounded channel, so memory stays flat however big the address book is.
 
+use crate::error::{DavError, DavResult};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
+use hyper::StatusCode;
 use hyper::body::{Body as _, Frame, Incoming, SizeHint};
+use std::collections::HashMap;
 use std::io::{self, Write};
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 pub type Body = BoxBody<Bytes, io::Error>;
 
@@ -108,10 +111,67 @@ impl ChunkWriter {
     }
 }
 
-/// How a server streams its answers: `stall` is how long a producer waits for a client that takes nothing.
+/// Streamed answers one user may have in production at once, and all users together. Each holds a thread
+/// of the blocking pool (512) and a SQLite reader while it runs, and waits up to `stall` for a client that
+/// takes nothing: without limits, one user with a few HTTP/2 connections could take every thread, and
+/// everyone's writes and logins would wait (found by a review). Real clients run one or two at a time.
+const PRODUCERS_PER_USER: usize = 16;
+const PRODUCERS_TOTAL: usize = 128;
+/// How long an answer waits for a slot before it is refused with 503 and `Retry-After`.
+const SLOT_WAIT: Duration = Duration::from_secs(10);
+
+/// How a server streams its answers: `stall` is how long a producer waits for a client that takes nothing;
+/// the slots bound how many producers run at once.
 #[derive(Clone)]
 pub struct Streaming {
     pub stall: Duration,
+    total: Arc<Semaphore>,
+    per_user: Arc<Mutex<HashMap<String, Arc<Semaphore>>>>,
+    per_user_max: usize,
+    slot_wait: Duration,
+}
+
+/// The right to run one producer; held by it until it ends.
+pub struct Slot {
+    _user: OwnedSemaphorePermit,
+    _total: OwnedSemaphorePermit,
+}
+
+impl Streaming {
+    pub fn new(stall: Duration) -> Self {
+        Self::with_limits(stall, PRODUCERS_PER_USER, PRODUCERS_TOTAL, SLOT_WAIT)
+    }
+
+    fn with_limits(stall: Duration, per_user_max: usize, total: usize, slot_wait: Duration) -> Self {
+        Streaming {
+            stall,
+            total: Arc::new(Semaphore::new(total)),
+            per_user: Arc::new(Mutex::new(HashMap::new())),
+            per_user_max,
+            slot_wait,
+        }
+    }
+
+    /// A slot for one streamed answer of `user`; waits up to `SLOT_WAIT`, then 503 with `Retry-After`.
+    pub async fn slot(&self, user: &str) -> DavResult<Slot> {
+        let mine = {
+            let mut per_user = self.per_user.lock().map_err(|_| {
+                DavError::new(StatusCode::INTERNAL_SERVER_ERROR, "the producer slots were poisoned by a panic")
+            })?;
+            per_user.entry(user.to_string()).or_insert_with(|| Arc::new(Semaphore::new(self.per_user_max))).clone()
+        };
+        let busy = || {
+            tracing::warn!(%user, "no slot for a streamed answer within {:?}; answering 503", self.slot_wait);
+            DavError::new(StatusCode::SERVICE_UNAVAILABLE, "too many answers are being produced at once; retry soon")
+                .with_header(hyper::header::RETRY_AFTER, "5")
+        };
+        let acquire = async {
+            let user_permit = mine.acquire_owned().await.ok()?;
+            let total_permit = self.total.clone().acquire_owned().await.ok()?;
+            Some(Slot { _user: user_permit, _total: total_permit })
+        };
+        tokio::time::timeout(self.slot_wait, acquire).await.ok().flatten().ok_or_else(busy)
+    }
 }
 
 /// Runs `produce` on the blocking pool, streaming what it writes as the response body; with `gzip` the
@@ -119,7 +179,7 @@ pub struct Streaming {
 /// logged), which is why callers validate everything before they start streaming. A body cut short ends
 /// in an error, never cleanly, so that the client cannot take a truncated answer for a whole one (HTTP/1.1
 /// closes the connection without the last chunk, HTTP/2 resets the stream).
-pub fn stream_body<F>(streaming: &Streaming, gzip: bool, produce: F) -> Body
+pub fn stream_body<F>(streaming: &Streaming, slot: Slot, gzip: bool, produce: F) -> Body
 where
     F: FnOnce(&mut dyn Write) -> io::Result<()> + Send + 'static,
 {
@@ -127,7 +187,10 @@ where
     let complete = Arc::new(AtomicBool::new(false));
     let writer = ChunkWriter { tx, stall: streaming.stall, broken: false };
     let done = complete.clone();
-    tokio::task::spawn_blocking(move || produce_into(writer, done, gzip, produce));
+    tokio::task::spawn_blocking(move || {
+        let _slot = slot;
+        produce_into(writer, done, gzip, produce)
+    });
     BodyExt::boxed(StreamBody::new(chunk_stream(rx, complete)))
 }
 
@@ -184,4 +247,22 @@ pub fn accepts_gzip(headers: &hyper::HeaderMap) -> bool {
             coding.eq_ignore_ascii_case("gzip") && !q_zero
         })
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn producer_slots_are_bounded_per_user_and_in_total() {
+        let streaming = Streaming::with_limits(Duration::from_secs(1), 2, 3, Duration::from_millis(50));
+        let a1 = streaming.slot("a").await.expect("a's first");
+        let _a2 = streaming.slot("a").await.expect("a's second");
+        let refused = streaming.slot("a").await.err().expect("a's third waits, then is refused");
+        assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE);
+        let _b1 = streaming.slot("b").await.expect("another user is not held up by a");
+        assert!(streaming.slot("c").await.is_err(), "3 in total");
+        drop(a1);
+        assert!(streaming.slot("c").await.is_ok(), "a slot comes back when its producer ends");
+    }
 }

@@ -293,7 +293,8 @@ async fn propfind(ctx: &Ctx, path: &str, incoming: RequestBody) -> DavResult<Res
     let store = ctx.store().clone();
     let user = ctx.user.clone();
     let minimal = wants_minimal(&ctx.headers);
-    let body = stream_body(&ctx.app.streaming, false, move |out| {
+    let slot = ctx.app.streaming.slot(&ctx.user.username).await?;
+    let body = stream_body(&ctx.app.streaming, slot, false, move |out| {
         let err = |e: store::Error| std::io::Error::other(e.to_string());
         let mut ms = Multistatus::begin(out)?;
         let mut entries = vec![root.clone()];
@@ -352,7 +353,8 @@ async fn proppatch(ctx: &Ctx, path: &str, incoming: RequestBody) -> DavResult<Re
         (Vec::new(), vec![(403u16, refused), (424u16, names)])
     };
     let target = href(&ctx.user.username, path, file.is_collection);
-    let body = stream_body(&ctx.app.streaming, false, move |out| {
+    let slot = ctx.app.streaming.slot(&ctx.user.username).await?;
+    let body = stream_body(&ctx.app.streaming, slot, false, move |out| {
         let mut ms = Multistatus::begin(out)?;
         let found: Vec<Prop> = ok.into_iter().map(|name| Prop { name, value: Value::Empty }).collect();
         ms.response(&target, &found, &others)?;

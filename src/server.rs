@@ -42,6 +42,9 @@ pub async fn serve(
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(limits.max_header_bytes as u32)
+        // hyper's default is 200 streams per connection; clients sync with a handful, and each stream may
+        // hold an answer in memory or a producer thread.
+        .max_concurrent_streams(32)
         .keep_alive_interval(Some(Duration::from_secs(30)));
     let builder = Arc::new(builder);
     // Every connection's task, so that the ones still open after the grace period can be cut (below).
@@ -86,7 +89,7 @@ pub async fn serve(
                         Ok(r) => r,
                         Err(_) => timeout_response(received.load(Ordering::Relaxed), peer),
                     };
-                    Ok::<Response<Tracked>, Infallible>(response.map(|body| Tracked { body, _in_flight: in_flight }))
+                    Ok::<Response<Tracked>, Infallible>(response.map(|body| Tracked::new(body, in_flight)))
                 }
             });
             // hyper's header read timeout covers a slow HTTP/1 request head and idle HTTP/1 keep-alive, but
@@ -161,12 +164,18 @@ fn timeout_response(body_received: bool, peer: std::net::SocketAddr) -> Response
 }
 
 /// What one connection is doing, for the watchdog: requests whose response is not completely sent, when
-/// the last one finished (or the connection opened), and when bytes last moved (milliseconds since `opened`).
+/// the last one finished (or the connection opened), when bytes last moved, and when each response being
+/// sent was last asked for more (milliseconds since `opened`).
 struct Activity {
     opened: Instant,
     in_flight: AtomicUsize,
     idle_since: AtomicU64,
     last_io: AtomicU64,
+    /// Response id → when hyper last polled its body. On HTTP/2 the connection's bytes say nothing about
+    /// one stream: pings or other streams keep them moving while a stream whose window the client never
+    /// opens holds its answer (a whole card in memory, or a producer thread) forever.
+    responses: std::sync::Mutex<std::collections::HashMap<u64, u64>>,
+    next_response: AtomicU64,
 }
 
 impl Activity {
@@ -176,7 +185,37 @@ impl Activity {
             in_flight: AtomicUsize::new(0),
             idle_since: AtomicU64::new(0),
             last_io: AtomicU64::new(0),
+            responses: std::sync::Mutex::new(std::collections::HashMap::new()),
+            next_response: AtomicU64::new(0),
         }
+    }
+
+    /// A response starts being sent; returns its id for `response_polled` and `response_done`.
+    fn response_started(&self) -> u64 {
+        let id = self.next_response.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut responses) = self.responses.lock() {
+            responses.insert(id, self.now());
+        }
+        id
+    }
+
+    fn response_polled(&self, id: u64) {
+        if let Ok(mut responses) = self.responses.lock()
+            && let Some(last) = responses.get_mut(&id)
+        {
+            *last = self.now();
+        }
+    }
+
+    fn response_done(&self, id: u64) {
+        if let Ok(mut responses) = self.responses.lock() {
+            responses.remove(&id);
+        }
+    }
+
+    /// When the response that has waited longest for the client was last polled.
+    fn oldest_response_poll(&self) -> Option<u64> {
+        self.responses.lock().ok()?.values().copied().min()
     }
 
     fn now(&self) -> u64 {
@@ -208,7 +247,11 @@ impl Activity {
                 if quiet >= stalled {
                     return "stalled with a request in flight";
                 }
-                stalled - quiet
+                let waiting = self.oldest_response_poll().map_or(0, |polled| now.saturating_sub(polled));
+                if waiting >= stalled {
+                    return "holding a response its client took nothing of";
+                }
+                (stalled - quiet).min(stalled - waiting)
             };
             tokio::time::sleep(Duration::from_millis(wait.max(50))).await;
         }
@@ -284,10 +327,25 @@ impl Drop for InFlight {
     }
 }
 
-/// A response body that keeps its request counted as in flight while it streams.
+/// A response body that keeps its request counted as in flight while it streams, and tells the watchdog
+/// when hyper last asked it for more.
 struct Tracked {
     body: Body,
-    _in_flight: InFlight,
+    response: u64,
+    in_flight: InFlight,
+}
+
+impl Tracked {
+    fn new(body: Body, in_flight: InFlight) -> Self {
+        let response = in_flight.0.response_started();
+        Tracked { body, response, in_flight }
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        self.in_flight.0.response_done(self.response);
+    }
 }
 
 impl hyper::body::Body for Tracked {
@@ -295,6 +353,7 @@ impl hyper::body::Body for Tracked {
     type Error = std::io::Error;
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        self.in_flight.0.response_polled(self.response);
         Pin::new(&mut self.body).poll_frame(cx)
     }
 

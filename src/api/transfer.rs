@@ -421,7 +421,8 @@ pub async fn import(
     let wants_progress = params.get("progress").is_some_and(|p| matches!(p.as_str(), "true" | "1" | "ndjson"))
         || ctx_accepts_ndjson(req_accept.as_deref());
     if wants_progress {
-        return Ok(streamed_import(&ctx.app.streaming, store, target, text, request));
+        let slot = ctx.app.streaming.slot(&ctx.user.username).await?;
+        return Ok(streamed_import(&ctx.app.streaming, slot, store, target, text, request));
     }
     let (status, summary) =
         tokio::task::spawn_blocking(move || run_import(store.as_ref(), &target, &text, &request, &mut |_, _| {}))
@@ -444,6 +445,7 @@ fn ctx_accepts_ndjson(accept: Option<&str>) -> bool {
 /// rows were refused and nothing was imported). The HTTP status is 200 once streaming starts.
 fn streamed_import(
     streaming: &body::Streaming,
+    slot: body::Slot,
     store: store::SharedStore,
     book: BookView,
     text: String,
@@ -482,7 +484,7 @@ fn streamed_import(
     Response::builder()
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, "application/x-ndjson")
-        .body(body::stream_body(streaming, false, produce))
+        .body(body::stream_body(streaming, slot, false, produce))
         .unwrap_or_else(|_| Response::new(body::empty()))
 }
 

@@ -60,7 +60,8 @@ pub async fn handle(ctx: Ctx, target: Target) -> DavResult<Response<Body>> {
             let body = if head {
                 body::empty()
             } else {
-                stream_body(&ctx.app.streaming, false, move |out| {
+                let slot = ctx.app.streaming.slot(&ctx.user.username).await?;
+                stream_body(&ctx.app.streaming, slot, false, move |out| {
                     let mut failure = None;
                     store
                         .for_each_card(book.id, true, &mut |meta, bytes| {

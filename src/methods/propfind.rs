@@ -46,7 +46,8 @@ pub async fn handle(ctx: Ctx, target: Target, body: RequestBody) -> DavResult<Re
     let max_resource_size = ctx.app.config.limits.max_resource_size;
     let prefer_v3 = ctx.is_apple();
     let request_path = ctx.path.clone();
-    let body = stream_body(&ctx.app.streaming, gzip, move |out| {
+    let slot = ctx.app.streaming.slot(&ctx.user.username).await?;
+    let body = stream_body(&ctx.app.streaming, slot, gzip, move |out| {
         let pctx = PropContext { me: &me.username, max_resource_size, prefer_v3, scoped: me.scope.is_some() };
         let mut ms = Multistatus::begin(out)?;
         let listing =

@@ -104,7 +104,8 @@ pub async fn handle(ctx: Ctx, target: Target, body: RequestBody) -> DavResult<Re
         (Vec::new(), vec![(403u16, refused), (424u16, names)])
     };
     let href = router::book_href(&ctx.user.username, &book.segment);
-    let body = stream_body(&ctx.app.streaming, false, move |out| {
+    let slot = ctx.app.streaming.slot(&ctx.user.username).await?;
+    let body = stream_body(&ctx.app.streaming, slot, false, move |out| {
         let mut ms = Multistatus::begin(out)?;
         let found: Vec<Prop> = ok.into_iter().map(|name| Prop { name, value: Value::Empty }).collect();
         ms.response(&href, &found, &others)?;
@@ -159,7 +160,8 @@ async fn patch_home(ctx: Ctx, user: String, ops: Vec<PatchOp>) -> DavResult<Resp
         (Vec::new(), vec![(403u16, refused), (424u16, names)])
     };
     let href = router::home_href(&user);
-    let body = stream_body(&ctx.app.streaming, false, move |out| {
+    let slot = ctx.app.streaming.slot(&ctx.user.username).await?;
+    let body = stream_body(&ctx.app.streaming, slot, false, move |out| {
         let mut ms = Multistatus::begin(out)?;
         let found: Vec<Prop> = ok.into_iter().map(|name| Prop { name, value: Value::Empty }).collect();
         ms.response(&href, &found, &others)?;

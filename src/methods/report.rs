@@ -25,7 +25,8 @@ pub async fn handle(ctx: Ctx, target: Target, body: RequestBody) -> DavResult<Re
     let report = parse_report_limited(&raw, limits.max_multiget_hrefs, limits.max_filter_terms)?;
     let gzip = accepts_gzip(&ctx.headers);
     if let Report::EmptyAnswer = report {
-        let body = stream_body(&ctx.app.streaming, gzip, |out| Multistatus::begin(out)?.finish().map(|_| ()));
+        let slot = ctx.app.streaming.slot(&ctx.user.username).await?;
+        let body = stream_body(&ctx.app.streaming, slot, gzip, |out| Multistatus::begin(out)?.finish().map(|_| ()));
         return multistatus_response(body, gzip);
     }
     let book = match target {
@@ -52,7 +53,8 @@ pub async fn handle(ctx: Ctx, target: Target, body: RequestBody) -> DavResult<Re
         minimal,
         book,
     };
-    let body = stream_body(&ctx.app.streaming, gzip, move |out| {
+    let slot = ctx.app.streaming.slot(&ctx.user.username).await?;
+    let body = stream_body(&ctx.app.streaming, slot, gzip, move |out| {
         let mut ms = Multistatus::begin(out)?;
         match report {
             Report::Multiget { props, hrefs } => writer.multiget(&mut ms, &props, &hrefs)?,

@@ -787,6 +787,58 @@ async fn sigterm_cuts_a_client_that_stopped_reading_after_the_grace_period() {
     eprintln!("stalled streamed answer at SIGTERM: cut after the 1 s grace period, exit 0 after {took:?}, WAL empty");
 }
 
+/// An HTTP/2 client that asks for a card and never opens the stream's window, while its pings keep the
+/// connection's bytes moving: the server must not hold that answer forever (a review held 3.9 GB this way
+/// with 400 streams of a 9 MB card). The watchdog cuts the connection once a response has not been asked
+/// for more within the stall limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_stream_whose_window_stays_shut_is_cut() {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    let site = Site::new();
+    let mut config = std::fs::OpenOptions::new().append(true).open(&site.config).expect("config");
+    writeln!(config, "[limits]\nidle_timeout_secs = 2\nrequest_timeout_secs = 2").expect("config");
+    drop(config);
+    let password = site.add_user("holder");
+    let dav = site.dav("holder", &password);
+    let srv = site.start("serve", "debug").await;
+    dav.put_card("big.vcf", "big", "Big", &"NOTE:padding that makes the card larger than a window\r\n".repeat(3000))
+        .await;
+
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", site.port)).await.expect("connect");
+    let (mut sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .initial_stream_window_size(0)
+        .keep_alive_interval(Duration::from_millis(300))
+        .keep_alive_while_idle(true)
+        .timer(TokioTimer::new())
+        .handshake(TokioIo::new(tcp))
+        .await
+        .expect("h2 handshake");
+    let connection = tokio::spawn(connection);
+    let request =
+        hyper::Request::get(format!("http://127.0.0.1:{}/dav/addressbooks/holder/contacts/big.vcf", site.port))
+            .header("authorization", basic("holder", &password))
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .expect("request");
+    let response = sender.send_request(request).await.expect("response head");
+    assert_eq!(response.status().as_u16(), 200);
+    let started = Instant::now();
+    // The body is never read, so the stream's window stays at 0.
+    let ended = tokio::time::timeout(Duration::from_secs(15), connection).await;
+    assert!(ended.is_ok(), "the server still held the unread answer after 15 s (stall limit 2 s)");
+    let took = started.elapsed();
+    // The server logs why once the connection is gone, so the line may come a moment after the close.
+    let reason = "holding a response its client took nothing of";
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !srv.log().contains(reason) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let log = srv.log();
+    assert!(log.contains(reason), "{log}");
+    drop(response);
+    srv.stop().await;
+    eprintln!("HTTP/2 stream with a shut window: connection cut after {took:?} (stall limit 2 s)");
+}
+
 // ---------------------------------------------------------------------------------------------------
 // 4. Backup and restore while serving.
 
