@@ -9,27 +9,51 @@ use hyper::body::{Body as _, Frame, Incoming, SizeHint};
 use std::collections::HashMap;
 use std::io::{self, Write};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 pub type Body = BoxBody<Bytes, io::Error>;
 
-/// A request's body as hyper delivers it, noting when it has been received to the end: a request that runs
-/// out of time before that is the client's slowness (408), after it the server's (503).
+/// A request's body as hyper delivers it, noting when a frame last arrived and when it has been received to
+/// the end: a request that runs out of time before that is the client's slowness (408), after it the
+/// server's (503), and a body still arriving steadily may take longer than the request limit.
 pub struct RequestBody {
     inner: Incoming,
-    received: Arc<AtomicBool>,
+    progress: Arc<BodyProgress>,
+}
+
+/// How far a request's body has come.
+pub struct BodyProgress {
+    started: Instant,
+    received: AtomicBool,
+    /// Milliseconds after `started` when the last frame arrived.
+    last_frame: AtomicU64,
+}
+
+impl BodyProgress {
+    pub fn received(&self) -> bool {
+        self.received.load(Ordering::Relaxed)
+    }
+
+    /// When the last frame of the body arrived (the request's start if none has).
+    pub fn last_frame(&self) -> Instant {
+        self.started + Duration::from_millis(self.last_frame.load(Ordering::Relaxed))
+    }
 }
 
 impl RequestBody {
     /// Wraps `inner`; `received` becomes true once its last frame has arrived (at once for an empty body).
-    pub fn new(inner: Incoming) -> (Self, Arc<AtomicBool>) {
-        let received = Arc::new(AtomicBool::new(inner.is_end_stream()));
-        (RequestBody { inner, received: received.clone() }, received)
+    pub fn new(inner: Incoming) -> (Self, Arc<BodyProgress>) {
+        let progress = Arc::new(BodyProgress {
+            started: Instant::now(),
+            received: AtomicBool::new(inner.is_end_stream()),
+            last_frame: AtomicU64::new(0),
+        });
+        (RequestBody { inner, progress: progress.clone() }, progress)
     }
 }
 
@@ -39,8 +63,12 @@ impl hyper::body::Body for RequestBody {
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(polled, Poll::Ready(Some(Ok(_)))) {
+            let since = self.progress.started.elapsed().as_millis() as u64;
+            self.progress.last_frame.store(since, Ordering::Relaxed);
+        }
         if matches!(polled, Poll::Ready(None)) || self.inner.is_end_stream() {
-            self.received.store(true, Ordering::Relaxed);
+            self.progress.received.store(true, Ordering::Relaxed);
         }
         polled
     }

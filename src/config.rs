@@ -91,7 +91,8 @@ pub struct LimitsConfig {
     pub max_file_size: usize,
     /// Most hrefs in one addressbook-multiget.
     pub max_multiget_hrefs: usize,
-    /// Seconds a request (headers and body) may take before the connection is closed.
+    /// Seconds a request (headers and body) may take before the connection is closed; while its body keeps
+    /// arriving, counted from the body's last piece.
     pub request_timeout_secs: u64,
     /// Seconds an idle keep-alive connection stays open.
     pub idle_timeout_secs: u64,

@@ -82,12 +82,24 @@ pub async fn serve(
                 let app = app.clone();
                 let in_flight = InFlight::start(tracker.clone());
                 let (parts, body) = req.into_parts();
-                let (body, received) = RequestBody::new(body);
+                let (body, progress) = RequestBody::new(body);
                 let req = Request::from_parts(parts, body);
                 async move {
-                    let response = match tokio::time::timeout(request_timeout, app.handle(req, peer)).await {
-                        Ok(r) => r,
-                        Err(_) => timeout_response(received.load(Ordering::Relaxed), peer),
+                    let handling = app.handle(req, peer);
+                    tokio::pin!(handling);
+                    let mut deadline = tokio::time::Instant::now() + request_timeout;
+                    let response = loop {
+                        match tokio::time::timeout_at(deadline, &mut handling).await {
+                            Ok(r) => break r,
+                            // A body still arriving has the limit from its last frame, not from the request's
+                            // start: a large upload over a slow line is slow, not stuck.
+                            Err(_)
+                                if !progress.received() && progress.last_frame() + request_timeout > Instant::now() =>
+                            {
+                                deadline = (progress.last_frame() + request_timeout).into();
+                            }
+                            Err(_) => break timeout_response(progress.received(), peer),
+                        }
                     };
                     Ok::<Response<Tracked>, Infallible>(response.map(|body| Tracked::new(body, in_flight)))
                 }
