@@ -98,6 +98,8 @@ pub struct LimitsConfig {
     pub idle_timeout_secs: u64,
     /// Most connections served at once; further ones wait in the accept queue.
     pub max_connections: usize,
+    /// Most connections from one client address (a NAT counts as one); further ones are closed at once.
+    pub max_connections_per_ip: usize,
     /// Largest request head (request line and headers), in bytes.
     pub max_header_bytes: usize,
     /// Most prop-filters, text-matches and param-filters in one addressbook-query filter.
@@ -116,6 +118,7 @@ impl Default for LimitsConfig {
             request_timeout_secs: 60,
             idle_timeout_secs: 120,
             max_connections: 1024,
+            max_connections_per_ip: 256,
             max_header_bytes: 64 * 1024,
             max_filter_terms: 64,
             shutdown_grace_secs: 10,

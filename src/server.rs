@@ -49,6 +49,7 @@ pub async fn serve(
     let builder = Arc::new(builder);
     // Every connection's task, so that the ones still open after the grace period can be cut (below).
     let mut tasks = tokio::task::JoinSet::new();
+    let addresses = Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
     loop {
         while tasks.try_join_next().is_some() {}
         let permit = tokio::select! {
@@ -66,6 +67,10 @@ pub async fn serve(
                 }
             },
         };
+        let Some(per_address) = PerAddress::claim(&addresses, peer.ip(), limits.max_connections_per_ip) else {
+            tracing::warn!(client = %peer.ip(), "refused a connection: the address holds its maximum already");
+            continue; // dropping the stream closes it, and the permit goes back
+        };
         let _ = stream.set_nodelay(true);
         let app = app.clone();
         let tls = tls.clone();
@@ -76,6 +81,7 @@ pub async fn serve(
         let watcher = graceful.watcher();
         tasks.spawn(async move {
             let _permit = permit;
+            let _per_address = per_address;
             let activity = Arc::new(Activity::new());
             let tracker = activity.clone();
             let service = service_fn(move |req: Request<hyper::body::Incoming>| {
@@ -173,6 +179,43 @@ fn timeout_response(body_received: bool, peer: std::net::SocketAddr) -> Response
     *r.status_mut() = status;
     r.headers_mut().insert(header::CONNECTION, header::HeaderValue::from_static("close"));
     r
+}
+
+/// Open connections per client address. Without a limit, one address could hold every connection slot
+/// with requests that trickle in (slowloris), and nobody else could connect until their heads timed out.
+struct PerAddress {
+    addresses: Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
+    ip: std::net::IpAddr,
+}
+
+impl PerAddress {
+    /// Counts one more connection of `ip`, unless it has `max` already.
+    fn claim(
+        addresses: &Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
+        ip: std::net::IpAddr,
+        max: usize,
+    ) -> Option<PerAddress> {
+        let mut open = addresses.lock().ok()?;
+        let count = open.entry(ip).or_insert(0);
+        if *count >= max.max(1) {
+            return None;
+        }
+        *count += 1;
+        Some(PerAddress { addresses: addresses.clone(), ip })
+    }
+}
+
+impl Drop for PerAddress {
+    fn drop(&mut self) {
+        if let Ok(mut open) = self.addresses.lock()
+            && let Some(count) = open.get_mut(&self.ip)
+        {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
 }
 
 /// What one connection is doing, for the watchdog: requests whose response is not completely sent, when

@@ -1332,6 +1332,40 @@ async fn request_time_limit() {
     s.stop().await;
 }
 
+/// One client address may hold at most `max_connections_per_ip` connections: beyond, a connection is closed
+/// at once, and a slot comes back when one of its connections ends. (Found by a review: one address held
+/// all 1,024 slots with requests that trickled in, and nobody else could connect.)
+#[tokio::test]
+async fn one_address_cannot_hold_every_connection() {
+    let s = TestServer::start_with(|c| c.limits.max_connections_per_ip = 3).await;
+    let alice = s.user("alice").await;
+    let raw = Raw::new(&s, &alice);
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(tokio::net::TcpStream::connect(raw.addr).await.expect("connect"));
+    }
+    // The fourth is accepted by the kernel, then closed by the server without a byte.
+    let mut fourth = tokio::net::TcpStream::connect(raw.addr).await.expect("connect");
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(Duration::from_secs(5), fourth.read(&mut buf)).await.expect("closed at once");
+    assert!(matches!(read, Ok(0) | Err(_)), "the fourth connection of one address was served: {read:?}");
+    // A slot comes back once a connection of that address ends.
+    drop(held.pop());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut served = false;
+    while !served && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let Ok(mut tls) = raw.connect_with(&raw.connector).await else { continue };
+        let head = request("OPTIONS", b"/dav/", &[], b"", None);
+        if tls.write_all(&head).await.is_ok() {
+            served = read_response(&mut tls, Duration::from_secs(2)).await.is_ok_and(|r| r.status == 200);
+        }
+    }
+    assert!(served, "no connection served after one of the address's connections ended");
+    drop(held);
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn idle_connections_are_closed() {
     let s = TestServer::start_with(|c| c.limits.idle_timeout_secs = 1).await;
