@@ -107,11 +107,12 @@ pub fn create_user(
 }
 
 /// Generates a new password; the old one stops working at once (the credential generation changes).
-pub fn reset_password(store: &dyn Store, username: &str) -> Result<String, AccountError> {
+/// `actor` is who asked, for the audit log: "admin", "cli", or the user themself.
+pub fn reset_password(store: &dyn Store, username: &str, actor: &str) -> Result<String, AccountError> {
     let password = auth::generate_password();
     let hash = auth::hash_password(&password).map_err(|e| AccountError::new(StatusCode::INTERNAL_SERVER_ERROR, e))?;
     store.set_password_hash(username, &hash)?;
-    store.audit("admin", "user.reset-credentials", username, "")?;
+    store.audit(actor, "user.reset-credentials", username, "")?;
     Ok(password)
 }
 
@@ -308,7 +309,7 @@ pub async fn handle_admin(
         (&Method::POST, ["users", name, "credentials"]) => {
             let name = name.to_string();
             let n = name.clone();
-            let password = run(&app, move |s| reset_password(s, &n)).await?;
+            let password = run(&app, move |s| reset_password(s, &n, "admin")).await?;
             app.auth.forget(&name);
             Ok(json_response(StatusCode::OK, &json!({ "username": name, "password": password })))
         }
@@ -453,7 +454,7 @@ pub async fn handle_account(
                 return Err(DavError::forbidden("a book-scoped login cannot change the account's password"));
             }
             let name = user.username.clone();
-            let password = run(&app, move |s| reset_password(s, &name)).await?;
+            let password = run(&app, move |s| reset_password(s, &name, &name)).await?;
             app.auth.forget(&user.username);
             Ok(json_response(StatusCode::OK, &json!({ "username": user.username, "password": password })))
         }

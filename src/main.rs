@@ -270,7 +270,7 @@ fn offline(config: &Config, command: Command) -> Result<(), String> {
             println!("deleted {username}");
         }
         Command::User(UserCommand::Reset { username, json }) => {
-            let password = admin::reset_password(store, &username).map_err(err)?;
+            let password = admin::reset_password(store, &username, "cli").map_err(err)?;
             if json {
                 println!("{}", json!({"username": username, "password": password}));
             } else {
@@ -279,10 +279,12 @@ fn offline(config: &Config, command: Command) -> Result<(), String> {
         }
         Command::User(UserCommand::Disable { username }) => {
             store.set_disabled(&username, true).map_err(|e| e.to_string())?;
+            let _ = store.audit("cli", "user.disable", &username, "");
             println!("disabled {username}");
         }
         Command::User(UserCommand::Enable { username }) => {
             store.set_disabled(&username, false).map_err(|e| e.to_string())?;
+            let _ = store.audit("cli", "user.enable", &username, "");
             println!("enabled {username}");
         }
         Command::Book(BookCommand::Add { username, book, display_name }) => {
@@ -344,6 +346,7 @@ fn offline(config: &Config, command: Command) -> Result<(), String> {
             if !store.unshare_book(view.id, &user).map_err(|e| e.to_string())? {
                 return Err("the book is not shared with this user".into());
             }
+            let _ = store.audit("cli", "book.unshare", &format!("{owner}/{book}"), &format!("with={user}"));
             println!("revoked");
         }
         Command::Share(ShareCommand::List { owner, book }) => {

@@ -371,6 +371,16 @@ async fn credential_lifecycle_create_sync_reset_and_self_service() {
     assert_eq!(status, 401, "old password after self-service reset (same TLS connection)");
     let anna = Dav { password: self_password.clone(), ..anna };
     assert_eq!(anna.get(&card).await.status, 200);
+    // The audit log names who reset: the admin, then the person themself (it said "admin" for both).
+    let audit = json_of(&admin(&s, "GET", "/admin/v1/audit", None).await);
+    let resets: Vec<&str> = audit["records"]
+        .as_array()
+        .expect("records")
+        .iter()
+        .filter(|r| r["action"] == "user.reset-credentials" && r["target"] == login.as_str())
+        .filter_map(|r| r["actor"].as_str())
+        .collect();
+    assert!(resets.contains(&"admin") && resets.contains(&login.as_str()), "reset actors: {resets:?}");
     // Without credentials the account endpoint challenges.
     let anon = s.http().post(format!("{}/account/v1/credentials", s.base)).send().await.expect("sent");
     assert_eq!(anon.status(), 401);
