@@ -110,7 +110,8 @@ pub fn run_export(
             if request.format == "csv" {
                 let Some(card) = vcard::parse_stored(&found.vcard) else { continue };
                 let contact = project(&card);
-                let row: Vec<String> = request.columns.iter().map(|c| contact.column(c).replace('\n', "; ")).collect();
+                // Several values (and the lines of a note) are separated by newlines; the CSV writer quotes them.
+                let row: Vec<String> = request.columns.iter().map(|c| contact.column(c)).collect();
                 csv_out.write_record(&row).map_err(internal)?;
             } else {
                 let (bytes, _) = vcard::render(&found.vcard, &found.meta.version, request.version, None);
@@ -184,12 +185,18 @@ fn auto_column(header: &str) -> Option<&'static str> {
     })
 }
 
+/// The values of a cell that holds several: one per line (kartei's own export) or separated by `separators`.
+fn cell_values<'a>(value: &'a str, separators: &'a [char]) -> impl Iterator<Item = String> + 'a {
+    value.split(|c| c == '\n' || separators.contains(&c)).map(|v| v.trim().to_string()).filter(|v| !v.is_empty())
+}
+
 /// Puts one CSV value into the contact field behind `column`.
 fn set_column(c: &mut Contact, column: &str, value: &str) {
     let v = value.trim();
     if v.is_empty() {
         return;
     }
+    let typed = |value: String| Typed { value, types: vec![] };
     let address = |c: &mut Contact| -> usize {
         if c.addresses.is_empty() {
             c.addresses.push(Address::default());
@@ -205,12 +212,8 @@ fn set_column(c: &mut Contact, column: &str, value: &str) {
         "title" => c.title = v.into(),
         "role" => c.role = v.into(),
         "degree" => c.degree = v.into(),
-        "email" => c.emails.extend(
-            v.split(';').map(|e| Typed { value: e.trim().to_string(), types: vec![] }).filter(|e| !e.value.is_empty()),
-        ),
-        "phone" => c.phones.extend(
-            v.split(';').map(|p| Typed { value: p.trim().to_string(), types: vec![] }).filter(|p| !p.value.is_empty()),
-        ),
+        "email" => c.emails.extend(cell_values(v, &[';']).map(typed)),
+        "phone" => c.phones.extend(cell_values(v, &[';']).map(typed)),
         "street" => {
             let i = address(c);
             c.addresses[i].street = v.into()
@@ -229,11 +232,11 @@ fn set_column(c: &mut Contact, column: &str, value: &str) {
         }
         "birthday" => c.birthday = v.into(),
         "gender" => c.gender = v.into(),
-        "website" => c.websites.push(v.into()),
-        "social" => c.social.push(v.into()),
+        "website" => c.websites.extend(cell_values(v, &[])),
+        "social" => c.social.extend(cell_values(v, &[])),
         "categories" => c.categories.extend(
-            v.split([',', ';'])
-                .flat_map(|x| x.split(":::"))
+            cell_values(v, &[',', ';'])
+                .flat_map(|x| x.split(":::").map(str::to_string).collect::<Vec<_>>())
                 .map(|x| x.trim().trim_start_matches('*').trim().to_string())
                 .filter(|x| !x.is_empty()),
         ),
