@@ -507,10 +507,11 @@ pub fn run_import(
     // Existing cards by UID and by e-mail, to update instead of duplicating.
     let index = store.card_index(book.id)?;
     let by_uid: HashMap<String, usize> = index.iter().enumerate().map(|(i, k)| (k.uid.clone(), i)).collect();
+    // The stored e-mail column is only lower-cased: both sides are trimmed and case-folded here.
     let mut by_email: HashMap<String, usize> = HashMap::new();
     for (i, k) in index.iter().enumerate() {
-        for e in k.emails.lines().filter(|e| !e.is_empty()) {
-            by_email.entry(e.to_string()).or_insert(i);
+        for e in k.emails.lines().map(|e| e.trim().to_lowercase()).filter(|e| !e.is_empty()) {
+            by_email.entry(e).or_insert(i);
         }
     }
     let total = rows.len();

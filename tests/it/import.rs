@@ -16,6 +16,30 @@ async fn stored(dav: &Dav, name: &str) -> String {
     r.text()
 }
 
+async fn count(dav: &Dav) -> usize {
+    let r = dav.get("/api/v1/contacts?limit=500").await;
+    let v: Value = serde_json::from_slice(&r.body).expect("json");
+    v["items"].as_array().expect("items").len()
+}
+
+/// A card with two typed addresses, a preferred phone with an Apple label, and a work phone.
+const ADDR1B: &str = "BEGIN:VCARD\r\nVERSION:3.0\r\nUID:addr-1\r\nFN:Anna Muster\r\nN:Muster;Anna;;;\r\n\
+EMAIL;TYPE=INTERNET,WORK:Anna.Muster@Example.org\r\nitem1.TEL;TYPE=CELL,pref:+49 170 1234567\r\n\
+item1.X-ABLabel:Privat-Handy\r\nTEL;TYPE=WORK:+49 30 1234\r\nADR;TYPE=WORK:;;Hauptstr. 1;Berlin;;10115;Germany\r\n\
+ADR;TYPE=HOME:;;Gartenweg 5;Potsdam;;14467;Germany\r\nEND:VCARD\r\n";
+
+#[tokio::test]
+async fn email_matching_trims_and_folds_the_stored_address() {
+    let s = TestServer::start().await;
+    let alice = s.user("alice").await;
+    let card = ADDR1B.replace("WORK:Anna.Muster@Example.org", "WORK: Anna.Muster@Example.org ");
+    assert!(alice.put(&format!("{}addr1.vcf", alice.book()), &card, &[]).await.status.is_success());
+    let (status, r) = import(&alice, "csv", "fn,email,title\r\nAnna Muster,anna.muster@example.org,Dr.\r\n", "").await;
+    assert_eq!((status, r["created"].as_u64(), r["updated"].as_u64()), (200, Some(0), Some(1)), "{r}");
+    assert_eq!(count(&alice).await, 1);
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn csv_export_keeps_line_breaks_and_reads_back_the_same() {
     let s = TestServer::start().await;
