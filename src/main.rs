@@ -606,10 +606,11 @@ fn import(
         eprintln!("row {}: refused: {}", row["row"], row["reason"].as_str().unwrap_or(""));
     }
     println!(
-        "{}created {}, updated {}, refused {}",
+        "{}created {}, updated {}, unchanged {}, refused {}",
         if dry_run { "dry run: " } else { "" },
         summary["created"],
         summary["updated"],
+        summary["unchanged"],
         summary["rejected"]
     );
     if status.is_success() {

@@ -5,7 +5,7 @@ use super::{ApiCtx, bad, json_response, new_uid};
 use crate::body::{self, Body};
 use crate::error::{DavError, DavResult};
 use crate::store::{self, Author, BookView, NewCard, Precondition};
-use crate::vcard::contact::{Address, COLUMNS, Contact, Name, Typed, apply_changes, project};
+use crate::vcard::contact::{Address, COLUMNS, Contact, Scalars, Typed, apply_changes, email_key, merge, project};
 use crate::vcard::{self, Version};
 use http_body_util::{BodyExt, Limited};
 use hyper::{Request, Response, StatusCode, header};
@@ -185,24 +185,22 @@ fn auto_column(header: &str) -> Option<&'static str> {
     })
 }
 
+/// The columns that make up an address in a CSV row.
+const ADDRESS_COLUMNS: &[&str] = &["street", "city", "postal_code", "country"];
+
 /// The values of a cell that holds several: one per line (kartei's own export) or separated by `separators`.
 fn cell_values<'a>(value: &'a str, separators: &'a [char]) -> impl Iterator<Item = String> + 'a {
     value.split(|c| c == '\n' || separators.contains(&c)).map(|v| v.trim().to_string()).filter(|v| !v.is_empty())
 }
 
-/// Puts one CSV value into the contact field behind `column`.
+/// Puts one CSV value into the contact field behind `column` (addresses are put together by
+/// [`csv_addresses`]).
 fn set_column(c: &mut Contact, column: &str, value: &str) {
     let v = value.trim();
     if v.is_empty() {
         return;
     }
     let typed = |value: String| Typed { value, types: vec![] };
-    let address = |c: &mut Contact| -> usize {
-        if c.addresses.is_empty() {
-            c.addresses.push(Address::default());
-        }
-        0
-    };
     match column {
         "fn" => c.formatted_name = v.into(),
         "family" => c.name.family = v.into(),
@@ -214,22 +212,6 @@ fn set_column(c: &mut Contact, column: &str, value: &str) {
         "degree" => c.degree = v.into(),
         "email" => c.emails.extend(cell_values(v, &[';']).map(typed)),
         "phone" => c.phones.extend(cell_values(v, &[';']).map(typed)),
-        "street" => {
-            let i = address(c);
-            c.addresses[i].street = v.into()
-        }
-        "city" => {
-            let i = address(c);
-            c.addresses[i].city = v.into()
-        }
-        "postal_code" => {
-            let i = address(c);
-            c.addresses[i].postal_code = v.into()
-        }
-        "country" => {
-            let i = address(c);
-            c.addresses[i].country = v.into()
-        }
         "birthday" => c.birthday = v.into(),
         "gender" => c.gender = v.into(),
         "website" => c.websites.extend(cell_values(v, &[])),
@@ -247,6 +229,50 @@ fn set_column(c: &mut Contact, column: &str, value: &str) {
         "internal" => c.internal = matches!(v.to_lowercase().as_str(), "true" | "yes" | "1" | "ja"),
         _ => {}
     }
+}
+
+/// The addresses of a CSV row, from its `(column, cell)` pairs in file order. A column that comes again
+/// (Outlook's "Business City" and "Home City") starts another address. A cell holds several addresses, one
+/// per line (kartei's export) or separated by `;` (older kartei exports), only when every filled address cell
+/// of the row holds the same number; otherwise the cells make one address (a street may have two lines).
+fn csv_addresses(cells: &[(&str, &str)]) -> Vec<Address> {
+    let mut groups: Vec<Vec<(&str, &str)>> = Vec::new();
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    for &(column, value) in cells {
+        let n = seen.entry(column).or_insert(0);
+        if groups.len() <= *n {
+            groups.push(Vec::new());
+        }
+        groups[*n].push((column, value));
+        *n += 1;
+    }
+    let mut out = Vec::new();
+    for group in groups {
+        let filled: Vec<(&str, &str)> = group.into_iter().filter(|(_, v)| !v.is_empty()).collect();
+        let split = ['\n', ';'].into_iter().find(|&sep| {
+            let counts: Vec<usize> = filled.iter().map(|(_, v)| v.split(sep).count()).collect();
+            filled.len() >= 2 && counts[0] > 1 && counts.iter().all(|&c| c == counts[0])
+        });
+        let parts: Vec<(&str, Vec<&str>)> =
+            filled.iter().map(|&(c, v)| (c, split.map_or_else(|| vec![v], |sep| v.split(sep).collect()))).collect();
+        let count = parts.iter().map(|(_, p)| p.len()).max().unwrap_or(0);
+        for i in 0..count {
+            let mut a = Address::default();
+            for (column, values) in &parts {
+                let v = values.get(i).map(|v| v.trim().to_string()).unwrap_or_default();
+                match *column {
+                    "street" => a.street = v,
+                    "city" => a.city = v,
+                    "postal_code" => a.postal_code = v,
+                    _ => a.country = v,
+                }
+            }
+            if ![&a.street, &a.city, &a.postal_code, &a.country].iter().all(|p| p.is_empty()) {
+                out.push(a);
+            }
+        }
+    }
+    out
 }
 
 /// One contact to import, before matching.
@@ -292,11 +318,15 @@ fn parse_csv(text: &str, mapping: Option<&Value>) -> DavResult<Vec<Result<Import
             Ok(record) => {
                 let mut contact = Contact::default();
                 let mut uid = None;
+                let mut address_cells = Vec::new();
                 for (value, column) in record.iter().zip(&columns) {
-                    if let Some(c) = column {
-                        set_column(&mut contact, c, value);
+                    match column.as_deref() {
+                        Some(c) if ADDRESS_COLUMNS.contains(&c) => address_cells.push((c, value)),
+                        Some(c) => set_column(&mut contact, c, value),
+                        None => {}
                     }
                 }
+                contact.addresses = csv_addresses(&address_cells);
                 if let Some(i) = headers.iter().position(|h| h.trim().eq_ignore_ascii_case("uid")) {
                     uid = record.get(i).map(str::trim).filter(|u| !u.is_empty()).map(str::to_string);
                 }
@@ -489,6 +519,18 @@ fn streamed_import(
         .unwrap_or_else(|_| Response::new(body::empty()))
 }
 
+/// What an import does with one row, once planned.
+struct Planned {
+    name: String,
+    /// The card to write; `None` when the row changes nothing.
+    card: Option<NewCard>,
+    pre: Precondition,
+    action: &'static str,
+    uid: String,
+    /// For an update: "uid" or "email", what the row was matched by.
+    matched_by: Option<&'static str>,
+}
+
 /// Plans and (unless a dry run) applies an import in one transaction. `progress(done, total)` is called as
 /// rows are planned. Answers 200 with the row report, or 422 with it when any row was refused (nothing is
 /// written then: an import is atomic per file).
@@ -504,21 +546,22 @@ pub fn run_import(
         "vcf" => parse_vcf(text),
         other => return Err(bad(format!("format: '{other}' is not csv or vcf"))),
     };
-    // Existing cards by UID and by e-mail, to update instead of duplicating.
+    // Existing cards by UID and by e-mail, to update instead of duplicating. The stored e-mail column is
+    // only lower-cased, so both sides are trimmed and case-folded here.
     let index = store.card_index(book.id)?;
-    let by_uid: HashMap<String, usize> = index.iter().enumerate().map(|(i, k)| (k.uid.clone(), i)).collect();
-    // The stored e-mail column is only lower-cased: both sides are trimmed and case-folded here.
+    let by_uid: HashMap<&str, usize> = index.iter().enumerate().map(|(i, k)| (k.uid.as_str(), i)).collect();
     let mut by_email: HashMap<String, usize> = HashMap::new();
     for (i, k) in index.iter().enumerate() {
-        for e in k.emails.lines().map(|e| e.trim().to_lowercase()).filter(|e| !e.is_empty()) {
+        for e in k.emails.lines().map(email_key).filter(|e| !e.is_empty()) {
             by_email.entry(e).or_insert(i);
         }
     }
     let total = rows.len();
     let mut report = Vec::new();
     let mut writes: Vec<(String, NewCard, Precondition)> = Vec::new();
+    // Cards this import writes: the row that did, for a second row that would.
     let mut touched: HashMap<String, usize> = HashMap::new();
-    let (mut created, mut updated, mut rejected) = (0, 0, 0);
+    let (mut created, mut updated, mut unchanged, mut rejected) = (0, 0, 0, 0);
     for (done, row) in rows.into_iter().enumerate() {
         if done % 500 == 0 {
             progress(done, total);
@@ -531,70 +574,51 @@ pub fn run_import(
                 continue;
             }
         };
-        let matched = incoming
-            .uid
-            .as_ref()
-            .and_then(|u| by_uid.get(u))
-            .or_else(|| incoming.contact.emails.iter().find_map(|e| by_email.get(&e.value.trim().to_lowercase())))
-            .copied();
-        let outcome: Result<(String, NewCard, Precondition, &str, String), String> = match matched {
-            Some(i) => {
-                let key = &index[i];
-                let existing = store.card(book.id, &key.name)?.ok_or_else(DavError::not_found)?;
-                let text = match &incoming.vcard {
-                    // A vCard import replaces the card, keeping its UID so devices see an update.
-                    Some(v) => replace_uid(v, &key.uid),
-                    None => {
-                        let stored = String::from_utf8_lossy(&existing.vcard).into_owned();
-                        let old = vcard::parse_stored(&existing.vcard).map(|c| project(&c)).unwrap_or_default();
-                        let merged = merge_non_empty(&old, &incoming.contact);
-                        let version = Version::parse(&existing.meta.version).unwrap_or(Version::V4);
-                        apply_changes(&stored, version, &old, &merged)
-                    }
-                };
-                vcard::validate(text.as_bytes())
-                    .map(|v| {
-                        let pre = Precondition::EtagIn(vec![key.etag.clone()]);
-                        (key.name.clone(), v.new_card, pre, "update", key.uid.clone())
-                    })
-                    .map_err(|e| format!("{e:?}"))
-            }
+        let matched = match incoming.uid.as_deref().and_then(|u| by_uid.get(u)) {
+            Some(&i) => Some((i, "uid")),
             None => {
-                let uid = incoming.uid.clone().unwrap_or_else(new_uid);
-                let text = incoming.vcard.clone().unwrap_or_else(|| incoming.contact.to_new_vcard(&uid));
-                let name = format!("{}.vcf", uid.replace(['/', '\\', '\0'], "_"));
-                vcard::validate(text.as_bytes())
-                    .map(|v| (name, v.new_card, Precondition::MustNotExist, "create", uid))
-                    .map_err(|e| format!("{e:?}"))
+                incoming.contact.emails.iter().find_map(|e| by_email.get(&email_key(&e.value))).map(|&i| (i, "email"))
             }
         };
-        match outcome {
-            Ok((name, card, pre, action, uid)) => {
-                if let Some(first) = touched.get(&name) {
-                    rejected += 1;
-                    let reason = format!("the same contact as row {first}");
-                    report.push(json!({"row": incoming.row, "action": "reject", "uid": uid, "reason": reason}));
-                    continue;
-                }
-                touched.insert(name.clone(), incoming.row);
-                if action == "create" {
-                    created += 1
-                } else {
-                    updated += 1
-                }
-                report.push(
-                    json!({"row": incoming.row, "action": action, "uid": uid, "fn": incoming.contact.formatted_name}),
-                );
-                writes.push((name, card, pre));
-            }
+        let (row_number, row_fn) = (incoming.row, incoming.contact.formatted_name.clone());
+        let outcome = match matched {
+            Some((i, how)) => plan_update(store, book, &index[i], how, incoming)?,
+            None => plan_create(incoming),
+        };
+        let planned = match outcome {
+            Ok(p) => p,
             Err(reason) => {
                 rejected += 1;
-                report.push(json!({"row": incoming.row, "action": "reject", "reason": reason}));
+                report.push(json!({"row": row_number, "action": "reject", "reason": reason}));
+                continue;
             }
+        };
+        if let Some(first) = touched.get(&planned.name) {
+            rejected += 1;
+            let reason = format!("the same contact as row {first}");
+            report.push(json!({"row": row_number, "action": "reject", "uid": planned.uid, "reason": reason}));
+            continue;
+        }
+        match planned.action {
+            "create" => created += 1,
+            "update" => updated += 1,
+            _ => unchanged += 1,
+        }
+        touched.insert(planned.name.clone(), row_number);
+        let mut entry = json!({"row": row_number, "action": planned.action, "uid": planned.uid, "fn": row_fn});
+        if let Some(how) = planned.matched_by {
+            entry["match"] = json!(how);
+        }
+        report.push(entry);
+        if let Some(card) = planned.card {
+            writes.push((planned.name, card, planned.pre));
         }
     }
     progress(total, total);
-    let mut summary = json!({"dry_run": request.dry_run, "created": created, "updated": updated, "rejected": rejected, "rows": report});
+    let mut summary = json!({
+        "dry_run": request.dry_run, "created": created, "updated": updated, "unchanged": unchanged,
+        "rejected": rejected, "rows": report,
+    });
     if request.dry_run {
         return Ok((StatusCode::OK, summary));
     }
@@ -602,6 +626,9 @@ pub fn run_import(
         summary["error"] =
             json!(format!("{rejected} rows were refused; nothing was imported (see rows, or run with dry_run=true)"));
         return Ok((StatusCode::UNPROCESSABLE_ENTITY, summary));
+    }
+    if writes.is_empty() {
+        return Ok((StatusCode::OK, summary));
     }
     let author = Author { actor: &request.actor, via: &request.source };
     match store.put_cards_by(book.id, &writes, &author) {
@@ -618,15 +645,57 @@ pub fn run_import(
     }
 }
 
-/// The UIDs an import created or updated, from its row report (for the audit record).
-pub fn imported_uids(summary: &Value) -> Vec<Value> {
-    summary["rows"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|r| r["action"] != "reject")
-        .map(|r| r["uid"].clone())
-        .collect()
+/// A row that matches no card: a new card, named after its UID.
+fn plan_create(incoming: ImportRow) -> Result<Planned, String> {
+    let uid = incoming.uid.clone().unwrap_or_else(new_uid);
+    let text = incoming.vcard.unwrap_or_else(|| incoming.contact.to_new_vcard(&uid));
+    let card = vcard::validate(text.as_bytes()).map_err(|e| format!("{e:?}"))?.new_card;
+    Ok(Planned {
+        name: format!("{}.vcf", uid.replace(['/', '\\', '\0'], "_")),
+        card: Some(card),
+        pre: Precondition::MustNotExist,
+        action: "create",
+        uid,
+        matched_by: None,
+    })
+}
+
+/// A row that matches an existing card: a vCard replaces the card (keeping its UID, so devices see an
+/// update); a CSV row is merged into it.
+fn plan_update(
+    store: &dyn store::Store,
+    book: &BookView,
+    key: &store::CardKey,
+    matched_by: &'static str,
+    incoming: ImportRow,
+) -> DavResult<Result<Planned, String>> {
+    let existing = store.card(book.id, &key.name)?.ok_or_else(DavError::not_found)?;
+    let stored = String::from_utf8_lossy(&existing.vcard).into_owned();
+    let stored_version = Version::parse(&existing.meta.version).unwrap_or(Version::V4);
+    let old = vcard::parse_stored(&existing.vcard).map(|c| project(&c)).unwrap_or_default();
+    let text = match &incoming.vcard {
+        Some(v) => replace_uid(v, &key.uid),
+        None => {
+            let (merged, _) = merge(&old, &incoming.contact, Scalars::Overwrite);
+            apply_changes(&stored, stored_version, &old, &merged)
+        }
+    };
+    let card = if text.as_bytes() == existing.vcard.as_slice() {
+        None
+    } else {
+        match vcard::validate(text.as_bytes()) {
+            Ok(valid) => Some(valid.new_card),
+            Err(e) => return Ok(Err(format!("{e:?}"))),
+        }
+    };
+    Ok(Ok(Planned {
+        name: key.name.clone(),
+        action: if card.is_some() { "update" } else { "unchanged" },
+        card,
+        pre: Precondition::EtagIn(vec![key.etag.clone()]),
+        uid: key.uid.clone(),
+        matched_by: Some(matched_by),
+    }))
 }
 
 fn replace_uid(text: &str, uid: &str) -> String {
@@ -643,46 +712,15 @@ fn replace_uid(text: &str, uid: &str) -> String {
     out
 }
 
-/// A CSV row fills fields; an empty cell leaves the existing value alone.
-fn merge_non_empty(old: &Contact, new: &Contact) -> Contact {
-    let mut m = old.clone();
-    let pick = |a: &mut String, b: &String| {
-        if !b.is_empty() {
-            *a = b.clone();
-        }
-    };
-    pick(&mut m.formatted_name, &new.formatted_name);
-    let Name { family, given, .. } = &new.name;
-    pick(&mut m.name.family, family);
-    pick(&mut m.name.given, given);
-    for (a, b) in [
-        (&mut m.org, &new.org),
-        (&mut m.department, &new.department),
-        (&mut m.title, &new.title),
-        (&mut m.birthday, &new.birthday),
-        (&mut m.note, &new.note),
-    ] {
-        pick(a, b);
-    }
-    for e in &new.emails {
-        if !m.emails.iter().any(|x| x.value.eq_ignore_ascii_case(&e.value)) {
-            m.emails.push(e.clone());
-        }
-    }
-    for p in &new.phones {
-        if !m.phones.iter().any(|x| x.value == p.value) {
-            m.phones.push(p.clone());
-        }
-    }
-    if !new.addresses.is_empty() && new.addresses != m.addresses {
-        m.addresses = new.addresses.clone();
-    }
-    for c in &new.categories {
-        if !m.categories.contains(c) {
-            m.categories.push(c.clone());
-        }
-    }
-    m
+/// The UIDs an import created or updated, from its row report (for the audit record).
+pub fn imported_uids(summary: &Value) -> Vec<Value> {
+    summary["rows"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| r["action"] == "create" || r["action"] == "update")
+        .map(|r| r["uid"].clone())
+        .collect()
 }
 
 async fn read_upload(body: crate::body::RequestBody) -> DavResult<Vec<u8>> {
@@ -693,5 +731,36 @@ async fn read_upload(body: crate::body::RequestBody) -> DavResult<Vec<u8>> {
             format!("imports may be at most {} MiB", MAX_IMPORT_BYTES / 1024 / 1024),
         )),
         Err(e) => Err(bad(format!("could not read the upload: {e}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_cells_make_addresses() {
+        let address =
+            |street: &str, city: &str| Address { street: street.into(), city: city.into(), ..Address::default() };
+        // One per line (kartei's export), or "; " (older kartei exports), when every filled cell agrees.
+        for (street, city) in
+            [("Hauptstr. 1\nGartenweg 5", "Berlin\r\nPotsdam"), ("Hauptstr. 1; Gartenweg 5", "Berlin; Potsdam")]
+        {
+            assert_eq!(
+                csv_addresses(&[("street", street), ("city", city)]),
+                [address("Hauptstr. 1", "Berlin"), address("Gartenweg 5", "Potsdam")]
+            );
+        }
+        // A street with two lines is one address.
+        assert_eq!(
+            csv_addresses(&[("street", "Hof 2\nHinterhaus"), ("city", "Berlin")]),
+            [address("Hof 2\nHinterhaus", "Berlin")]
+        );
+        // A column that comes again starts the next address (Outlook's Business … and Home …).
+        assert_eq!(
+            csv_addresses(&[("street", ""), ("city", "Berlin"), ("street", "Gartenweg 5"), ("city", "Potsdam")]),
+            [address("", "Berlin"), address("Gartenweg 5", "Potsdam")]
+        );
+        assert!(csv_addresses(&[("street", ""), ("city", " ")]).is_empty());
     }
 }
