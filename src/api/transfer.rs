@@ -5,7 +5,10 @@ use super::{ApiCtx, bad, json_response, new_uid};
 use crate::body::{self, Body};
 use crate::error::{DavError, DavResult};
 use crate::store::{self, Author, BookView, NewCard, Precondition};
-use crate::vcard::contact::{Address, COLUMNS, Contact, Scalars, Typed, apply_changes, email_key, merge, project};
+use crate::vcard::contact::{
+    Address, COLUMNS, Contact, Scalars, Typed, apply_changes, email_key, escape, fold_line, line_name, logical_lines,
+    merge, project,
+};
 use crate::vcard::{self, Version};
 use http_body_util::{BodyExt, Limited};
 use hyper::{Request, Response, StatusCode, header};
@@ -278,10 +281,12 @@ fn csv_addresses(cells: &[(&str, &str)]) -> Vec<Address> {
 /// One contact to import, before matching.
 struct ImportRow {
     row: usize,
+    /// The UID from the file, or (for a vCard without one) the UID kartei gave the card.
     uid: Option<String>,
     contact: Contact,
-    /// For vCard imports: the card text to store (3.0/4.0 as given, older versions converted to 4.0).
-    vcard: Option<String>,
+    /// For vCard imports: the validated card to store (3.0/4.0 as uploaded, plus a UID or FN when it had
+    /// none; older versions converted to 4.0).
+    card: Option<vcard::ValidCard>,
 }
 
 fn parse_csv(text: &str, mapping: Option<&Value>) -> DavResult<Vec<Result<ImportRow, (usize, String)>>> {
@@ -345,7 +350,7 @@ fn parse_csv(text: &str, mapping: Option<&Value>) -> DavResult<Vec<Result<Import
                     if contact.formatted_name.is_empty() {
                         contact.formatted_name = contact.emails[0].value.clone();
                     }
-                    rows.push(Ok(ImportRow { row, uid, contact, vcard: None }));
+                    rows.push(Ok(ImportRow { row, uid, contact, card: None }));
                 }
             }
         }
@@ -353,52 +358,136 @@ fn parse_csv(text: &str, mapping: Option<&Value>) -> DavResult<Vec<Result<Import
     Ok(rows)
 }
 
+/// A piece of an uploaded .vcf file.
+enum Piece<'a> {
+    /// From a `BEGIN:VCARD` line to its `END:VCARD` line, as uploaded.
+    Card(&'a str),
+    /// A line outside any card.
+    Stray(&'a str),
+    /// A card without its `END:VCARD`.
+    Unterminated,
+}
+
+/// Splits a .vcf file into its cards, keeping each card's bytes (a nested card, vCard 2.1's AGENT, stays
+/// inside its card).
+fn split_cards(text: &str) -> Vec<Piece<'_>> {
+    let mut out = Vec::new();
+    let (mut depth, mut start, mut offset) = (0usize, 0, 0);
+    for line in text.split_inclusive('\n') {
+        let at = offset;
+        offset += line.len();
+        let bare = line.trim_end_matches(['\r', '\n', ' ', '\t']);
+        if bare.eq_ignore_ascii_case("BEGIN:VCARD") {
+            if depth == 0 {
+                start = at;
+            }
+            depth += 1;
+        } else if depth > 0 && bare.eq_ignore_ascii_case("END:VCARD") {
+            depth -= 1;
+            if depth == 0 {
+                out.push(Piece::Card(&text[start..offset]));
+            }
+        } else if depth == 0 && !bare.trim().is_empty() {
+            out.push(Piece::Stray(bare));
+        }
+    }
+    if depth > 0 {
+        out.push(Piece::Unterminated);
+    }
+    out
+}
+
+/// `text` with `lines` inserted before its `END:VCARD` line.
+fn insert_before_end(text: &str, lines: &str) -> String {
+    let mut offset = 0;
+    let mut end_at = text.len();
+    for line in logical_lines(text) {
+        if line_name(line).1 == "END" {
+            end_at = offset;
+        }
+        offset += line.len();
+    }
+    let mut out = String::with_capacity(text.len() + lines.len());
+    out.push_str(&text[..end_at]);
+    out.push_str(lines);
+    out.push_str(&text[end_at..]);
+    out
+}
+
+/// Why a card was refused, as PUT would say it.
+fn invalid_reason(invalid: vcard::Invalid) -> String {
+    match invalid {
+        vcard::Invalid::Unsupported(m) | vcard::Invalid::Malformed(m) => m,
+    }
+}
+
 fn parse_vcf(text: &str) -> Vec<Result<ImportRow, (usize, String)>> {
     let mut out = Vec::new();
-    let mut parser = calcard::Parser::new(text.trim_start_matches('\u{feff}'));
-    let mut n = 0;
-    loop {
-        n += 1;
-        match parser.entry() {
-            calcard::Entry::VCard(card) => {
-                let contact = project(&card);
-                let uid = card.uid().map(str::trim).filter(|u| !u.is_empty()).map(str::to_string);
-                let version = match card.version() {
-                    Some(calcard::vcard::VCardVersion::V3_0) => Version::V3,
-                    _ => Version::V4,
-                };
-                let mut text = vcard::write_as(&card, version);
-                if uid.is_none() || card.property(&calcard::vcard::VCardProperty::Fn).is_none() {
-                    // Older producers (vCard 2.1, Outlook) omit UID or FN: the stored card gets them.
-                    let fallback_fn = if contact.formatted_name.is_empty() {
-                        [contact.name.given.as_str(), contact.name.family.as_str()].join(" ").trim().to_string()
-                    } else {
-                        contact.formatted_name.clone()
-                    };
-                    let mut additions = String::new();
-                    if uid.is_none() {
-                        additions.push_str(&format!("UID:{}\r\n", new_uid()));
-                    }
-                    if card.property(&calcard::vcard::VCardProperty::Fn).is_none() {
-                        additions.push_str(&format!(
-                            "FN:{}\r\n",
-                            if fallback_fn.is_empty() { "(no name)".to_string() } else { fallback_fn }
-                        ));
-                    }
-                    if let Some(pos) = text.rfind("END:VCARD") {
-                        text.insert_str(pos, &additions);
-                    }
-                }
-                out.push(Ok(ImportRow { row: n, uid, contact, vcard: Some(text) }));
+    for (i, piece) in split_cards(text.trim_start_matches('\u{feff}')).into_iter().enumerate() {
+        let n = i + 1;
+        let chunk = match piece {
+            Piece::Card(chunk) => chunk,
+            Piece::Stray(line) => {
+                out.push(Err((n, format!("invalid line: {}", line.chars().take(60).collect::<String>()))));
+                continue;
             }
-            calcard::Entry::Eof => break,
+            Piece::Unterminated => {
+                out.push(Err((n, "the vCard is not terminated by END:VCARD".into())));
+                continue;
+            }
+        };
+        let card = match calcard::Parser::new(chunk).entry() {
+            calcard::Entry::VCard(card) => card,
             calcard::Entry::InvalidLine(line) => {
-                out.push(Err((n, format!("invalid line: {}", line.chars().take(60).collect::<String>()))))
+                out.push(Err((n, format!("invalid line: {}", line.chars().take(60).collect::<String>()))));
+                continue;
             }
-            _ => out.push(Err((n, "not a vCard".into()))),
+            _ => {
+                out.push(Err((n, "not a vCard".into())));
+                continue;
+            }
+        };
+        let mut contact = project(&card);
+        let file_uid = card.uid().map(str::trim).filter(|u| !u.is_empty()).map(str::to_string);
+        let generated_uid = if file_uid.is_none() { Some(new_uid()) } else { None };
+        let has_fn = card.property(&calcard::vcard::VCardProperty::Fn).is_some();
+        let (source, newline) = match card.version() {
+            // 3.0 and 4.0 are stored as uploaded, like a PUT.
+            Some(calcard::vcard::VCardVersion::V3_0 | calcard::vcard::VCardVersion::V4_0) => {
+                (chunk.to_string(), if chunk.contains("\r\n") { "\r\n" } else { "\n" })
+            }
+            _ => (vcard::write_as(&card, Version::V4), "\r\n"),
+        };
+        // What kartei must add (older producers, Outlook and phone exports omit UID or FN): one line each, and
+        // an empty UID line gives way to the new one.
+        let mut additions = String::new();
+        if let Some(uid) = &generated_uid {
+            additions.push_str(&format!("UID:{uid}{newline}"));
         }
-        if n > 1_000_000 {
-            break;
+        if !has_fn {
+            let fallback_fn = if contact.formatted_name.is_empty() {
+                [contact.name.given.as_str(), contact.name.family.as_str()].join(" ").trim().to_string()
+            } else {
+                contact.formatted_name.clone()
+            };
+            let line = format!("FN:{}", escape(if fallback_fn.is_empty() { "(no name)" } else { &fallback_fn }));
+            additions.push_str(&fold_line(&line).replace("\r\n", newline));
+            contact.formatted_name = fallback_fn;
+        }
+        let source: String = if generated_uid.is_some() {
+            logical_lines(&source).into_iter().filter(|l| line_name(l).1 != "UID").collect()
+        } else {
+            source
+        };
+        let text = insert_before_end(&source, &additions);
+        // The checks a PUT makes: a card that PUT would refuse (a line without a name or a colon, which the
+        // parser skips) is refused with its reason rather than stored without the line.
+        match vcard::validate(text.as_bytes()) {
+            Ok(valid) => {
+                let uid = Some(valid.new_card.uid.clone());
+                out.push(Ok(ImportRow { row: n, uid, contact, card: Some(valid) }))
+            }
+            Err(e) => out.push(Err((n, invalid_reason(e)))),
         }
     }
     out
@@ -647,15 +736,19 @@ pub fn run_import(
 
 /// A row that matches no card: a new card, named after its UID.
 fn plan_create(incoming: ImportRow) -> Result<Planned, String> {
-    let uid = incoming.uid.clone().unwrap_or_else(new_uid);
-    let text = incoming.vcard.unwrap_or_else(|| incoming.contact.to_new_vcard(&uid));
-    let card = vcard::validate(text.as_bytes()).map_err(|e| format!("{e:?}"))?.new_card;
+    let card = match incoming.card {
+        Some(valid) => valid.new_card,
+        None => {
+            let uid = incoming.uid.unwrap_or_else(new_uid);
+            vcard::validate(incoming.contact.to_new_vcard(&uid).as_bytes()).map_err(invalid_reason)?.new_card
+        }
+    };
     Ok(Planned {
-        name: format!("{}.vcf", uid.replace(['/', '\\', '\0'], "_")),
+        name: format!("{}.vcf", card.uid.replace(['/', '\\', '\0'], "_")),
+        uid: card.uid.clone(),
         card: Some(card),
         pre: Precondition::MustNotExist,
         action: "create",
-        uid,
         matched_by: None,
     })
 }
@@ -673,8 +766,8 @@ fn plan_update(
     let stored = String::from_utf8_lossy(&existing.vcard).into_owned();
     let stored_version = Version::parse(&existing.meta.version).unwrap_or(Version::V4);
     let old = vcard::parse_stored(&existing.vcard).map(|c| project(&c)).unwrap_or_default();
-    let text = match &incoming.vcard {
-        Some(v) => replace_uid(v, &key.uid),
+    let text = match incoming.card {
+        Some(valid) => replace_uid(&String::from_utf8_lossy(&valid.new_card.bytes), &key.uid),
         None => {
             let (merged, _) = merge(&old, &incoming.contact, Scalars::Overwrite);
             apply_changes(&stored, stored_version, &old, &merged)
@@ -685,7 +778,7 @@ fn plan_update(
     } else {
         match vcard::validate(text.as_bytes()) {
             Ok(valid) => Some(valid.new_card),
-            Err(e) => return Ok(Err(format!("{e:?}"))),
+            Err(e) => return Ok(Err(invalid_reason(e))),
         }
     };
     Ok(Ok(Planned {
@@ -739,6 +832,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn cards_are_split_with_their_bytes() {
+        let a = "BEGIN:VCARD\r\nVERSION:3.0\r\nFN:A\r\nEND:VCARD\r\n";
+        let b = "begin:vcard\nVERSION:2.1\nAGENT:\nBEGIN:VCARD\nFN:Inner\nEND:VCARD\nFN:B\nend:vcard";
+        let text = format!("{a}\r\n{b}\nstray line\nBEGIN:VCARD\nFN:cut off\n");
+        let pieces = split_cards(&text);
+        assert_eq!(pieces.len(), 4);
+        assert!(matches!(pieces[0], Piece::Card(t) if t == a));
+        assert!(matches!(pieces[1], Piece::Card(t) if t == format!("{b}\n")), "a nested card stays inside");
+        assert!(matches!(pieces[2], Piece::Stray("stray line")));
+        assert!(matches!(pieces[3], Piece::Unterminated));
+    }
+
+    #[test]
     fn csv_cells_make_addresses() {
         let address =
             |street: &str, city: &str| Address { street: street.into(), city: city.into(), ..Address::default() };
@@ -762,5 +868,11 @@ mod tests {
             [address("", "Berlin"), address("Gartenweg 5", "Potsdam")]
         );
         assert!(csv_addresses(&[("street", ""), ("city", " ")]).is_empty());
+    }
+
+    #[test]
+    fn lines_are_inserted_before_end() {
+        let card = "BEGIN:VCARD\nVERSION:4.0\nNOTE:a\n b\nEND:VCARD\n";
+        assert_eq!(insert_before_end(card, "UID:x\n"), "BEGIN:VCARD\nVERSION:4.0\nNOTE:a\n b\nUID:x\nEND:VCARD\n");
     }
 }

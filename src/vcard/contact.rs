@@ -311,7 +311,8 @@ impl Contact {
 
 // ---- writing fields back as vCard lines ----
 
-fn escape(value: &str) -> String {
+/// Escapes a text value for a content line (RFC 6350 §3.4).
+pub(crate) fn escape(value: &str) -> String {
     let mut out = String::with_capacity(value.len());
     for c in value.chars() {
         match c {
@@ -327,7 +328,7 @@ fn escape(value: &str) -> String {
 }
 
 /// Folds a content line at 75 octets (RFC 6350 §3.2), never inside a UTF-8 sequence.
-fn fold_line(line: &str) -> String {
+pub(crate) fn fold_line(line: &str) -> String {
     let mut out = String::with_capacity(line.len() + 8);
     let mut width = 0;
     for c in line.chars() {
@@ -561,7 +562,7 @@ impl Contact {
 }
 
 /// The property name of an unfolded content line (`item1.EMAIL;TYPE=x:v` → (Some("item1"), "EMAIL")).
-fn line_name(line: &str) -> (Option<&str>, String) {
+pub(crate) fn line_name(line: &str) -> (Option<&str>, String) {
     let head = line.split([';', ':']).next().unwrap_or("");
     match head.split_once('.') {
         Some((group, name)) => (Some(group), name.to_ascii_uppercase()),
@@ -570,7 +571,7 @@ fn line_name(line: &str) -> (Option<&str>, String) {
 }
 
 /// The logical (unfolded) lines of a card, each with its original bytes: line ending and folding kept.
-fn logical_lines(text: &str) -> Vec<&str> {
+pub(crate) fn logical_lines(text: &str) -> Vec<&str> {
     let mut out = Vec::new();
     let (mut start, mut end) = (0, 0);
     for physical in text.split_inclusive('\n') {

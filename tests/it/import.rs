@@ -26,6 +26,74 @@ fn rows(summary: &Value) -> &Vec<Value> {
     summary["rows"].as_array().expect("rows")
 }
 
+/// A 4.0 card with a group, an escaped note and a date; a 3.0 card with a date without a year.
+const IMP_BDAY: &str = "BEGIN:VCARD\r\nVERSION:4.0\r\nUID:imp-bday\r\nFN:Imp Bday\r\nBDAY:1983-02-03\r\n\
+item1.EMAIL;TYPE=work:a@b.c\r\nitem1.X-ABLabel:Work\r\nNOTE:Zeile1\\nZeile2 äöü\r\nEND:VCARD\r\n";
+const IMP_BDAY3: &str = "BEGIN:VCARD\r\nVERSION:3.0\r\nUID:imp-bday3\r\nFN:Imp Bday3\r\nBDAY:--04-16\r\nEND:VCARD\r\n";
+/// Thunderbird writes dates with VALUE=DATE.
+const TB1: &str = "BEGIN:VCARD\r\nVERSION:4.0\r\nUID:tb-1\r\nFN:Thunder Bird\r\nN:Bird;Thunder;;;\r\n\
+BDAY;VALUE=DATE:1983-02-03\r\nANNIVERSARY;VALUE=DATE:2009-08-08\r\nEMAIL;PREF=1:tb@example.org\r\nEND:VCARD\r\n";
+
+#[tokio::test]
+async fn vcard_import_stores_3_0_and_4_0_cards_as_uploaded() {
+    let s = TestServer::start().await;
+    let alice = s.user("alice").await;
+    // An Apple export has no UID, and uses bare LF here: it gets one UID line, nothing else changes.
+    let apple = "BEGIN:VCARD\nVERSION:3.0\nFN:Ohne UID\nBDAY;VALUE=date:1990-07-15\nEND:VCARD\n";
+    let file = format!("{IMP_BDAY}{IMP_BDAY3}{TB1}{apple}");
+    let (status, r) = import(&alice, "vcf", &file, "").await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["created"], 4, "{r}");
+    assert_eq!(stored(&alice, "imp-bday.vcf").await, IMP_BDAY);
+    assert_eq!(stored(&alice, "imp-bday3.vcf").await, IMP_BDAY3);
+    assert_eq!(stored(&alice, "tb-1.vcf").await, TB1);
+    let uid = rows(&r)[3]["uid"].as_str().expect("uid").to_string();
+    let card = stored(&alice, &format!("{uid}.vcf")).await;
+    assert_eq!(card, apple.replace("END:VCARD", &format!("UID:{uid}\nEND:VCARD")));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_card_without_uid_is_reported_and_audited_with_the_uid_it_was_stored_with() {
+    let s = TestServer::start().await;
+    let alice = s.user("alice").await;
+    let file = "BEGIN:VCARD\r\nVERSION:3.0\r\nFN:Nobody Uid\r\nEMAIL:nobody@uid.example\r\nEND:VCARD\r\n\
+BEGIN:VCARD\r\nVERSION:2.1\r\nN:Alt;Otto\r\nEND:VCARD\r\n";
+    let (status, r) = import(&alice, "vcf", file, "").await;
+    assert_eq!(status, 200, "{r}");
+    let reported: Vec<String> = rows(&r).iter().map(|row| row["uid"].as_str().expect("uid").to_string()).collect();
+    let found = alice.get("/api/v1/contacts?columns=fn").await;
+    let found: Value = serde_json::from_slice(&found.body).expect("json");
+    let mut stored_uids: Vec<String> =
+        found["items"].as_array().expect("items").iter().map(|i| i["uid"].as_str().expect("uid").to_string()).collect();
+    stored_uids.sort();
+    let mut sorted = reported.clone();
+    sorted.sort();
+    assert_eq!(sorted, stored_uids, "the report names the stored UIDs: {r}");
+    for uid in &reported {
+        assert!(stored(&alice, &format!("{uid}.vcf")).await.contains(&format!("UID:{uid}\r\n")));
+    }
+    let audit = s
+        .http()
+        .get(format!("{}/admin/v1/audit", s.base))
+        .bearer_auth(&s.admin_token)
+        .send()
+        .await
+        .expect("audit")
+        .bytes()
+        .await
+        .expect("body");
+    let audit: Value = serde_json::from_slice(&audit).expect("json");
+    let record =
+        audit["records"].as_array().expect("records").iter().find(|r| r["action"] == "import").expect("import");
+    let detail: Value = serde_json::from_str(record["detail"].as_str().expect("detail")).expect("json");
+    let mut audited: Vec<String> =
+        detail["uids"].as_array().expect("uids").iter().map(|u| u.as_str().expect("uid").to_string()).collect();
+    audited.sort();
+    assert_eq!(audited, stored_uids, "{detail}");
+    s.stop().await;
+}
+
 /// A card with two typed addresses, a preferred phone with an Apple label, and a work phone.
 const ADDR1B: &str = "BEGIN:VCARD\r\nVERSION:3.0\r\nUID:addr-1\r\nFN:Anna Muster\r\nN:Muster;Anna;;;\r\n\
 EMAIL;TYPE=INTERNET,WORK:Anna.Muster@Example.org\r\nitem1.TEL;TYPE=CELL,pref:+49 170 1234567\r\n\
@@ -74,6 +142,26 @@ Anna Muster,anna.muster@example.org,+49 40 555,Elbchaussee 9,Hamburg,22763\r\n";
         after,
         card.replace("ADR:;;Elbchaussee 9;Hamburg;;22763;\r\n", "ADR:;;Elbchaussee 9;Hamburg;;22763;Germany\r\n")
     );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_card_put_would_refuse_is_refused_by_import_with_its_reason() {
+    let s = TestServer::start().await;
+    let alice = s.user("alice").await;
+    // A note broken by a raw newline: the second line has no name and no colon.
+    let broken = "BEGIN:VCARD\r\nVERSION:3.0\r\nUID:note-nl\r\nFN:Broken Note\r\nNOTE:Kunde seit 2019\r\n\
+bitte nur vormittags anrufen\r\nEMAIL:bn@example.org\r\nEND:VCARD\r\n";
+    let put = alice.put(&format!("{}note-nl.vcf", alice.book()), broken, &[]).await;
+    assert_eq!(put.status.as_u16(), 400, "PUT refuses it");
+    for extra in ["&dry_run=true", ""] {
+        let (status, r) = import(&alice, "vcf", broken, extra).await;
+        assert_eq!(status, if extra.is_empty() { 422 } else { 200 }, "{r}");
+        assert_eq!(r["rejected"], 1, "{r}");
+        let reason = rows(&r)[0]["reason"].as_str().expect("reason");
+        assert!(reason.contains("bitte nur vormittags"), "{reason}");
+    }
+    assert_eq!(count(&alice).await, 0);
     s.stop().await;
 }
 
