@@ -6,14 +6,14 @@ use crate::body::{self, Body};
 use crate::error::{DavError, DavResult};
 use crate::store::{self, Author, BookView, NewCard, Precondition};
 use crate::vcard::contact::{
-    Address, COLUMNS, Contact, Scalars, Typed, apply_changes, email_key, escape, fold_line, line_name, logical_lines,
-    merge, project,
+    Address, COLUMNS, Contact, Scalars, Typed, apply_changes, email_key, escape, fold_line, is_modelled, line_name,
+    logical_lines, merge, project,
 };
 use crate::vcard::{self, Version};
 use http_body_util::{BodyExt, Limited};
 use hyper::{Request, Response, StatusCode, header};
 use serde_json::{Value, json};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 const EXPORT_PAGE: usize = 1000;
 const MAX_IMPORT_BYTES: usize = 64 * 1024 * 1024;
@@ -618,6 +618,10 @@ struct Planned {
     uid: String,
     /// For an update: "uid" or "email", what the row was matched by.
     matched_by: Option<&'static str>,
+    /// Fields the existing card kept although the row had another value.
+    kept: Vec<&'static str>,
+    /// Properties of the row's card that could not be added to the existing card.
+    not_merged: Vec<String>,
 }
 
 /// Plans and (unless a dry run) applies an import in one transaction. `progress(done, total)` is called as
@@ -698,6 +702,12 @@ pub fn run_import(
         if let Some(how) = planned.matched_by {
             entry["match"] = json!(how);
         }
+        if !planned.kept.is_empty() {
+            entry["kept"] = json!(planned.kept);
+        }
+        if !planned.not_merged.is_empty() {
+            entry["not_merged"] = json!(planned.not_merged);
+        }
         report.push(entry);
         if let Some(card) = planned.card {
             writes.push((planned.name, card, planned.pre));
@@ -750,11 +760,14 @@ fn plan_create(incoming: ImportRow) -> Result<Planned, String> {
         pre: Precondition::MustNotExist,
         action: "create",
         matched_by: None,
+        kept: Vec::new(),
+        not_merged: Vec::new(),
     })
 }
 
-/// A row that matches an existing card: a vCard replaces the card (keeping its UID, so devices see an
-/// update); a CSV row is merged into it.
+/// A row that matches an existing card. By UID, a vCard replaces the card (the same card, a newer copy); a
+/// CSV row is merged into it. By e-mail only, the existing card is kept, with its UID, and gets what the
+/// row adds; nothing it has is removed.
 fn plan_update(
     store: &dyn store::Store,
     book: &BookView,
@@ -766,11 +779,17 @@ fn plan_update(
     let stored = String::from_utf8_lossy(&existing.vcard).into_owned();
     let stored_version = Version::parse(&existing.meta.version).unwrap_or(Version::V4);
     let old = vcard::parse_stored(&existing.vcard).map(|c| project(&c)).unwrap_or_default();
-    let text = match incoming.card {
-        Some(valid) => replace_uid(&String::from_utf8_lossy(&valid.new_card.bytes), &key.uid),
+    let (text, kept, not_merged) = match incoming.card {
+        Some(valid) if matched_by == "uid" => {
+            (String::from_utf8_lossy(&valid.new_card.bytes).into_owned(), vec![], vec![])
+        }
+        Some(valid) => {
+            let text = String::from_utf8_lossy(&valid.new_card.bytes).into_owned();
+            merge_vcard(&stored, stored_version, &old, &incoming.contact, &text, valid.version)
+        }
         None => {
-            let (merged, _) = merge(&old, &incoming.contact, Scalars::Overwrite);
-            apply_changes(&stored, stored_version, &old, &merged)
+            let (merged, kept) = merge(&old, &incoming.contact, Scalars::Overwrite);
+            (apply_changes(&stored, stored_version, &old, &merged), kept, vec![])
         }
     };
     let card = if text.as_bytes() == existing.vcard.as_slice() {
@@ -788,21 +807,57 @@ fn plan_update(
         pre: Precondition::EtagIn(vec![key.etag.clone()]),
         uid: key.uid.clone(),
         matched_by: Some(matched_by),
+        kept,
+        not_merged,
     }))
 }
 
-fn replace_uid(text: &str, uid: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut replaced = false;
-    for line in text.split_inclusive('\n') {
-        if !replaced && line.len() >= 4 && line[..4].eq_ignore_ascii_case("UID:") {
-            out.push_str(&format!("UID:{uid}\r\n"));
-            replaced = true;
-        } else {
-            out.push_str(line);
+/// A content line compared across cards: unfolded, without its group and line ending, name upper-cased.
+fn line_key(line: &str) -> String {
+    let unfolded = line.replace("\r\n ", "").replace("\r\n\t", "").replace("\n ", "").replace("\n\t", "");
+    let unfolded = unfolded.trim_end_matches(['\r', '\n']);
+    let head_len = unfolded.find([';', ':']).unwrap_or(unfolded.len());
+    let head = &unfolded[..head_len];
+    let name = head.split_once('.').map_or(head, |(_, n)| n);
+    format!("{}{}", name.to_ascii_uppercase(), &unfolded[head_len..])
+}
+
+/// Merges a vCard matched by e-mail into the stored card: the contact fields as [`merge`] does, keeping every
+/// existing value; then the row's other properties (ANNIVERSARY, IMPP, PHOTO, `X-`…) that the stored card
+/// does not have at all, copied line for line when both cards are the same version. Returns the text, the
+/// fields kept, and the properties that were not added (named in the report).
+fn merge_vcard(
+    stored: &str,
+    stored_version: Version,
+    old: &Contact,
+    incoming: &Contact,
+    incoming_text: &str,
+    incoming_version: Version,
+) -> (String, Vec<&'static str>, Vec<String>) {
+    let (merged, kept) = merge(old, incoming, Scalars::KeepExisting);
+    let text = apply_changes(stored, stored_version, old, &merged);
+    let lines = logical_lines(&text);
+    let present: HashSet<String> = lines.iter().map(|l| line_key(l)).collect();
+    let present_names: HashSet<String> = lines.iter().map(|l| line_name(l).1).collect();
+    let newline = if stored.contains("\r\n") { "\r\n" } else { "\n" };
+    let mut added = String::new();
+    let mut not_merged: Vec<String> = Vec::new();
+    for line in logical_lines(incoming_text) {
+        let (group, name) = line_name(line);
+        if matches!(name.as_str(), "BEGIN" | "END" | "VERSION" | "UID" | "PRODID" | "REV")
+            || is_modelled(&name)
+            || present.contains(&line_key(line))
+        {
+            continue;
+        }
+        if group.is_none() && incoming_version == stored_version && !present_names.contains(&name) {
+            added.push_str(line.trim_end_matches(['\r', '\n']));
+            added.push_str(newline);
+        } else if !not_merged.contains(&name) {
+            not_merged.push(name);
         }
     }
-    out
+    (insert_before_end(&text, &added), kept, not_merged)
 }
 
 /// The UIDs an import created or updated, from its row report (for the audit record).
@@ -874,5 +929,6 @@ mod tests {
     fn lines_are_inserted_before_end() {
         let card = "BEGIN:VCARD\nVERSION:4.0\nNOTE:a\n b\nEND:VCARD\n";
         assert_eq!(insert_before_end(card, "UID:x\n"), "BEGIN:VCARD\nVERSION:4.0\nNOTE:a\n b\nUID:x\nEND:VCARD\n");
+        assert_eq!(line_key("item1.email;TYPE=work:a\r\n @b.c\r\n"), "EMAIL;TYPE=work:a@b.c");
     }
 }

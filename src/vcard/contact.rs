@@ -588,6 +588,11 @@ pub(crate) fn logical_lines(text: &str) -> Vec<&str> {
     out
 }
 
+/// The vCard properties the contact fields are stored in: what the projection reads and edits write.
+pub fn is_modelled(name: &str) -> bool {
+    FIELDS.iter().any(|f| field_properties(f).iter().any(|p| p.eq_ignore_ascii_case(name)))
+}
+
 /// How a changed field is written back.
 enum Edit {
     /// Every line of the field's properties is replaced by the new value's lines.

@@ -94,6 +94,46 @@ BEGIN:VCARD\r\nVERSION:2.1\r\nN:Alt;Otto\r\nEND:VCARD\r\n";
     s.stop().await;
 }
 
+/// The card a book holds, and an e-mail signature saved as a vCard for the same person.
+const RICH: &str = "BEGIN:VCARD\r\nVERSION:3.0\r\nUID:rich-1\r\nFN:Rita Reich\r\nN:Reich;Rita;;;\r\n\
+EMAIL:rita@example.org\r\nTEL;TYPE=CELL:+49 170 999\r\nADR;TYPE=HOME:;;Lindenweg 3;Hamburg;;20095;DE\r\n\
+NOTE:Allergie: Nüsse\r\nBDAY:1970-05-06\r\nEND:VCARD\r\n";
+const SIGNATURE: &str =
+    "BEGIN:VCARD\r\nVERSION:3.0\r\nFN:Rita Reich\r\nEMAIL:rita@example.org\r\nORG:Neue Firma GmbH\r\nEND:VCARD\r\n";
+
+#[tokio::test]
+async fn a_vcard_matched_by_email_is_merged_into_the_existing_card() {
+    let s = TestServer::start().await;
+    let alice = s.user("alice").await;
+    assert!(alice.put(&format!("{}rich.vcf", alice.book()), RICH, &[]).await.status.is_success());
+    let (status, r) = import(&alice, "vcf", SIGNATURE, "").await;
+    assert_eq!(status, 200, "{r}");
+    let card = stored(&alice, "rich.vcf").await;
+    assert_eq!(card, RICH.replace("END:VCARD", "ORG:Neue Firma GmbH\r\nEND:VCARD"), "only the new ORG is added");
+    assert_eq!((r["created"].as_u64(), r["updated"].as_u64()), (Some(0), Some(1)), "{r}");
+    assert_eq!(rows(&r)[0]["match"], "email", "{r}");
+    assert_eq!(rows(&r)[0]["uid"], "rich-1", "{r}");
+    assert_eq!(count(&alice).await, 1);
+
+    // What differs is kept as the book has it and named in the report; what is new is added.
+    let other = "BEGIN:VCARD\r\nVERSION:3.0\r\nUID:from-phone\r\nFN:Rita R.\r\nEMAIL:RITA@example.org \r\n\
+TEL:0170/999\r\nTEL;TYPE=WORK:+49 40 5550\r\nNOTE:andere Notiz\r\nNICKNAME:Riri\r\nitem1.X-ABLabel:Büro\r\nEND:VCARD\r\n";
+    let (status, r) = import(&alice, "vcf", other, "").await;
+    assert_eq!(status, 200, "{r}");
+    let row = &rows(&r)[0];
+    assert_eq!((row["action"].as_str(), row["uid"].as_str()), (Some("update"), Some("rich-1")), "{r}");
+    assert_eq!(row["kept"], serde_json::json!(["fn", "note"]), "{r}");
+    assert_eq!(row["not_merged"], serde_json::json!(["X-ABLABEL"]), "{r}");
+    let merged = stored(&alice, "rich.vcf").await;
+    let expected =
+        RICH.replace("END:VCARD", "ORG:Neue Firma GmbH\r\nTEL;TYPE=work:+49 40 5550\r\nNICKNAME:Riri\r\nEND:VCARD");
+    assert_eq!(merged, expected);
+    // A second run adds nothing and writes nothing.
+    let (status, r) = import(&alice, "vcf", other, "").await;
+    assert_eq!((status, r["unchanged"].as_u64()), (200, Some(1)), "{r}");
+    s.stop().await;
+}
+
 /// A card with two typed addresses, a preferred phone with an Apple label, and a work phone.
 const ADDR1B: &str = "BEGIN:VCARD\r\nVERSION:3.0\r\nUID:addr-1\r\nFN:Anna Muster\r\nN:Muster;Anna;;;\r\n\
 EMAIL;TYPE=INTERNET,WORK:Anna.Muster@Example.org\r\nitem1.TEL;TYPE=CELL,pref:+49 170 1234567\r\n\
