@@ -649,11 +649,14 @@ pub fn run_import(
             by_email.entry(e).or_insert(i);
         }
     }
+    // Resource names in use, so that a new card never lands on another card's name.
+    let mut names: HashSet<String> = index.iter().map(|k| k.name.clone()).collect();
     let total = rows.len();
     let mut report = Vec::new();
     let mut writes: Vec<(String, NewCard, Precondition)> = Vec::new();
-    // Cards this import writes: the row that did, for a second row that would.
+    // Existing cards this import updates, and UIDs it creates: the row that did, for a second row that would.
     let mut touched: HashMap<String, usize> = HashMap::new();
+    let mut created_uids: HashMap<String, usize> = HashMap::new();
     let (mut created, mut updated, mut unchanged, mut rejected) = (0, 0, 0, 0);
     for (done, row) in rows.into_iter().enumerate() {
         if done % 500 == 0 {
@@ -676,7 +679,7 @@ pub fn run_import(
         let (row_number, row_fn) = (incoming.row, incoming.contact.formatted_name.clone());
         let outcome = match matched {
             Some((i, how)) => plan_update(store, book, &index[i], how, incoming)?,
-            None => plan_create(incoming),
+            None => plan_create(incoming, &names),
         };
         let planned = match outcome {
             Ok(p) => p,
@@ -686,18 +689,28 @@ pub fn run_import(
                 continue;
             }
         };
-        if let Some(first) = touched.get(&planned.name) {
+        let first = match planned.action {
+            "create" => created_uids.get(&planned.uid),
+            _ => touched.get(&planned.name),
+        };
+        if let Some(first) = first {
             rejected += 1;
             let reason = format!("the same contact as row {first}");
             report.push(json!({"row": row_number, "action": "reject", "uid": planned.uid, "reason": reason}));
             continue;
         }
         match planned.action {
-            "create" => created += 1,
+            "create" => {
+                created += 1;
+                created_uids.insert(planned.uid.clone(), row_number);
+                names.insert(planned.name.clone());
+            }
             "update" => updated += 1,
             _ => unchanged += 1,
         }
-        touched.insert(planned.name.clone(), row_number);
+        if planned.action != "create" {
+            touched.insert(planned.name.clone(), row_number);
+        }
         let mut entry = json!({"row": row_number, "action": planned.action, "uid": planned.uid, "fn": row_fn});
         if let Some(how) = planned.matched_by {
             entry["match"] = json!(how);
@@ -744,8 +757,8 @@ pub fn run_import(
     }
 }
 
-/// A row that matches no card: a new card, named after its UID.
-fn plan_create(incoming: ImportRow) -> Result<Planned, String> {
+/// A row that matches no card: a new card, named after its UID unless another card has that name.
+fn plan_create(incoming: ImportRow, names: &HashSet<String>) -> Result<Planned, String> {
     let card = match incoming.card {
         Some(valid) => valid.new_card,
         None => {
@@ -754,7 +767,7 @@ fn plan_create(incoming: ImportRow) -> Result<Planned, String> {
         }
     };
     Ok(Planned {
-        name: format!("{}.vcf", card.uid.replace(['/', '\\', '\0'], "_")),
+        name: free_name(&card.uid, names),
         uid: card.uid.clone(),
         card: Some(card),
         pre: Precondition::MustNotExist,
@@ -763,6 +776,19 @@ fn plan_create(incoming: ImportRow) -> Result<Planned, String> {
         kept: Vec::new(),
         not_merged: Vec::new(),
     })
+}
+
+/// A resource name for a new card: its UID (without the characters a path segment cannot hold), with `-2`,
+/// `-3`… when another card already has that name.
+fn free_name(uid: &str, taken: &HashSet<String>) -> String {
+    let base: String = uid.chars().map(|c| if c == '/' || c == '\\' || c.is_control() { '_' } else { c }).collect();
+    let mut name = format!("{base}.vcf");
+    let mut n = 1;
+    while taken.contains(&name) {
+        n += 1;
+        name = format!("{base}-{n}.vcf");
+    }
+    name
 }
 
 /// A row that matches an existing card. By UID, a vCard replaces the card (the same card, a newer copy); a
@@ -929,6 +955,7 @@ mod tests {
     fn lines_are_inserted_before_end() {
         let card = "BEGIN:VCARD\nVERSION:4.0\nNOTE:a\n b\nEND:VCARD\n";
         assert_eq!(insert_before_end(card, "UID:x\n"), "BEGIN:VCARD\nVERSION:4.0\nNOTE:a\n b\nUID:x\nEND:VCARD\n");
+        assert_eq!(free_name("a/b", &HashSet::from(["a_b.vcf".to_string(), "a_b-2.vcf".to_string()])), "a_b-3.vcf");
         assert_eq!(line_key("item1.email;TYPE=work:a\r\n @b.c\r\n"), "EMAIL;TYPE=work:a@b.c");
     }
 }

@@ -219,6 +219,29 @@ async fn email_matching_trims_and_folds_the_stored_address() {
 }
 
 #[tokio::test]
+async fn a_new_card_whose_uid_names_another_resource_gets_a_free_name() {
+    let s = TestServer::start().await;
+    let alice = s.user("alice").await;
+    let existing = "BEGIN:VCARD\r\nVERSION:3.0\r\nUID:other-uid\r\nFN:Existing\r\nEND:VCARD\r\n";
+    assert!(alice.put(&format!("{}dup.vcf", alice.book()), existing, &[]).await.status.is_success());
+    let file = "BEGIN:VCARD\r\nVERSION:3.0\r\nUID:fresh-1\r\nFN:Fresh One\r\nEND:VCARD\r\n\
+BEGIN:VCARD\r\nVERSION:3.0\r\nUID:dup\r\nFN:New Card\r\nEND:VCARD\r\n";
+    let (status, dry) = import(&alice, "vcf", file, "&dry_run=true").await;
+    assert_eq!((status, dry["created"].as_u64()), (200, Some(2)), "{dry}");
+    let (status, r) = import(&alice, "vcf", file, "").await;
+    assert_eq!((status, r["created"].as_u64()), (200, Some(2)), "{r}");
+    assert_eq!(stored(&alice, "dup.vcf").await, existing);
+    assert!(stored(&alice, "dup-2.vcf").await.contains("UID:dup\r\n"));
+    // The same UID twice in one file is one contact: the second row is refused, not a 409.
+    let twice = "BEGIN:VCARD\r\nVERSION:4.0\r\nUID:twin\r\nFN:Twin\r\nEND:VCARD\r\n\
+BEGIN:VCARD\r\nVERSION:4.0\r\nUID:twin\r\nFN:Twin again\r\nEND:VCARD\r\n";
+    let (status, r) = import(&alice, "vcf", twice, "").await;
+    assert_eq!(status, 422, "{r}");
+    assert_eq!(rows(&r)[1]["reason"], "the same contact as row 1", "{r}");
+    s.stop().await;
+}
+
+#[tokio::test]
 async fn csv_export_keeps_line_breaks_and_reads_back_the_same() {
     let s = TestServer::start().await;
     let alice = s.user("alice").await;
