@@ -493,6 +493,21 @@ fn parse_vcf(text: &str) -> Vec<Result<ImportRow, (usize, String)>> {
     out
 }
 
+/// How an import treats each row (the import operation's description in the OpenAPI document; README says
+/// the same).
+pub const IMPORT_RULES: &str = "Atomic per file: when a row is refused nothing is written (422 with the row \
+report). Each row is matched to a card of the book by UID, then by e-mail (trimmed, case-insensitive). vCard \
+3.0 and 4.0 cards are stored as uploaded; only a missing UID or FN is added, as one line. vCard 2.1 is \
+converted to 4.0. A card that PUT would refuse is refused with its reason. Same UID: the file's card replaces \
+the stored one. Same e-mail only: the existing card and its UID stay, and it gets what it lacks: new e-mails, \
+phones (compared by number), addresses, websites and categories, and fields it has empty; fields that differ \
+keep the book's value and are listed in the row's `kept`; other properties are copied when the card has none \
+of them, else listed in `not_merged`. CSV rows: a filled cell replaces a single-valued field (name, \
+organization, title, birthday, note...); e-mails, phones and addresses are added only when new, an address \
+only completes an address it agrees with and never replaces one; multi-valued cells hold one value per line. \
+Lines that do not change stay byte for byte. A row that changes nothing is `unchanged` and not written. A new \
+card is named after its UID, with -2, -3... when another card has that name.";
+
 /// What an import run was asked to do.
 pub struct ImportRequest {
     /// "csv" or "vcf".

@@ -426,6 +426,8 @@ async fn openapi_lists_every_route_and_read_only_books_stay_read_only() {
             "{method} {path} missing from the OpenAPI document"
         );
     }
+    let import = doc["paths"]["/api/v1/books/{book}/import"]["post"]["description"].as_str().unwrap_or_default();
+    assert!(import.contains("Same e-mail only"), "the import rules are documented: {import}");
     // Share alice's book read-only with bob: he finds her contacts but cannot change them.
     let store = s.store();
     let segment = tokio::task::spawn_blocking(move || {
