@@ -608,11 +608,22 @@ fn import(
     for row in summary["rows"].as_array().into_iter().flatten().filter(|r| r["action"] == "reject") {
         eprintln!("row {}: refused: {}", row["row"], row["reason"].as_str().unwrap_or(""));
     }
+    for row in summary["rows"].as_array().into_iter().flatten() {
+        let names =
+            |key: &str| row[key].as_array().map(|a| a.iter().filter_map(|v| v.as_str()).collect::<Vec<_>>().join(", "));
+        if let Some(kept) = names("kept") {
+            eprintln!("row {}: the file's {kept} differ; kept what the book has", row["row"]);
+        }
+        if let Some(not_merged) = names("not_merged") {
+            eprintln!("row {}: not added to the existing card: {not_merged}", row["row"]);
+        }
+    }
     println!(
-        "{}created {}, updated {}, refused {}",
+        "{}created {}, updated {}, unchanged {}, refused {}",
         if dry_run { "dry run: " } else { "" },
         summary["created"],
         summary["updated"],
+        summary["unchanged"],
         summary["rejected"]
     );
     if status.is_success() {

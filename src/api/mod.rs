@@ -356,6 +356,9 @@ pub fn openapi() -> Value {
         if let Some(body) = body {
             operation["requestBody"] = body;
         }
+        if template.ends_with("/import") {
+            operation["description"] = json!(transfer::IMPORT_RULES);
+        }
         entry[method.to_lowercase()] = operation;
     }
     json!({

@@ -5,12 +5,15 @@ use super::{ApiCtx, bad, json_response, new_uid};
 use crate::body::{self, Body};
 use crate::error::{DavError, DavResult};
 use crate::store::{self, Author, BookView, NewCard, Precondition};
-use crate::vcard::contact::{Address, COLUMNS, Contact, Name, Typed, apply_changes, project};
+use crate::vcard::contact::{
+    Address, COLUMNS, Contact, Scalars, Typed, apply_changes, email_key, escape, fold_line, is_modelled, line_name,
+    logical_lines, merge, project,
+};
 use crate::vcard::{self, Version};
 use http_body_util::{BodyExt, Limited};
 use hyper::{Request, Response, StatusCode, header};
 use serde_json::{Value, json};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 const EXPORT_PAGE: usize = 1000;
 const MAX_IMPORT_BYTES: usize = 64 * 1024 * 1024;
@@ -110,7 +113,8 @@ pub fn run_export(
             if request.format == "csv" {
                 let Some(card) = vcard::parse_stored(&found.vcard) else { continue };
                 let contact = project(&card);
-                let row: Vec<String> = request.columns.iter().map(|c| contact.column(c).replace('\n', "; ")).collect();
+                // Several values (and the lines of a note) are separated by newlines; the CSV writer quotes them.
+                let row: Vec<String> = request.columns.iter().map(|c| contact.column(c)).collect();
                 csv_out.write_record(&row).map_err(internal)?;
             } else {
                 let (bytes, _) = vcard::render(&found.vcard, &found.meta.version, request.version, None);
@@ -184,18 +188,22 @@ fn auto_column(header: &str) -> Option<&'static str> {
     })
 }
 
-/// Puts one CSV value into the contact field behind `column`.
+/// The columns that make up an address in a CSV row.
+const ADDRESS_COLUMNS: &[&str] = &["street", "city", "postal_code", "country"];
+
+/// The values of a cell that holds several: one per line (kartei's own export) or separated by `separators`.
+fn cell_values<'a>(value: &'a str, separators: &'a [char]) -> impl Iterator<Item = String> + 'a {
+    value.split(|c| c == '\n' || separators.contains(&c)).map(|v| v.trim().to_string()).filter(|v| !v.is_empty())
+}
+
+/// Puts one CSV value into the contact field behind `column` (addresses are put together by
+/// [`csv_addresses`]).
 fn set_column(c: &mut Contact, column: &str, value: &str) {
     let v = value.trim();
     if v.is_empty() {
         return;
     }
-    let address = |c: &mut Contact| -> usize {
-        if c.addresses.is_empty() {
-            c.addresses.push(Address::default());
-        }
-        0
-    };
+    let typed = |value: String| Typed { value, types: vec![] };
     match column {
         "fn" => c.formatted_name = v.into(),
         "family" => c.name.family = v.into(),
@@ -205,35 +213,15 @@ fn set_column(c: &mut Contact, column: &str, value: &str) {
         "title" => c.title = v.into(),
         "role" => c.role = v.into(),
         "degree" => c.degree = v.into(),
-        "email" => c.emails.extend(
-            v.split(';').map(|e| Typed { value: e.trim().to_string(), types: vec![] }).filter(|e| !e.value.is_empty()),
-        ),
-        "phone" => c.phones.extend(
-            v.split(';').map(|p| Typed { value: p.trim().to_string(), types: vec![] }).filter(|p| !p.value.is_empty()),
-        ),
-        "street" => {
-            let i = address(c);
-            c.addresses[i].street = v.into()
-        }
-        "city" => {
-            let i = address(c);
-            c.addresses[i].city = v.into()
-        }
-        "postal_code" => {
-            let i = address(c);
-            c.addresses[i].postal_code = v.into()
-        }
-        "country" => {
-            let i = address(c);
-            c.addresses[i].country = v.into()
-        }
+        "email" => c.emails.extend(cell_values(v, &[';']).map(typed)),
+        "phone" => c.phones.extend(cell_values(v, &[';']).map(typed)),
         "birthday" => c.birthday = v.into(),
         "gender" => c.gender = v.into(),
-        "website" => c.websites.push(v.into()),
-        "social" => c.social.push(v.into()),
+        "website" => c.websites.extend(cell_values(v, &[])),
+        "social" => c.social.extend(cell_values(v, &[])),
         "categories" => c.categories.extend(
-            v.split([',', ';'])
-                .flat_map(|x| x.split(":::"))
+            cell_values(v, &[',', ';'])
+                .flat_map(|x| x.split(":::").map(str::to_string).collect::<Vec<_>>())
                 .map(|x| x.trim().trim_start_matches('*').trim().to_string())
                 .filter(|x| !x.is_empty()),
         ),
@@ -246,13 +234,59 @@ fn set_column(c: &mut Contact, column: &str, value: &str) {
     }
 }
 
+/// The addresses of a CSV row, from its `(column, cell)` pairs in file order. A column that comes again
+/// (Outlook's "Business City" and "Home City") starts another address. A cell holds several addresses, one
+/// per line (kartei's export) or separated by `;` (older kartei exports), only when every filled address cell
+/// of the row holds the same number; otherwise the cells make one address (a street may have two lines).
+fn csv_addresses(cells: &[(&str, &str)]) -> Vec<Address> {
+    let mut groups: Vec<Vec<(&str, &str)>> = Vec::new();
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    for &(column, value) in cells {
+        let n = seen.entry(column).or_insert(0);
+        if groups.len() <= *n {
+            groups.push(Vec::new());
+        }
+        groups[*n].push((column, value));
+        *n += 1;
+    }
+    let mut out = Vec::new();
+    for group in groups {
+        let filled: Vec<(&str, &str)> = group.into_iter().filter(|(_, v)| !v.is_empty()).collect();
+        let split = ['\n', ';'].into_iter().find(|&sep| {
+            let counts: Vec<usize> = filled.iter().map(|(_, v)| v.split(sep).count()).collect();
+            filled.len() >= 2 && counts[0] > 1 && counts.iter().all(|&c| c == counts[0])
+        });
+        let parts: Vec<(&str, Vec<&str>)> =
+            filled.iter().map(|&(c, v)| (c, split.map_or_else(|| vec![v], |sep| v.split(sep).collect()))).collect();
+        let count = parts.iter().map(|(_, p)| p.len()).max().unwrap_or(0);
+        for i in 0..count {
+            let mut a = Address::default();
+            for (column, values) in &parts {
+                let v = values.get(i).map(|v| v.trim().to_string()).unwrap_or_default();
+                match *column {
+                    "street" => a.street = v,
+                    "city" => a.city = v,
+                    "postal_code" => a.postal_code = v,
+                    _ => a.country = v,
+                }
+            }
+            if ![&a.street, &a.city, &a.postal_code, &a.country].iter().all(|p| p.is_empty()) {
+                out.push(a);
+            }
+        }
+    }
+    out
+}
+
 /// One contact to import, before matching.
 struct ImportRow {
     row: usize,
+    /// The UID from the file, or (for a vCard without one) the UID kartei gave the card.
     uid: Option<String>,
     contact: Contact,
-    /// For vCard imports: the card text to store (3.0/4.0 as given, older versions converted to 4.0).
-    vcard: Option<String>,
+    /// For vCard imports: the validated card to store (3.0/4.0 as uploaded, plus a UID or FN when it had
+    /// none; older versions converted to 4.0).
+    card: Option<vcard::ValidCard>,
 }
 
 fn parse_csv(text: &str, mapping: Option<&Value>) -> DavResult<Vec<Result<ImportRow, (usize, String)>>> {
@@ -289,11 +323,15 @@ fn parse_csv(text: &str, mapping: Option<&Value>) -> DavResult<Vec<Result<Import
             Ok(record) => {
                 let mut contact = Contact::default();
                 let mut uid = None;
+                let mut address_cells = Vec::new();
                 for (value, column) in record.iter().zip(&columns) {
-                    if let Some(c) = column {
-                        set_column(&mut contact, c, value);
+                    match column.as_deref() {
+                        Some(c) if ADDRESS_COLUMNS.contains(&c) => address_cells.push((c, value)),
+                        Some(c) => set_column(&mut contact, c, value),
+                        None => {}
                     }
                 }
+                contact.addresses = csv_addresses(&address_cells);
                 if let Some(i) = headers.iter().position(|h| h.trim().eq_ignore_ascii_case("uid")) {
                     uid = record.get(i).map(str::trim).filter(|u| !u.is_empty()).map(str::to_string);
                 }
@@ -312,7 +350,7 @@ fn parse_csv(text: &str, mapping: Option<&Value>) -> DavResult<Vec<Result<Import
                     if contact.formatted_name.is_empty() {
                         contact.formatted_name = contact.emails[0].value.clone();
                     }
-                    rows.push(Ok(ImportRow { row, uid, contact, vcard: None }));
+                    rows.push(Ok(ImportRow { row, uid, contact, card: None }));
                 }
             }
         }
@@ -320,56 +358,155 @@ fn parse_csv(text: &str, mapping: Option<&Value>) -> DavResult<Vec<Result<Import
     Ok(rows)
 }
 
+/// A piece of an uploaded .vcf file.
+enum Piece<'a> {
+    /// From a `BEGIN:VCARD` line to its `END:VCARD` line, as uploaded.
+    Card(&'a str),
+    /// A line outside any card.
+    Stray(&'a str),
+    /// A card without its `END:VCARD`.
+    Unterminated,
+}
+
+/// Splits a .vcf file into its cards, keeping each card's bytes (a nested card, vCard 2.1's AGENT, stays
+/// inside its card).
+fn split_cards(text: &str) -> Vec<Piece<'_>> {
+    let mut out = Vec::new();
+    let (mut depth, mut start, mut offset) = (0usize, 0, 0);
+    for line in text.split_inclusive('\n') {
+        let at = offset;
+        offset += line.len();
+        let bare = line.trim_end_matches(['\r', '\n', ' ', '\t']);
+        if bare.eq_ignore_ascii_case("BEGIN:VCARD") {
+            if depth == 0 {
+                start = at;
+            }
+            depth += 1;
+        } else if depth > 0 && bare.eq_ignore_ascii_case("END:VCARD") {
+            depth -= 1;
+            if depth == 0 {
+                out.push(Piece::Card(&text[start..offset]));
+            }
+        } else if depth == 0 && !bare.trim().is_empty() {
+            out.push(Piece::Stray(bare));
+        }
+    }
+    if depth > 0 {
+        out.push(Piece::Unterminated);
+    }
+    out
+}
+
+/// `text` with `lines` inserted before its `END:VCARD` line.
+fn insert_before_end(text: &str, lines: &str) -> String {
+    let mut offset = 0;
+    let mut end_at = text.len();
+    for line in logical_lines(text) {
+        if line_name(line).1 == "END" {
+            end_at = offset;
+        }
+        offset += line.len();
+    }
+    let mut out = String::with_capacity(text.len() + lines.len());
+    out.push_str(&text[..end_at]);
+    out.push_str(lines);
+    out.push_str(&text[end_at..]);
+    out
+}
+
+/// Why a card was refused, as PUT would say it.
+fn invalid_reason(invalid: vcard::Invalid) -> String {
+    match invalid {
+        vcard::Invalid::Unsupported(m) | vcard::Invalid::Malformed(m) => m,
+    }
+}
+
 fn parse_vcf(text: &str) -> Vec<Result<ImportRow, (usize, String)>> {
     let mut out = Vec::new();
-    let mut parser = calcard::Parser::new(text.trim_start_matches('\u{feff}'));
-    let mut n = 0;
-    loop {
-        n += 1;
-        match parser.entry() {
-            calcard::Entry::VCard(card) => {
-                let contact = project(&card);
-                let uid = card.uid().map(str::trim).filter(|u| !u.is_empty()).map(str::to_string);
-                let version = match card.version() {
-                    Some(calcard::vcard::VCardVersion::V3_0) => Version::V3,
-                    _ => Version::V4,
-                };
-                let mut text = vcard::write_as(&card, version);
-                if uid.is_none() || card.property(&calcard::vcard::VCardProperty::Fn).is_none() {
-                    // Older producers (vCard 2.1, Outlook) omit UID or FN: the stored card gets them.
-                    let fallback_fn = if contact.formatted_name.is_empty() {
-                        [contact.name.given.as_str(), contact.name.family.as_str()].join(" ").trim().to_string()
-                    } else {
-                        contact.formatted_name.clone()
-                    };
-                    let mut additions = String::new();
-                    if uid.is_none() {
-                        additions.push_str(&format!("UID:{}\r\n", new_uid()));
-                    }
-                    if card.property(&calcard::vcard::VCardProperty::Fn).is_none() {
-                        additions.push_str(&format!(
-                            "FN:{}\r\n",
-                            if fallback_fn.is_empty() { "(no name)".to_string() } else { fallback_fn }
-                        ));
-                    }
-                    if let Some(pos) = text.rfind("END:VCARD") {
-                        text.insert_str(pos, &additions);
-                    }
-                }
-                out.push(Ok(ImportRow { row: n, uid, contact, vcard: Some(text) }));
+    for (i, piece) in split_cards(text.trim_start_matches('\u{feff}')).into_iter().enumerate() {
+        let n = i + 1;
+        let chunk = match piece {
+            Piece::Card(chunk) => chunk,
+            Piece::Stray(line) => {
+                out.push(Err((n, format!("invalid line: {}", line.chars().take(60).collect::<String>()))));
+                continue;
             }
-            calcard::Entry::Eof => break,
+            Piece::Unterminated => {
+                out.push(Err((n, "the vCard is not terminated by END:VCARD".into())));
+                continue;
+            }
+        };
+        let card = match calcard::Parser::new(chunk).entry() {
+            calcard::Entry::VCard(card) => card,
             calcard::Entry::InvalidLine(line) => {
-                out.push(Err((n, format!("invalid line: {}", line.chars().take(60).collect::<String>()))))
+                out.push(Err((n, format!("invalid line: {}", line.chars().take(60).collect::<String>()))));
+                continue;
             }
-            _ => out.push(Err((n, "not a vCard".into()))),
+            _ => {
+                out.push(Err((n, "not a vCard".into())));
+                continue;
+            }
+        };
+        let mut contact = project(&card);
+        let file_uid = card.uid().map(str::trim).filter(|u| !u.is_empty()).map(str::to_string);
+        let generated_uid = if file_uid.is_none() { Some(new_uid()) } else { None };
+        let has_fn = card.property(&calcard::vcard::VCardProperty::Fn).is_some();
+        let (source, newline) = match card.version() {
+            // 3.0 and 4.0 are stored as uploaded, like a PUT.
+            Some(calcard::vcard::VCardVersion::V3_0 | calcard::vcard::VCardVersion::V4_0) => {
+                (chunk.to_string(), if chunk.contains("\r\n") { "\r\n" } else { "\n" })
+            }
+            _ => (vcard::write_as(&card, Version::V4), "\r\n"),
+        };
+        // What kartei must add (older producers, Outlook and phone exports omit UID or FN): one line each, and
+        // an empty UID line gives way to the new one.
+        let mut additions = String::new();
+        if let Some(uid) = &generated_uid {
+            additions.push_str(&format!("UID:{uid}{newline}"));
         }
-        if n > 1_000_000 {
-            break;
+        if !has_fn {
+            let fallback_fn = if contact.formatted_name.is_empty() {
+                [contact.name.given.as_str(), contact.name.family.as_str()].join(" ").trim().to_string()
+            } else {
+                contact.formatted_name.clone()
+            };
+            let line = format!("FN:{}", escape(if fallback_fn.is_empty() { "(no name)" } else { &fallback_fn }));
+            additions.push_str(&fold_line(&line).replace("\r\n", newline));
+            contact.formatted_name = fallback_fn;
+        }
+        let source: String = if generated_uid.is_some() {
+            logical_lines(&source).into_iter().filter(|l| line_name(l).1 != "UID").collect()
+        } else {
+            source
+        };
+        let text = insert_before_end(&source, &additions);
+        // The checks a PUT makes: a card that PUT would refuse (a line without a name or a colon, which the
+        // parser skips) is refused with its reason rather than stored without the line.
+        match vcard::validate(text.as_bytes()) {
+            Ok(valid) => {
+                let uid = Some(valid.new_card.uid.clone());
+                out.push(Ok(ImportRow { row: n, uid, contact, card: Some(valid) }))
+            }
+            Err(e) => out.push(Err((n, invalid_reason(e)))),
         }
     }
     out
 }
+
+/// How an import treats each row (the import operation's description in the OpenAPI document; README says
+/// the same).
+pub const IMPORT_RULES: &str = "Atomic per file: when a row is refused nothing is written (422 with the row \
+report). Each row is matched to a card of the book by UID, then by e-mail (trimmed, case-insensitive). vCard \
+3.0 and 4.0 cards are stored as uploaded; only a missing UID or FN is added, as one line. vCard 2.1 is \
+converted to 4.0. A card that PUT would refuse is refused with its reason. Same UID: the file's card replaces \
+the stored one. Same e-mail only: the existing card and its UID stay, and it gets what it lacks: new e-mails, \
+phones (compared by number), addresses, websites and categories, and fields it has empty; fields that differ \
+keep the book's value and are listed in the row's `kept`; other properties are copied when the card has none \
+of them, else listed in `not_merged`. CSV rows: a filled cell replaces a single-valued field (name, \
+organization, title, birthday, note...); e-mails, phones and addresses are added only when new, an address \
+only completes an address it agrees with and never replaces one; multi-valued cells hold one value per line. \
+Lines that do not change stay byte for byte. A row that changes nothing is `unchanged` and not written. A new \
+card is named after its UID, with -2, -3... when another card has that name.";
 
 /// What an import run was asked to do.
 pub struct ImportRequest {
@@ -488,6 +625,22 @@ fn streamed_import(
         .unwrap_or_else(|_| Response::new(body::empty()))
 }
 
+/// What an import does with one row, once planned.
+struct Planned {
+    name: String,
+    /// The card to write; `None` when the row changes nothing.
+    card: Option<NewCard>,
+    pre: Precondition,
+    action: &'static str,
+    uid: String,
+    /// For an update: "uid" or "email", what the row was matched by.
+    matched_by: Option<&'static str>,
+    /// Fields the existing card kept although the row had another value.
+    kept: Vec<&'static str>,
+    /// Properties of the row's card that could not be added to the existing card.
+    not_merged: Vec<String>,
+}
+
 /// Plans and (unless a dry run) applies an import in one transaction. `progress(done, total)` is called as
 /// rows are planned. Answers 200 with the row report, or 422 with it when any row was refused (nothing is
 /// written then: an import is atomic per file).
@@ -503,20 +656,25 @@ pub fn run_import(
         "vcf" => parse_vcf(text),
         other => return Err(bad(format!("format: '{other}' is not csv or vcf"))),
     };
-    // Existing cards by UID and by e-mail, to update instead of duplicating.
+    // Existing cards by UID and by e-mail, to update instead of duplicating. The stored e-mail column is
+    // only lower-cased, so both sides are trimmed and case-folded here.
     let index = store.card_index(book.id)?;
-    let by_uid: HashMap<String, usize> = index.iter().enumerate().map(|(i, k)| (k.uid.clone(), i)).collect();
+    let by_uid: HashMap<&str, usize> = index.iter().enumerate().map(|(i, k)| (k.uid.as_str(), i)).collect();
     let mut by_email: HashMap<String, usize> = HashMap::new();
     for (i, k) in index.iter().enumerate() {
-        for e in k.emails.lines().filter(|e| !e.is_empty()) {
-            by_email.entry(e.to_string()).or_insert(i);
+        for e in k.emails.lines().map(email_key).filter(|e| !e.is_empty()) {
+            by_email.entry(e).or_insert(i);
         }
     }
+    // Resource names in use, so that a new card never lands on another card's name.
+    let mut names: HashSet<String> = index.iter().map(|k| k.name.clone()).collect();
     let total = rows.len();
     let mut report = Vec::new();
     let mut writes: Vec<(String, NewCard, Precondition)> = Vec::new();
+    // Existing cards this import updates, and UIDs it creates: the row that did, for a second row that would.
     let mut touched: HashMap<String, usize> = HashMap::new();
-    let (mut created, mut updated, mut rejected) = (0, 0, 0);
+    let mut created_uids: HashMap<String, usize> = HashMap::new();
+    let (mut created, mut updated, mut unchanged, mut rejected) = (0, 0, 0, 0);
     for (done, row) in rows.into_iter().enumerate() {
         if done % 500 == 0 {
             progress(done, total);
@@ -529,70 +687,67 @@ pub fn run_import(
                 continue;
             }
         };
-        let matched = incoming
-            .uid
-            .as_ref()
-            .and_then(|u| by_uid.get(u))
-            .or_else(|| incoming.contact.emails.iter().find_map(|e| by_email.get(&e.value.trim().to_lowercase())))
-            .copied();
-        let outcome: Result<(String, NewCard, Precondition, &str, String), String> = match matched {
-            Some(i) => {
-                let key = &index[i];
-                let existing = store.card(book.id, &key.name)?.ok_or_else(DavError::not_found)?;
-                let text = match &incoming.vcard {
-                    // A vCard import replaces the card, keeping its UID so devices see an update.
-                    Some(v) => replace_uid(v, &key.uid),
-                    None => {
-                        let stored = String::from_utf8_lossy(&existing.vcard).into_owned();
-                        let old = vcard::parse_stored(&existing.vcard).map(|c| project(&c)).unwrap_or_default();
-                        let merged = merge_non_empty(&old, &incoming.contact);
-                        let version = Version::parse(&existing.meta.version).unwrap_or(Version::V4);
-                        apply_changes(&stored, version, &old, &merged)
-                    }
-                };
-                vcard::validate(text.as_bytes())
-                    .map(|v| {
-                        let pre = Precondition::EtagIn(vec![key.etag.clone()]);
-                        (key.name.clone(), v.new_card, pre, "update", key.uid.clone())
-                    })
-                    .map_err(|e| format!("{e:?}"))
-            }
+        let matched = match incoming.uid.as_deref().and_then(|u| by_uid.get(u)) {
+            Some(&i) => Some((i, "uid")),
             None => {
-                let uid = incoming.uid.clone().unwrap_or_else(new_uid);
-                let text = incoming.vcard.clone().unwrap_or_else(|| incoming.contact.to_new_vcard(&uid));
-                let name = format!("{}.vcf", uid.replace(['/', '\\', '\0'], "_"));
-                vcard::validate(text.as_bytes())
-                    .map(|v| (name, v.new_card, Precondition::MustNotExist, "create", uid))
-                    .map_err(|e| format!("{e:?}"))
+                incoming.contact.emails.iter().find_map(|e| by_email.get(&email_key(&e.value))).map(|&i| (i, "email"))
             }
         };
-        match outcome {
-            Ok((name, card, pre, action, uid)) => {
-                if let Some(first) = touched.get(&name) {
-                    rejected += 1;
-                    let reason = format!("the same contact as row {first}");
-                    report.push(json!({"row": incoming.row, "action": "reject", "uid": uid, "reason": reason}));
-                    continue;
-                }
-                touched.insert(name.clone(), incoming.row);
-                if action == "create" {
-                    created += 1
-                } else {
-                    updated += 1
-                }
-                report.push(
-                    json!({"row": incoming.row, "action": action, "uid": uid, "fn": incoming.contact.formatted_name}),
-                );
-                writes.push((name, card, pre));
-            }
+        let (row_number, row_fn) = (incoming.row, incoming.contact.formatted_name.clone());
+        let outcome = match matched {
+            Some((i, how)) => plan_update(store, book, &index[i], how, incoming)?,
+            None => plan_create(incoming, &names),
+        };
+        let planned = match outcome {
+            Ok(p) => p,
             Err(reason) => {
                 rejected += 1;
-                report.push(json!({"row": incoming.row, "action": "reject", "reason": reason}));
+                report.push(json!({"row": row_number, "action": "reject", "reason": reason}));
+                continue;
             }
+        };
+        let first = match planned.action {
+            "create" => created_uids.get(&planned.uid),
+            _ => touched.get(&planned.name),
+        };
+        if let Some(first) = first {
+            rejected += 1;
+            let reason = format!("the same contact as row {first}");
+            report.push(json!({"row": row_number, "action": "reject", "uid": planned.uid, "reason": reason}));
+            continue;
+        }
+        match planned.action {
+            "create" => {
+                created += 1;
+                created_uids.insert(planned.uid.clone(), row_number);
+                names.insert(planned.name.clone());
+            }
+            "update" => updated += 1,
+            _ => unchanged += 1,
+        }
+        if planned.action != "create" {
+            touched.insert(planned.name.clone(), row_number);
+        }
+        let mut entry = json!({"row": row_number, "action": planned.action, "uid": planned.uid, "fn": row_fn});
+        if let Some(how) = planned.matched_by {
+            entry["match"] = json!(how);
+        }
+        if !planned.kept.is_empty() {
+            entry["kept"] = json!(planned.kept);
+        }
+        if !planned.not_merged.is_empty() {
+            entry["not_merged"] = json!(planned.not_merged);
+        }
+        report.push(entry);
+        if let Some(card) = planned.card {
+            writes.push((planned.name, card, planned.pre));
         }
     }
     progress(total, total);
-    let mut summary = json!({"dry_run": request.dry_run, "created": created, "updated": updated, "rejected": rejected, "rows": report});
+    let mut summary = json!({
+        "dry_run": request.dry_run, "created": created, "updated": updated, "unchanged": unchanged,
+        "rejected": rejected, "rows": report,
+    });
     if request.dry_run {
         return Ok((StatusCode::OK, summary));
     }
@@ -600,6 +755,9 @@ pub fn run_import(
         summary["error"] =
             json!(format!("{rejected} rows were refused; nothing was imported (see rows, or run with dry_run=true)"));
         return Ok((StatusCode::UNPROCESSABLE_ENTITY, summary));
+    }
+    if writes.is_empty() {
+        return Ok((StatusCode::OK, summary));
     }
     let author = Author { actor: &request.actor, via: &request.source };
     match store.put_cards_by(book.id, &writes, &author) {
@@ -616,71 +774,144 @@ pub fn run_import(
     }
 }
 
+/// A row that matches no card: a new card, named after its UID unless another card has that name.
+fn plan_create(incoming: ImportRow, names: &HashSet<String>) -> Result<Planned, String> {
+    let card = match incoming.card {
+        Some(valid) => valid.new_card,
+        None => {
+            let uid = incoming.uid.unwrap_or_else(new_uid);
+            vcard::validate(incoming.contact.to_new_vcard(&uid).as_bytes()).map_err(invalid_reason)?.new_card
+        }
+    };
+    Ok(Planned {
+        name: free_name(&card.uid, names),
+        uid: card.uid.clone(),
+        card: Some(card),
+        pre: Precondition::MustNotExist,
+        action: "create",
+        matched_by: None,
+        kept: Vec::new(),
+        not_merged: Vec::new(),
+    })
+}
+
+/// A resource name for a new card: its UID (without the characters a path segment cannot hold), with `-2`,
+/// `-3`… when another card already has that name.
+fn free_name(uid: &str, taken: &HashSet<String>) -> String {
+    let base: String = uid.chars().map(|c| if c == '/' || c == '\\' || c.is_control() { '_' } else { c }).collect();
+    let mut name = format!("{base}.vcf");
+    let mut n = 1;
+    while taken.contains(&name) {
+        n += 1;
+        name = format!("{base}-{n}.vcf");
+    }
+    name
+}
+
+/// A row that matches an existing card. By UID, a vCard replaces the card (the same card, a newer copy); a
+/// CSV row is merged into it. By e-mail only, the existing card is kept, with its UID, and gets what the
+/// row adds; nothing it has is removed.
+fn plan_update(
+    store: &dyn store::Store,
+    book: &BookView,
+    key: &store::CardKey,
+    matched_by: &'static str,
+    incoming: ImportRow,
+) -> DavResult<Result<Planned, String>> {
+    let existing = store.card(book.id, &key.name)?.ok_or_else(DavError::not_found)?;
+    let stored = String::from_utf8_lossy(&existing.vcard).into_owned();
+    let stored_version = Version::parse(&existing.meta.version).unwrap_or(Version::V4);
+    let old = vcard::parse_stored(&existing.vcard).map(|c| project(&c)).unwrap_or_default();
+    let (text, kept, not_merged) = match incoming.card {
+        Some(valid) if matched_by == "uid" => {
+            (String::from_utf8_lossy(&valid.new_card.bytes).into_owned(), vec![], vec![])
+        }
+        Some(valid) => {
+            let text = String::from_utf8_lossy(&valid.new_card.bytes).into_owned();
+            merge_vcard(&stored, stored_version, &old, &incoming.contact, &text, valid.version)
+        }
+        None => {
+            let (merged, kept) = merge(&old, &incoming.contact, Scalars::Overwrite);
+            (apply_changes(&stored, stored_version, &old, &merged), kept, vec![])
+        }
+    };
+    let card = if text.as_bytes() == existing.vcard.as_slice() {
+        None
+    } else {
+        match vcard::validate(text.as_bytes()) {
+            Ok(valid) => Some(valid.new_card),
+            Err(e) => return Ok(Err(invalid_reason(e))),
+        }
+    };
+    Ok(Ok(Planned {
+        name: key.name.clone(),
+        action: if card.is_some() { "update" } else { "unchanged" },
+        card,
+        pre: Precondition::EtagIn(vec![key.etag.clone()]),
+        uid: key.uid.clone(),
+        matched_by: Some(matched_by),
+        kept,
+        not_merged,
+    }))
+}
+
+/// A content line compared across cards: unfolded, without its group and line ending, name upper-cased.
+fn line_key(line: &str) -> String {
+    let unfolded = line.replace("\r\n ", "").replace("\r\n\t", "").replace("\n ", "").replace("\n\t", "");
+    let unfolded = unfolded.trim_end_matches(['\r', '\n']);
+    let head_len = unfolded.find([';', ':']).unwrap_or(unfolded.len());
+    let head = &unfolded[..head_len];
+    let name = head.split_once('.').map_or(head, |(_, n)| n);
+    format!("{}{}", name.to_ascii_uppercase(), &unfolded[head_len..])
+}
+
+/// Merges a vCard matched by e-mail into the stored card: the contact fields as [`merge`] does, keeping every
+/// existing value; then the row's other properties (ANNIVERSARY, IMPP, PHOTO, `X-`…) that the stored card
+/// does not have at all, copied line for line when both cards are the same version. Returns the text, the
+/// fields kept, and the properties that were not added (named in the report).
+fn merge_vcard(
+    stored: &str,
+    stored_version: Version,
+    old: &Contact,
+    incoming: &Contact,
+    incoming_text: &str,
+    incoming_version: Version,
+) -> (String, Vec<&'static str>, Vec<String>) {
+    let (merged, kept) = merge(old, incoming, Scalars::KeepExisting);
+    let text = apply_changes(stored, stored_version, old, &merged);
+    let lines = logical_lines(&text);
+    let present: HashSet<String> = lines.iter().map(|l| line_key(l)).collect();
+    let present_names: HashSet<String> = lines.iter().map(|l| line_name(l).1).collect();
+    let newline = if stored.contains("\r\n") { "\r\n" } else { "\n" };
+    let mut added = String::new();
+    let mut not_merged: Vec<String> = Vec::new();
+    for line in logical_lines(incoming_text) {
+        let (group, name) = line_name(line);
+        if matches!(name.as_str(), "BEGIN" | "END" | "VERSION" | "UID" | "PRODID" | "REV")
+            || is_modelled(&name)
+            || present.contains(&line_key(line))
+        {
+            continue;
+        }
+        if group.is_none() && incoming_version == stored_version && !present_names.contains(&name) {
+            added.push_str(line.trim_end_matches(['\r', '\n']));
+            added.push_str(newline);
+        } else if !not_merged.contains(&name) {
+            not_merged.push(name);
+        }
+    }
+    (insert_before_end(&text, &added), kept, not_merged)
+}
+
 /// The UIDs an import created or updated, from its row report (for the audit record).
 pub fn imported_uids(summary: &Value) -> Vec<Value> {
     summary["rows"]
         .as_array()
         .into_iter()
         .flatten()
-        .filter(|r| r["action"] != "reject")
+        .filter(|r| r["action"] == "create" || r["action"] == "update")
         .map(|r| r["uid"].clone())
         .collect()
-}
-
-fn replace_uid(text: &str, uid: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut replaced = false;
-    for line in text.split_inclusive('\n') {
-        if !replaced && line.len() >= 4 && line[..4].eq_ignore_ascii_case("UID:") {
-            out.push_str(&format!("UID:{uid}\r\n"));
-            replaced = true;
-        } else {
-            out.push_str(line);
-        }
-    }
-    out
-}
-
-/// A CSV row fills fields; an empty cell leaves the existing value alone.
-fn merge_non_empty(old: &Contact, new: &Contact) -> Contact {
-    let mut m = old.clone();
-    let pick = |a: &mut String, b: &String| {
-        if !b.is_empty() {
-            *a = b.clone();
-        }
-    };
-    pick(&mut m.formatted_name, &new.formatted_name);
-    let Name { family, given, .. } = &new.name;
-    pick(&mut m.name.family, family);
-    pick(&mut m.name.given, given);
-    for (a, b) in [
-        (&mut m.org, &new.org),
-        (&mut m.department, &new.department),
-        (&mut m.title, &new.title),
-        (&mut m.birthday, &new.birthday),
-        (&mut m.note, &new.note),
-    ] {
-        pick(a, b);
-    }
-    for e in &new.emails {
-        if !m.emails.iter().any(|x| x.value.eq_ignore_ascii_case(&e.value)) {
-            m.emails.push(e.clone());
-        }
-    }
-    for p in &new.phones {
-        if !m.phones.iter().any(|x| x.value == p.value) {
-            m.phones.push(p.clone());
-        }
-    }
-    if !new.addresses.is_empty() && new.addresses != m.addresses {
-        m.addresses = new.addresses.clone();
-    }
-    for c in &new.categories {
-        if !m.categories.contains(c) {
-            m.categories.push(c.clone());
-        }
-    }
-    m
 }
 
 async fn read_upload(body: crate::body::RequestBody) -> DavResult<Vec<u8>> {
@@ -691,5 +922,57 @@ async fn read_upload(body: crate::body::RequestBody) -> DavResult<Vec<u8>> {
             format!("imports may be at most {} MiB", MAX_IMPORT_BYTES / 1024 / 1024),
         )),
         Err(e) => Err(bad(format!("could not read the upload: {e}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cards_are_split_with_their_bytes() {
+        let a = "BEGIN:VCARD\r\nVERSION:3.0\r\nFN:A\r\nEND:VCARD\r\n";
+        let b = "begin:vcard\nVERSION:2.1\nAGENT:\nBEGIN:VCARD\nFN:Inner\nEND:VCARD\nFN:B\nend:vcard";
+        let text = format!("{a}\r\n{b}\nstray line\nBEGIN:VCARD\nFN:cut off\n");
+        let pieces = split_cards(&text);
+        assert_eq!(pieces.len(), 4);
+        assert!(matches!(pieces[0], Piece::Card(t) if t == a));
+        assert!(matches!(pieces[1], Piece::Card(t) if t == format!("{b}\n")), "a nested card stays inside");
+        assert!(matches!(pieces[2], Piece::Stray("stray line")));
+        assert!(matches!(pieces[3], Piece::Unterminated));
+    }
+
+    #[test]
+    fn csv_cells_make_addresses() {
+        let address =
+            |street: &str, city: &str| Address { street: street.into(), city: city.into(), ..Address::default() };
+        // One per line (kartei's export), or "; " (older kartei exports), when every filled cell agrees.
+        for (street, city) in
+            [("Hauptstr. 1\nGartenweg 5", "Berlin\r\nPotsdam"), ("Hauptstr. 1; Gartenweg 5", "Berlin; Potsdam")]
+        {
+            assert_eq!(
+                csv_addresses(&[("street", street), ("city", city)]),
+                [address("Hauptstr. 1", "Berlin"), address("Gartenweg 5", "Potsdam")]
+            );
+        }
+        // A street with two lines is one address.
+        assert_eq!(
+            csv_addresses(&[("street", "Hof 2\nHinterhaus"), ("city", "Berlin")]),
+            [address("Hof 2\nHinterhaus", "Berlin")]
+        );
+        // A column that comes again starts the next address (Outlook's Business … and Home …).
+        assert_eq!(
+            csv_addresses(&[("street", ""), ("city", "Berlin"), ("street", "Gartenweg 5"), ("city", "Potsdam")]),
+            [address("", "Berlin"), address("Gartenweg 5", "Potsdam")]
+        );
+        assert!(csv_addresses(&[("street", ""), ("city", " ")]).is_empty());
+    }
+
+    #[test]
+    fn lines_are_inserted_before_end() {
+        let card = "BEGIN:VCARD\nVERSION:4.0\nNOTE:a\n b\nEND:VCARD\n";
+        assert_eq!(insert_before_end(card, "UID:x\n"), "BEGIN:VCARD\nVERSION:4.0\nNOTE:a\n b\nUID:x\nEND:VCARD\n");
+        assert_eq!(free_name("a/b", &HashSet::from(["a_b.vcf".to_string(), "a_b-2.vcf".to_string()])), "a_b-3.vcf");
+        assert_eq!(line_key("item1.email;TYPE=work:a\r\n @b.c\r\n"), "EMAIL;TYPE=work:a@b.c");
     }
 }

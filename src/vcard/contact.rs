@@ -311,7 +311,8 @@ impl Contact {
 
 // ---- writing fields back as vCard lines ----
 
-fn escape(value: &str) -> String {
+/// Escapes a text value for a content line (RFC 6350 §3.4).
+pub(crate) fn escape(value: &str) -> String {
     let mut out = String::with_capacity(value.len());
     for c in value.chars() {
         match c {
@@ -327,7 +328,7 @@ fn escape(value: &str) -> String {
 }
 
 /// Folds a content line at 75 octets (RFC 6350 §3.2), never inside a UTF-8 sequence.
-fn fold_line(line: &str) -> String {
+pub(crate) fn fold_line(line: &str) -> String {
     let mut out = String::with_capacity(line.len() + 8);
     let mut width = 0;
     for c in line.chars() {
@@ -561,7 +562,7 @@ impl Contact {
 }
 
 /// The property name of an unfolded content line (`item1.EMAIL;TYPE=x:v` → (Some("item1"), "EMAIL")).
-fn line_name(line: &str) -> (Option<&str>, String) {
+pub(crate) fn line_name(line: &str) -> (Option<&str>, String) {
     let head = line.split([';', ':']).next().unwrap_or("");
     match head.split_once('.') {
         Some((group, name)) => (Some(group), name.to_ascii_uppercase()),
@@ -569,48 +570,307 @@ fn line_name(line: &str) -> (Option<&str>, String) {
     }
 }
 
+/// The logical (unfolded) lines of a card, each with its original bytes: line ending and folding kept.
+pub(crate) fn logical_lines(text: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let (mut start, mut end) = (0, 0);
+    for physical in text.split_inclusive('\n') {
+        let continuation = physical.starts_with([' ', '\t']) && end > start;
+        if !continuation && end > start {
+            out.push(&text[start..end]);
+            start = end;
+        }
+        end += physical.len();
+    }
+    if end > start {
+        out.push(&text[start..end]);
+    }
+    out
+}
+
+/// The vCard properties the contact fields are stored in: what the projection reads and edits write.
+pub fn is_modelled(name: &str) -> bool {
+    FIELDS.iter().any(|f| field_properties(f).iter().any(|p| p.eq_ignore_ascii_case(name)))
+}
+
+/// How a changed field is written back.
+enum Edit {
+    /// Every line of the field's properties is replaced by the new value's lines.
+    ReplaceAll,
+    /// Items of a list field: the lines of the items at these indexes are replaced in place (`None`: no
+    /// line for it any more), and the new items' lines are added. Lines of unchanged items stay as they are.
+    Items { replace: Vec<(usize, Vec<String>)>, append: Vec<String> },
+}
+
+impl Contact {
+    /// The number of items of a list field (`None` for a field with one value).
+    fn list_len(&self, field: &str) -> Option<usize> {
+        Some(match field {
+            "emails" => self.emails.len(),
+            "phones" => self.phones.len(),
+            "addresses" => self.addresses.len(),
+            "websites" => self.websites.len(),
+            "social" => self.social.len(),
+            "documents" => self.documents.len(),
+            "purposes" => self.purposes.len(),
+            _ => return None,
+        })
+    }
+
+    fn item_eq(&self, other: &Contact, field: &str, i: usize) -> bool {
+        match field {
+            "emails" => self.emails.get(i) == other.emails.get(i),
+            "phones" => self.phones.get(i) == other.phones.get(i),
+            "addresses" => self.addresses.get(i) == other.addresses.get(i),
+            "websites" => self.websites.get(i) == other.websites.get(i),
+            "social" => self.social.get(i) == other.social.get(i),
+            "documents" => self.documents.get(i) == other.documents.get(i),
+            "purposes" => self.purposes.get(i) == other.purposes.get(i),
+            _ => false,
+        }
+    }
+
+    /// The lines of one item of a list field.
+    fn item_lines(&self, field: &str, i: usize, version: Version) -> Vec<String> {
+        let mut one = Contact::default();
+        match field {
+            "emails" => one.emails = self.emails[i..=i].to_vec(),
+            "phones" => one.phones = self.phones[i..=i].to_vec(),
+            "addresses" => one.addresses = self.addresses[i..=i].to_vec(),
+            "websites" => one.websites = self.websites[i..=i].to_vec(),
+            "social" => one.social = self.social[i..=i].to_vec(),
+            "documents" => one.documents = self.documents[i..=i].to_vec(),
+            "purposes" => one.purposes = self.purposes[i..=i].to_vec(),
+            _ => {}
+        }
+        one.lines_for(field, version)
+    }
+
+    /// How to write `field` of `new` (this contact) over `old`, given how many stored lines carry it.
+    fn edit_for(&self, old: &Contact, field: &str, version: Version, stored_lines: usize) -> Edit {
+        let (Some(before), Some(after)) = (old.list_len(field), self.list_len(field)) else {
+            return Edit::ReplaceAll;
+        };
+        if after < before {
+            return Edit::ReplaceAll;
+        }
+        let append: Vec<String> = (before..after).flat_map(|i| self.item_lines(field, i, version)).collect();
+        let changed: Vec<usize> = (0..before).filter(|&i| !self.item_eq(old, field, i)).collect();
+        if changed.is_empty() {
+            return Edit::Items { replace: Vec::new(), append };
+        }
+        // Items edited in place need their own line: one property (not SOCIALPROFILE and X-SOCIALPROFILE,
+        // which the projection reads in another order), one line per item.
+        if field_properties(field).len() != 1 || stored_lines != before {
+            return Edit::ReplaceAll;
+        }
+        let replace = changed.into_iter().map(|i| (i, self.item_lines(field, i, version))).collect();
+        Edit::Items { replace, append }
+    }
+}
+
 /// Rewrites `stored` so that the fields where `new` differs from `old` hold `new`'s values; every other line
-/// stays byte for byte. Groups that lose their property (Apple's `item1.X-ABLabel`) go with it.
+/// stays byte for byte. In a list field (e-mails, phones, addresses…) only the items that changed are
+/// rewritten and new items are added, so the other items keep their parameters (`PREF`), groups and labels.
+/// Groups that lose their property (Apple's `item1.X-ABLabel`) go with it.
 pub fn apply_changes(stored: &str, version: Version, old: &Contact, new: &Contact) -> String {
     let changed: Vec<&str> = FIELDS.iter().copied().filter(|f| old.field_changed(new, f)).collect();
     if changed.is_empty() {
         return stored.to_string();
     }
-    let replaced: Vec<&str> = changed.iter().flat_map(|f| field_properties(f).iter().copied()).collect();
-    // Physical lines grouped into logical (unfolded) lines, keeping their original bytes.
-    let mut logical: Vec<String> = Vec::new();
-    for physical in stored.split_inclusive('\n') {
-        if (physical.starts_with(' ') || physical.starts_with('\t')) && !logical.is_empty() {
-            if let Some(last) = logical.last_mut() {
-                last.push_str(physical);
+    let logical = logical_lines(stored);
+    let names: Vec<(Option<&str>, String)> = logical.iter().map(|l| line_name(l)).collect();
+    // Per replaced line (by index): what goes in its place. Lines of fields replaced whole map to nothing.
+    let mut in_place: std::collections::HashMap<usize, Vec<String>> = std::collections::HashMap::new();
+    let mut at_end: Vec<String> = Vec::new();
+    for field in &changed {
+        let props = field_properties(field);
+        let positions: Vec<usize> =
+            names.iter().enumerate().filter(|(_, (_, n))| props.contains(&n.as_str())).map(|(i, _)| i).collect();
+        match new.edit_for(old, field, version, positions.len()) {
+            Edit::ReplaceAll => {
+                for &p in &positions {
+                    in_place.insert(p, Vec::new());
+                }
+                at_end.extend(new.lines_for(field, version));
             }
-        } else {
-            logical.push(physical.to_string());
+            Edit::Items { replace, append } => {
+                for (item, lines) in replace {
+                    in_place.insert(positions[item], lines);
+                }
+                at_end.extend(append);
+            }
         }
     }
-    let dropped_groups: Vec<String> = logical
-        .iter()
-        .filter_map(|l| {
-            let (group, name) = line_name(l);
-            group.filter(|_| replaced.contains(&name.as_str())).map(str::to_string)
-        })
-        .collect();
+    let dropped_groups: Vec<&str> = in_place.keys().filter_map(|&i| names[i].0).collect();
     let mut out = String::with_capacity(stored.len() + 256);
-    for line in &logical {
-        let (group, name) = line_name(line);
+    for (i, line) in logical.iter().enumerate() {
+        let (group, name) = &names[i];
         if name == "END" {
-            for field in &changed {
-                for new_line in new.lines_for(field, version) {
-                    out.push_str(&fold_line(&new_line));
-                }
+            for new_line in at_end.drain(..) {
+                out.push_str(&fold_line(&new_line));
             }
         }
-        let drop = replaced.contains(&name.as_str()) || group.is_some_and(|g| dropped_groups.iter().any(|d| d == g));
-        if !drop {
+        if let Some(lines) = in_place.get(&i) {
+            for new_line in lines {
+                out.push_str(&fold_line(new_line));
+            }
+        } else if !group.is_some_and(|g| dropped_groups.contains(&g)) {
             out.push_str(line);
         }
     }
     out
+}
+
+// ---- merging an imported contact into an existing one ----
+
+/// What an import does with a single-valued field (name, organization, birthday, note…) that both the
+/// existing contact and the imported row fill, with different values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scalars {
+    /// The imported value replaces the existing one (a CSV row is an edit of the fields it fills).
+    Overwrite,
+    /// The existing value stays and the field is named in the result's `kept` list.
+    KeepExisting,
+}
+
+/// The same e-mail address: trimmed and case-insensitive.
+pub fn email_key(raw: &str) -> String {
+    raw.trim().to_lowercase()
+}
+
+/// The same phone number whatever its formatting (`+49 30 1234` = `030 1234`), see [`phone_key`].
+pub fn same_phone(a: &str, b: &str) -> bool {
+    let (ka, kb) = (phone_key(a), phone_key(b));
+    if ka.is_empty() || kb.is_empty() { fold(a.trim()) == fold(b.trim()) } else { ka == kb }
+}
+
+fn address_parts(a: &Address) -> [&str; 5] {
+    [&a.street, &a.city, &a.region, &a.postal_code, &a.country]
+}
+
+/// Every part `small` has is the same in `big` (case- and accent-insensitive): `small` adds nothing.
+fn address_covers(big: &Address, small: &Address) -> bool {
+    address_parts(small)
+        .iter()
+        .zip(address_parts(big))
+        .all(|(s, b)| s.trim().is_empty() || fold(s.trim()) == fold(b.trim()))
+}
+
+/// No part that both addresses have differs, and at least one is the same: one address, one of them
+/// knowing more.
+fn address_compatible(a: &Address, b: &Address) -> bool {
+    let pairs: Vec<(String, String)> =
+        address_parts(a).iter().zip(address_parts(b)).map(|(x, y)| (fold(x.trim()), fold(y.trim()))).collect();
+    pairs.iter().all(|(x, y)| x.is_empty() || y.is_empty() || x == y)
+        && pairs.iter().any(|(x, y)| !x.is_empty() && x == y)
+}
+
+/// Adds an imported address: nothing when an existing address already has all its parts; the missing parts
+/// of an existing address it agrees with (never a part that differs); otherwise a new address.
+fn merge_address(addresses: &mut Vec<Address>, incoming: &Address) {
+    if address_parts(incoming).iter().all(|p| p.trim().is_empty())
+        || addresses.iter().any(|e| address_covers(e, incoming))
+    {
+        return;
+    }
+    if let Some(existing) = addresses.iter_mut().find(|e| address_compatible(e, incoming)) {
+        for (e, i) in [
+            (&mut existing.street, &incoming.street),
+            (&mut existing.city, &incoming.city),
+            (&mut existing.region, &incoming.region),
+            (&mut existing.postal_code, &incoming.postal_code),
+            (&mut existing.country, &incoming.country),
+        ] {
+            if e.trim().is_empty() && !i.trim().is_empty() {
+                *e = i.trim().to_string();
+            }
+        }
+        if existing.types.is_empty() {
+            existing.types = incoming.types.clone();
+        }
+        return;
+    }
+    addresses.push(incoming.clone());
+}
+
+fn merge_scalar(field: &'static str, a: &mut String, b: &str, scalars: Scalars, kept: &mut Vec<&'static str>) {
+    let b = b.trim();
+    let same = if field == "birthday" { normalize_date(a) == normalize_date(b) } else { a.trim() == b };
+    if b.is_empty() || same {
+        return;
+    }
+    if a.trim().is_empty() || scalars == Scalars::Overwrite {
+        *a = b.to_string();
+    } else if !kept.contains(&field) {
+        kept.push(field);
+    }
+}
+
+fn merge_list(list: &mut Vec<String>, incoming: &[String], same: impl Fn(&str, &str) -> bool) {
+    for value in incoming.iter().filter(|v| !v.trim().is_empty()) {
+        if !list.iter().any(|x| same(x, value)) {
+            list.push(value.trim().to_string());
+        }
+    }
+}
+
+/// `existing` with what `incoming` adds: e-mails, phones, addresses, websites, profiles, categories,
+/// documents and purposes that are new (compared trimmed and case-insensitive, phones by [`phone_key`],
+/// addresses part by part), and the single-valued fields as `scalars` says. Nothing of `existing` is
+/// removed, and items that stay keep their position, so [`apply_changes`] leaves their lines as they are.
+/// Returns the merged contact and the fields whose differing imported value was not taken.
+pub fn merge(existing: &Contact, incoming: &Contact, scalars: Scalars) -> (Contact, Vec<&'static str>) {
+    let mut m = existing.clone();
+    let mut kept = Vec::new();
+    let k = &mut kept;
+    merge_scalar("fn", &mut m.formatted_name, &incoming.formatted_name, scalars, k);
+    let (n, i) = (&mut m.name, &incoming.name);
+    for (a, b) in [
+        (&mut n.family, &i.family),
+        (&mut n.given, &i.given),
+        (&mut n.additional, &i.additional),
+        (&mut n.prefix, &i.prefix),
+        (&mut n.suffix, &i.suffix),
+    ] {
+        merge_scalar("name", a, b, scalars, k);
+    }
+    for (field, a, b) in [
+        ("org", &mut m.org, &incoming.org),
+        ("department", &mut m.department, &incoming.department),
+        ("title", &mut m.title, &incoming.title),
+        ("role", &mut m.role, &incoming.role),
+        ("degree", &mut m.degree, &incoming.degree),
+        ("birthday", &mut m.birthday, &incoming.birthday),
+        ("gender", &mut m.gender, &incoming.gender),
+        ("note", &mut m.note, &incoming.note),
+        ("influence", &mut m.influence, &incoming.influence),
+        ("attitude", &mut m.attitude, &incoming.attitude),
+        ("personality", &mut m.personality, &incoming.personality),
+    ] {
+        merge_scalar(field, a, b, scalars, k);
+    }
+    m.internal |= incoming.internal;
+    for e in incoming.emails.iter().filter(|e| !e.value.trim().is_empty()) {
+        if !m.emails.iter().any(|x| email_key(&x.value) == email_key(&e.value)) {
+            m.emails.push(Typed { value: e.value.trim().to_string(), types: e.types.clone() });
+        }
+    }
+    for p in incoming.phones.iter().filter(|p| !p.value.trim().is_empty()) {
+        if !m.phones.iter().any(|x| same_phone(&x.value, &p.value)) {
+            m.phones.push(Typed { value: p.value.trim().to_string(), types: p.types.clone() });
+        }
+    }
+    for a in &incoming.addresses {
+        merge_address(&mut m.addresses, a);
+    }
+    let same_text = |a: &str, b: &str| fold(a.trim()) == fold(b.trim());
+    merge_list(&mut m.websites, &incoming.websites, same_text);
+    merge_list(&mut m.social, &incoming.social, same_text);
+    merge_list(&mut m.categories, &incoming.categories, same_text);
+    merge_list(&mut m.documents, &incoming.documents, |a, b| a.trim() == b.trim());
+    merge_list(&mut m.purposes, &incoming.purposes, |a, b| a.trim() == b.trim());
+    (m, kept)
 }
 
 #[cfg(test)]
@@ -653,6 +913,64 @@ mod tests {
         let reparsed = project(&VCard::parse(&edited).expect("reparses"));
         assert_eq!(reparsed.formatted_name, "Anna Neu");
         assert_eq!(reparsed.categories, ["Kunde"]);
+    }
+
+    const LISTS: &str = "BEGIN:VCARD\r\nVERSION:3.0\r\nUID:1\r\nFN:A\r\nitem1.TEL;TYPE=CELL,pref:+49 170 1\r\n\
+item1.X-ABLabel:Privat\r\nTEL;TYPE=WORK:+49 30 1234\r\nADR;TYPE=WORK:;;Hauptstr. 1;Berlin;;10115;Germany\r\n\
+ADR;TYPE=HOME:;;Gartenweg 5;Potsdam;;14467;Germany\r\nEND:VCARD\r\n";
+
+    #[test]
+    fn list_edits_keep_the_lines_of_the_other_items() {
+        let old = project(&VCard::parse(LISTS).expect("card"));
+        let mut new = old.clone();
+        new.phones.push(Typed { value: "+49 40 5".into(), types: vec![] });
+        assert_eq!(apply_changes(LISTS, Version::V3, &old, &new), LISTS.replace("END:", "TEL:+49 40 5\r\nEND:"));
+        let mut new = old.clone();
+        new.addresses[1].postal_code = "14469".into();
+        assert_eq!(
+            apply_changes(LISTS, Version::V3, &old, &new),
+            LISTS.replace("ADR;TYPE=HOME:;;Gartenweg 5;Potsdam;;14467", "ADR;TYPE=home:;;Gartenweg 5;Potsdam;;14469")
+        );
+        // A changed item loses its group's label; a removed item rewrites the field.
+        let mut new = old.clone();
+        new.phones[0].value = "+49 170 2".into();
+        let edited = apply_changes(LISTS, Version::V3, &old, &new);
+        assert!(edited.contains("TEL;TYPE=cell:+49 170 2\r\nTEL;TYPE=WORK:+49 30 1234\r\n"), "{edited}");
+        assert!(!edited.contains("X-ABLabel"), "{edited}");
+        let mut new = old.clone();
+        new.addresses.remove(0);
+        let edited = apply_changes(LISTS, Version::V3, &old, &new);
+        assert!(!edited.contains("Hauptstr") && edited.contains("ADR;TYPE=home:;;Gartenweg 5"), "{edited}");
+    }
+
+    #[test]
+    fn merging_adds_only_what_is_new() {
+        let old = project(&VCard::parse(LISTS).expect("card"));
+        let mut incoming = Contact {
+            formatted_name: "A".into(),
+            phones: vec![Typed { value: "030 1234".into(), types: vec![] }],
+            addresses: vec![Address { city: "berlin".into(), ..Address::default() }],
+            ..Contact::default()
+        };
+        assert_eq!(merge(&old, &incoming, Scalars::Overwrite), (old.clone(), vec![]));
+        incoming.addresses =
+            vec![Address { street: "Elbchaussee 9".into(), city: "Hamburg".into(), ..Address::default() }];
+        incoming.phones.push(Typed { value: "+49 40 5".into(), types: vec![] });
+        let (merged, _) = merge(&old, &incoming, Scalars::Overwrite);
+        assert_eq!(merged.phones.len(), 3);
+        assert_eq!(&merged.addresses[..2], &old.addresses[..]);
+        assert_eq!(merged.addresses[2].city, "Hamburg");
+        // An address that agrees with an existing one completes it.
+        incoming.addresses = vec![Address { city: "Potsdam".into(), region: "BB".into(), ..Address::default() }];
+        let (merged, _) = merge(&old, &incoming, Scalars::Overwrite);
+        assert_eq!(merged.addresses.len(), 2);
+        assert_eq!((merged.addresses[1].street.as_str(), merged.addresses[1].region.as_str()), ("Gartenweg 5", "BB"));
+        // Single values: replaced, or kept and named.
+        incoming.formatted_name = "B".into();
+        incoming.note = "new".into();
+        assert_eq!(merge(&old, &incoming, Scalars::Overwrite).0.formatted_name, "B");
+        let (kept, named) = merge(&old, &incoming, Scalars::KeepExisting);
+        assert_eq!((kept.formatted_name.as_str(), kept.note.as_str(), named), ("A", "new", vec!["fn"]));
     }
 
     #[test]

@@ -353,7 +353,7 @@ async fn import_vcf_and_csv_with_dry_run_matching_and_atomicity() {
     let vcf = format!(
         "{}{}BEGIN:VCARD\r\nVERSION:2.1\r\nN:Alt;Otto\r\nEMAIL;INTERNET:otto@alt.de\r\nEND:VCARD\r\n{}",
         vcard("meier", "Anna Meier-Neu", "EMAIL:anna@meier.org\r\n"),
-        vcard4("other-uid", "John Smith (work)", "EMAIL:john@example.com\r\n"),
+        vcard4("other-uid", "John Smith (work)", "EMAIL:john@example.com\r\nTEL;TYPE=work:+1 617 555 0100\r\n"),
         vcard4("brand-new", "Nina Neu", "")
     );
     let (status, dry) = import("vcf", vcf.clone().into_bytes(), "&dry_run=true").await;
@@ -368,7 +368,11 @@ async fn import_vcf_and_csv_with_dry_run_matching_and_atomicity() {
     assert_eq!(status, 200, "{done}");
     assert_eq!(search(&alice, "q=nina").await, ["Nina Neu"]);
     assert_eq!(search(&alice, "q=otto").await, ["Otto Alt"]);
-    assert_eq!(search(&alice, "q=smith").await, ["John Smith (work)"], "matched by e-mail, not duplicated");
+    // Matched by e-mail (another UID): merged into the existing card, whose name is kept and reported.
+    assert_eq!(search(&alice, "q=smith").await, ["John Smith"], "matched by e-mail, not duplicated");
+    let smith = done["rows"].as_array().expect("rows").iter().find(|r| r["uid"] == "smith").expect("smith row");
+    assert_eq!((&smith["match"], &smith["kept"]), (&json!("email"), &json!(["fn"])), "{done}");
+    assert_eq!(search(&alice, "q=617%20555%200100").await, ["John Smith"], "the new phone is added");
     assert_eq!(search(&alice, "q=meier").await, ["Anna Meier-Neu"]);
 
     // Outlook-style CSV with a BOM and ';' as delimiter, auto-mapped.
@@ -422,6 +426,8 @@ async fn openapi_lists_every_route_and_read_only_books_stay_read_only() {
             "{method} {path} missing from the OpenAPI document"
         );
     }
+    let import = doc["paths"]["/api/v1/books/{book}/import"]["post"]["description"].as_str().unwrap_or_default();
+    assert!(import.contains("Same e-mail only"), "the import rules are documented: {import}");
     // Share alice's book read-only with bob: he finds her contacts but cannot change them.
     let store = s.store();
     let segment = tokio::task::spawn_blocking(move || {

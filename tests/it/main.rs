@@ -13,6 +13,7 @@ mod discovery;
 mod files;
 mod fuzz_replay;
 mod hostile;
+mod import;
 mod privacy;
 mod proppatch;
 mod reliability;

@@ -1,0 +1,262 @@
+//! Import fidelity (`POST /api/v1/books/{book}/import`): what an import stores is what the file holds, and
+//! what a book already holds survives a merge. The inputs come from a review that reproduced each defect.
+
+use crate::support::*;
+use serde_json::Value;
+
+async fn import(dav: &Dav, format: &str, body: &str, extra: &str) -> (u16, Value) {
+    let r =
+        dav.send("POST", &format!("/api/v1/books/contacts/import?format={format}{extra}"), &[], body.to_string()).await;
+    (r.status.as_u16(), serde_json::from_slice(&r.body).unwrap_or(Value::Null))
+}
+
+async fn stored(dav: &Dav, name: &str) -> String {
+    let r = dav.get(&format!("{}{name}", dav.book())).await;
+    assert_eq!(r.status.as_u16(), 200, "GET {name}: {}", r.text());
+    r.text()
+}
+
+async fn count(dav: &Dav) -> usize {
+    let r = dav.get("/api/v1/contacts?limit=500").await;
+    let v: Value = serde_json::from_slice(&r.body).expect("json");
+    v["items"].as_array().expect("items").len()
+}
+
+fn rows(summary: &Value) -> &Vec<Value> {
+    summary["rows"].as_array().expect("rows")
+}
+
+/// A 4.0 card with a group, an escaped note and a date; a 3.0 card with a date without a year.
+const IMP_BDAY: &str = "BEGIN:VCARD\r\nVERSION:4.0\r\nUID:imp-bday\r\nFN:Imp Bday\r\nBDAY:1983-02-03\r\n\
+item1.EMAIL;TYPE=work:a@b.c\r\nitem1.X-ABLabel:Work\r\nNOTE:Zeile1\\nZeile2 äöü\r\nEND:VCARD\r\n";
+const IMP_BDAY3: &str = "BEGIN:VCARD\r\nVERSION:3.0\r\nUID:imp-bday3\r\nFN:Imp Bday3\r\nBDAY:--04-16\r\nEND:VCARD\r\n";
+/// Thunderbird writes dates with VALUE=DATE.
+const TB1: &str = "BEGIN:VCARD\r\nVERSION:4.0\r\nUID:tb-1\r\nFN:Thunder Bird\r\nN:Bird;Thunder;;;\r\n\
+BDAY;VALUE=DATE:1983-02-03\r\nANNIVERSARY;VALUE=DATE:2009-08-08\r\nEMAIL;PREF=1:tb@example.org\r\nEND:VCARD\r\n";
+
+#[tokio::test]
+async fn vcard_import_stores_3_0_and_4_0_cards_as_uploaded() {
+    let s = TestServer::start().await;
+    let alice = s.user("alice").await;
+    // An Apple export has no UID, and uses bare LF here: it gets one UID line, nothing else changes.
+    let apple = "BEGIN:VCARD\nVERSION:3.0\nFN:Ohne UID\nBDAY;VALUE=date:1990-07-15\nEND:VCARD\n";
+    let file = format!("{IMP_BDAY}{IMP_BDAY3}{TB1}{apple}");
+    let (status, r) = import(&alice, "vcf", &file, "").await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["created"], 4, "{r}");
+    assert_eq!(stored(&alice, "imp-bday.vcf").await, IMP_BDAY);
+    assert_eq!(stored(&alice, "imp-bday3.vcf").await, IMP_BDAY3);
+    assert_eq!(stored(&alice, "tb-1.vcf").await, TB1);
+    let uid = rows(&r)[3]["uid"].as_str().expect("uid").to_string();
+    let card = stored(&alice, &format!("{uid}.vcf")).await;
+    assert_eq!(card, apple.replace("END:VCARD", &format!("UID:{uid}\nEND:VCARD")));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_card_without_uid_is_reported_and_audited_with_the_uid_it_was_stored_with() {
+    let s = TestServer::start().await;
+    let alice = s.user("alice").await;
+    let file = "BEGIN:VCARD\r\nVERSION:3.0\r\nFN:Nobody Uid\r\nEMAIL:nobody@uid.example\r\nEND:VCARD\r\n\
+BEGIN:VCARD\r\nVERSION:2.1\r\nN:Alt;Otto\r\nEND:VCARD\r\n";
+    let (status, r) = import(&alice, "vcf", file, "").await;
+    assert_eq!(status, 200, "{r}");
+    let reported: Vec<String> = rows(&r).iter().map(|row| row["uid"].as_str().expect("uid").to_string()).collect();
+    let found = alice.get("/api/v1/contacts?columns=fn").await;
+    let found: Value = serde_json::from_slice(&found.body).expect("json");
+    let mut stored_uids: Vec<String> =
+        found["items"].as_array().expect("items").iter().map(|i| i["uid"].as_str().expect("uid").to_string()).collect();
+    stored_uids.sort();
+    let mut sorted = reported.clone();
+    sorted.sort();
+    assert_eq!(sorted, stored_uids, "the report names the stored UIDs: {r}");
+    for uid in &reported {
+        assert!(stored(&alice, &format!("{uid}.vcf")).await.contains(&format!("UID:{uid}\r\n")));
+    }
+    let audit = s
+        .http()
+        .get(format!("{}/admin/v1/audit", s.base))
+        .bearer_auth(&s.admin_token)
+        .send()
+        .await
+        .expect("audit")
+        .bytes()
+        .await
+        .expect("body");
+    let audit: Value = serde_json::from_slice(&audit).expect("json");
+    let record =
+        audit["records"].as_array().expect("records").iter().find(|r| r["action"] == "import").expect("import");
+    let detail: Value = serde_json::from_str(record["detail"].as_str().expect("detail")).expect("json");
+    let mut audited: Vec<String> =
+        detail["uids"].as_array().expect("uids").iter().map(|u| u.as_str().expect("uid").to_string()).collect();
+    audited.sort();
+    assert_eq!(audited, stored_uids, "{detail}");
+    s.stop().await;
+}
+
+/// The card a book holds, and an e-mail signature saved as a vCard for the same person.
+const RICH: &str = "BEGIN:VCARD\r\nVERSION:3.0\r\nUID:rich-1\r\nFN:Rita Reich\r\nN:Reich;Rita;;;\r\n\
+EMAIL:rita@example.org\r\nTEL;TYPE=CELL:+49 170 999\r\nADR;TYPE=HOME:;;Lindenweg 3;Hamburg;;20095;DE\r\n\
+NOTE:Allergie: Nüsse\r\nBDAY:1970-05-06\r\nEND:VCARD\r\n";
+const SIGNATURE: &str =
+    "BEGIN:VCARD\r\nVERSION:3.0\r\nFN:Rita Reich\r\nEMAIL:rita@example.org\r\nORG:Neue Firma GmbH\r\nEND:VCARD\r\n";
+
+#[tokio::test]
+async fn a_vcard_matched_by_email_is_merged_into_the_existing_card() {
+    let s = TestServer::start().await;
+    let alice = s.user("alice").await;
+    assert!(alice.put(&format!("{}rich.vcf", alice.book()), RICH, &[]).await.status.is_success());
+    let (status, r) = import(&alice, "vcf", SIGNATURE, "").await;
+    assert_eq!(status, 200, "{r}");
+    let card = stored(&alice, "rich.vcf").await;
+    assert_eq!(card, RICH.replace("END:VCARD", "ORG:Neue Firma GmbH\r\nEND:VCARD"), "only the new ORG is added");
+    assert_eq!((r["created"].as_u64(), r["updated"].as_u64()), (Some(0), Some(1)), "{r}");
+    assert_eq!(rows(&r)[0]["match"], "email", "{r}");
+    assert_eq!(rows(&r)[0]["uid"], "rich-1", "{r}");
+    assert_eq!(count(&alice).await, 1);
+
+    // What differs is kept as the book has it and named in the report; what is new is added.
+    let other = "BEGIN:VCARD\r\nVERSION:3.0\r\nUID:from-phone\r\nFN:Rita R.\r\nEMAIL:RITA@example.org \r\n\
+TEL:0170/999\r\nTEL;TYPE=WORK:+49 40 5550\r\nNOTE:andere Notiz\r\nNICKNAME:Riri\r\nitem1.X-ABLabel:Büro\r\nEND:VCARD\r\n";
+    let (status, r) = import(&alice, "vcf", other, "").await;
+    assert_eq!(status, 200, "{r}");
+    let row = &rows(&r)[0];
+    assert_eq!((row["action"].as_str(), row["uid"].as_str()), (Some("update"), Some("rich-1")), "{r}");
+    assert_eq!(row["kept"], serde_json::json!(["fn", "note"]), "{r}");
+    assert_eq!(row["not_merged"], serde_json::json!(["X-ABLABEL"]), "{r}");
+    let merged = stored(&alice, "rich.vcf").await;
+    let expected =
+        RICH.replace("END:VCARD", "ORG:Neue Firma GmbH\r\nTEL;TYPE=work:+49 40 5550\r\nNICKNAME:Riri\r\nEND:VCARD");
+    assert_eq!(merged, expected);
+    // A second run adds nothing and writes nothing.
+    let (status, r) = import(&alice, "vcf", other, "").await;
+    assert_eq!((status, r["unchanged"].as_u64()), (200, Some(1)), "{r}");
+    s.stop().await;
+}
+
+/// A card with two typed addresses, a preferred phone with an Apple label, and a work phone.
+const ADDR1B: &str = "BEGIN:VCARD\r\nVERSION:3.0\r\nUID:addr-1\r\nFN:Anna Muster\r\nN:Muster;Anna;;;\r\n\
+EMAIL;TYPE=INTERNET,WORK:Anna.Muster@Example.org\r\nitem1.TEL;TYPE=CELL,pref:+49 170 1234567\r\n\
+item1.X-ABLabel:Privat-Handy\r\nTEL;TYPE=WORK:+49 30 1234\r\nADR;TYPE=WORK:;;Hauptstr. 1;Berlin;;10115;Germany\r\n\
+ADR;TYPE=HOME:;;Gartenweg 5;Potsdam;;14467;Germany\r\nEND:VCARD\r\n";
+
+#[tokio::test]
+async fn a_csv_merge_keeps_addresses_phones_and_labels() {
+    let s = TestServer::start().await;
+    let alice = s.user("alice").await;
+    assert!(alice.put(&format!("{}addr1.vcf", alice.book()), ADDR1B, &[]).await.status.is_success());
+    // Outlook: a city the card has, the work phone written another way.
+    let outlook = "First Name,Last Name,E-mail Address,Business Phone,Business City\r\n\
+Anna,Muster,anna.muster@example.org,030 1234,Berlin\r\n";
+    let (status, r) = import(&alice, "csv", outlook, "").await;
+    assert_eq!(stored(&alice, "addr1.vcf").await, ADDR1B);
+    assert_eq!((status, r["unchanged"].as_u64()), (200, Some(1)), "{r}");
+    // kartei's own export from before this change (several values joined by "; ").
+    let old_export = "\u{feff}fn,given,family,org,title,email,phone,street,city,postal_code,country\r\n\
+Anna Muster,Anna,Muster,,,Anna.Muster@Example.org,+49 170 1234567; +49 30 1234,Hauptstr. 1; Gartenweg 5,Berlin; Potsdam,10115; 14467,Germany; Germany\r\n";
+    let (status, r) = import(&alice, "csv", old_export, "").await;
+    assert_eq!(stored(&alice, "addr1.vcf").await, ADDR1B);
+    assert_eq!((status, r["unchanged"].as_u64()), (200, Some(1)), "{r}");
+    // And today's export, read back in.
+    let export = alice
+        .get("/api/v1/contacts/export?format=csv&purpose=Backup&columns=fn,given,family,email,phone,street,city,postal_code,country")
+        .await;
+    assert_eq!(export.status.as_u16(), 200);
+    let (status, r) = import(&alice, "csv", &export.text(), "").await;
+    assert_eq!(stored(&alice, "addr1.vcf").await, ADDR1B, "{}", export.text());
+    assert_eq!((status, r["unchanged"].as_u64()), (200, Some(1)), "{}: {r}", export.text());
+
+    // What is really new is added; every line the card had stays as it was.
+    let news = "fn,email,phone,street,city,postal_code\r\n\
+Anna Muster,anna.muster@example.org,+49 40 555,Elbchaussee 9,Hamburg,22763\r\n";
+    let (status, r) = import(&alice, "csv", news, "").await;
+    assert_eq!((status, r["updated"].as_u64()), (200, Some(1)), "{r}");
+    let card = stored(&alice, "addr1.vcf").await;
+    assert_eq!(card, ADDR1B.replace("END:VCARD", "TEL:+49 40 555\r\nADR:;;Elbchaussee 9;Hamburg;;22763;\r\nEND:VCARD"),);
+    // A partial address completes the one it belongs to, and never replaces a full one.
+    let partial = "fn,email,city,country\r\nAnna Muster,anna.muster@example.org,Hamburg,Germany\r\n";
+    let (status, r) = import(&alice, "csv", partial, "").await;
+    assert_eq!((status, r["updated"].as_u64()), (200, Some(1)), "{r}");
+    let after = stored(&alice, "addr1.vcf").await;
+    assert_eq!(
+        after,
+        card.replace("ADR:;;Elbchaussee 9;Hamburg;;22763;\r\n", "ADR:;;Elbchaussee 9;Hamburg;;22763;Germany\r\n")
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_card_put_would_refuse_is_refused_by_import_with_its_reason() {
+    let s = TestServer::start().await;
+    let alice = s.user("alice").await;
+    // A note broken by a raw newline: the second line has no name and no colon.
+    let broken = "BEGIN:VCARD\r\nVERSION:3.0\r\nUID:note-nl\r\nFN:Broken Note\r\nNOTE:Kunde seit 2019\r\n\
+bitte nur vormittags anrufen\r\nEMAIL:bn@example.org\r\nEND:VCARD\r\n";
+    let put = alice.put(&format!("{}note-nl.vcf", alice.book()), broken, &[]).await;
+    assert_eq!(put.status.as_u16(), 400, "PUT refuses it");
+    for extra in ["&dry_run=true", ""] {
+        let (status, r) = import(&alice, "vcf", broken, extra).await;
+        assert_eq!(status, if extra.is_empty() { 422 } else { 200 }, "{r}");
+        assert_eq!(r["rejected"], 1, "{r}");
+        let reason = rows(&r)[0]["reason"].as_str().expect("reason");
+        assert!(reason.contains("bitte nur vormittags"), "{reason}");
+    }
+    assert_eq!(count(&alice).await, 0);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn email_matching_trims_and_folds_the_stored_address() {
+    let s = TestServer::start().await;
+    let alice = s.user("alice").await;
+    let card = ADDR1B.replace("WORK:Anna.Muster@Example.org", "WORK: Anna.Muster@Example.org ");
+    assert!(alice.put(&format!("{}addr1.vcf", alice.book()), &card, &[]).await.status.is_success());
+    let (status, r) = import(&alice, "csv", "fn,email,title\r\nAnna Muster,anna.muster@example.org,Dr.\r\n", "").await;
+    assert_eq!((status, r["created"].as_u64(), r["updated"].as_u64()), (200, Some(0), Some(1)), "{r}");
+    assert_eq!(rows(&r)[0]["match"], "email", "{r}");
+    assert_eq!(count(&alice).await, 1);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_new_card_whose_uid_names_another_resource_gets_a_free_name() {
+    let s = TestServer::start().await;
+    let alice = s.user("alice").await;
+    let existing = "BEGIN:VCARD\r\nVERSION:3.0\r\nUID:other-uid\r\nFN:Existing\r\nEND:VCARD\r\n";
+    assert!(alice.put(&format!("{}dup.vcf", alice.book()), existing, &[]).await.status.is_success());
+    let file = "BEGIN:VCARD\r\nVERSION:3.0\r\nUID:fresh-1\r\nFN:Fresh One\r\nEND:VCARD\r\n\
+BEGIN:VCARD\r\nVERSION:3.0\r\nUID:dup\r\nFN:New Card\r\nEND:VCARD\r\n";
+    let (status, dry) = import(&alice, "vcf", file, "&dry_run=true").await;
+    assert_eq!((status, dry["created"].as_u64()), (200, Some(2)), "{dry}");
+    let (status, r) = import(&alice, "vcf", file, "").await;
+    assert_eq!((status, r["created"].as_u64()), (200, Some(2)), "{r}");
+    assert_eq!(stored(&alice, "dup.vcf").await, existing);
+    assert!(stored(&alice, "dup-2.vcf").await.contains("UID:dup\r\n"));
+    // The same UID twice in one file is one contact: the second row is refused, not a 409.
+    let twice = "BEGIN:VCARD\r\nVERSION:4.0\r\nUID:twin\r\nFN:Twin\r\nEND:VCARD\r\n\
+BEGIN:VCARD\r\nVERSION:4.0\r\nUID:twin\r\nFN:Twin again\r\nEND:VCARD\r\n";
+    let (status, r) = import(&alice, "vcf", twice, "").await;
+    assert_eq!(status, 422, "{r}");
+    assert_eq!(rows(&r)[1]["reason"], "the same contact as row 1", "{r}");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn csv_export_keeps_line_breaks_and_reads_back_the_same() {
+    let s = TestServer::start().await;
+    let alice = s.user("alice").await;
+    let card = "BEGIN:VCARD\r\nVERSION:3.0\r\nUID:notes-1\r\nFN:Nora Notiz\r\nEMAIL:nora@example.org\r\n\
+NOTE:Zeile 1\\nZeile 2\\, mit Komma\r\nCATEGORIES:Kunde,VIP\r\nEND:VCARD\r\n";
+    assert!(alice.put(&format!("{}notes-1.vcf", alice.book()), card, &[]).await.status.is_success());
+    let export =
+        alice.get("/api/v1/contacts/export?format=csv&purpose=Backup&bom=false&columns=fn,email,note,categories").await;
+    assert_eq!(export.status.as_u16(), 200);
+    assert_eq!(
+        export.text(),
+        "fn,email,note,categories\r\nNora Notiz,nora@example.org,\"Zeile 1\nZeile 2, mit Komma\",\"Kunde\nVIP\"\r\n"
+    );
+    let (status, r) = import(&alice, "csv", &export.text(), "").await;
+    assert_eq!(stored(&alice, "notes-1.vcf").await, card);
+    assert_eq!((status, r["unchanged"].as_u64()), (200, Some(1)), "{r}");
+    s.stop().await;
+}
