@@ -212,10 +212,13 @@ impl App {
         {
             return self.authorize_scope(u, scope).await;
         }
-        if let Err(wait) = self.auth.begin_attempt(&[&ip_key, &pair_key]) {
-            tracing::warn!(login = %logged_login, client = %peer.ip(), "login attempt throttled after repeated failures");
-            return Err(too_many(wait));
-        }
+        let attempt = match self.auth.begin_attempt([ip_key, pair_key]).await {
+            Ok(attempt) => attempt,
+            Err(wait) => {
+                tracing::warn!(login = %logged_login, client = %peer.ip(), "login attempt throttled after repeated failures");
+                return Err(too_many(wait));
+            }
+        };
         let hash = user
             .as_ref()
             .filter(|u| !u.disabled)
@@ -225,11 +228,11 @@ impl App {
         match user {
             Some(u) if verified && !u.disabled => {
                 self.auth.remember(&u.username, &password, u.credential_generation);
-                self.auth.attempt_succeeded(&pair_key, &ip_key);
+                drop(attempt);
                 self.authorize_scope(&u, scope).await
             }
             _ => {
-                // Counted already, by begin_attempt.
+                attempt.failed();
                 tracing::warn!(login = %logged_login, client = %peer.ip(), "authentication failed");
                 Err(self.challenge("wrong user name or password"))
             }

@@ -140,7 +140,10 @@ struct CachedLogin {
 }
 
 struct Failures {
+    /// Failed attempts in the window.
     count: u32,
+    /// Attempts whose password is being checked right now.
+    in_flight: u32,
     window_start: Instant,
 }
 
@@ -149,6 +152,8 @@ pub struct AuthState {
     /// Keyed by SHA-256(secret ‖ user ‖ password): a memory dump does not reveal passwords.
     cache: Mutex<HashMap<[u8; 32], CachedLogin>>,
     failures: Mutex<HashMap<String, Failures>>,
+    /// Woken whenever an attempt ends, for attempts waiting for one in flight (see `begin_attempt`).
+    attempt_ended: tokio::sync::Notify,
     secret: [u8; 32],
     cache_ttl: Duration,
     max_failures: u32,
@@ -162,6 +167,7 @@ impl AuthState {
         AuthState {
             cache: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
+            attempt_ended: tokio::sync::Notify::new(),
             secret,
             cache_ttl,
             max_failures,
@@ -203,44 +209,100 @@ impl AuthState {
         }
     }
 
-    /// Counts a login attempt against each key (its address, and its login from that address) *before* the
-    /// password is checked, so that guesses sent in parallel cannot all pass before the first failure is
-    /// counted. `Err(seconds to wait)` when a key is over the limit; nothing is counted then.
-    pub fn begin_attempt(&self, keys: &[&str]) -> Result<(), u64> {
-        // A poisoned lock only means a panic elsewhere: logins go on unthrottled rather than all refused.
-        let Ok(mut failures) = self.failures.lock() else { return Ok(()) };
-        let now = Instant::now();
-        if failures.len() > 100_000 {
-            failures.retain(|_, f| now.duration_since(f.window_start) < self.window);
+    /// Starts a login attempt for each key (its address, and its login from that address) *before* the
+    /// password is checked. Failures plus attempts in flight never exceed the limit, so guesses sent in
+    /// parallel cannot all be tried before the first failure is counted; an attempt beyond it waits for one
+    /// in flight to end (a burst of right passwords, say an office's devices after a restart, only waits
+    /// for a few Argon2 checks). `Err(seconds to wait)` once the failures alone reach the limit.
+    pub async fn begin_attempt(&self, keys: [String; 2]) -> Result<Attempt<'_>, u64> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let ended = self.attempt_ended.notified();
+            tokio::pin!(ended);
+            ended.as_mut().enable();
+            {
+                // A poisoned lock only means a panic elsewhere: logins go on unthrottled rather than refused.
+                let Ok(mut failures) = self.failures.lock() else { return Ok(Attempt { state: self, keys: None }) };
+                let now = Instant::now();
+                if failures.len() > 100_000 {
+                    failures.retain(|_, f| f.in_flight > 0 || now.duration_since(f.window_start) < self.window);
+                }
+                let mut room = true;
+                for key in &keys {
+                    let Some(f) = failures.get_mut(key) else { continue };
+                    let elapsed = now.duration_since(f.window_start);
+                    if elapsed >= self.window {
+                        f.count = 0;
+                        f.window_start = now;
+                    } else if f.count >= self.max_failures {
+                        // Rounded up, so that a client honouring Retry-After is not refused again.
+                        let left = self.window - elapsed;
+                        return Err((left.as_secs() + u64::from(left.subsec_nanos() > 0)).max(1));
+                    }
+                    room &= f.count + f.in_flight < self.max_failures;
+                }
+                if room {
+                    for key in &keys {
+                        let f = failures.entry(key.clone()).or_insert(Failures {
+                            count: 0,
+                            in_flight: 0,
+                            window_start: now,
+                        });
+                        f.in_flight += 1;
+                    }
+                    return Ok(Attempt { state: self, keys: Some(keys) });
+                }
+            }
+            if tokio::time::timeout_at(deadline, ended).await.is_err() {
+                return Err(1);
+            }
         }
-        for key in keys {
-            if let Some(f) = failures.get(*key) {
-                let elapsed = now.duration_since(f.window_start);
-                if f.count >= self.max_failures && elapsed < self.window {
-                    // Rounded up, so that a client honouring Retry-After is not refused again.
-                    let left = self.window - elapsed;
-                    return Err((left.as_secs() + u64::from(left.subsec_nanos() > 0)).max(1));
+    }
+
+    fn end_attempt(&self, keys: &[String; 2], failed: bool) {
+        if let Ok(mut failures) = self.failures.lock() {
+            for key in keys {
+                if let Some(f) = failures.get_mut(key) {
+                    f.in_flight = f.in_flight.saturating_sub(1);
+                    if failed {
+                        f.count += 1;
+                    }
+                }
+            }
+            if !failed {
+                // The login's count from this address starts over (the address's failures stay: a valid login
+                // of one's own must not wipe out failed guesses).
+                if let Some(f) = failures.get_mut(&keys[1])
+                    && f.in_flight == 0
+                {
+                    failures.remove(&keys[1]);
                 }
             }
         }
-        for key in keys {
-            let entry = failures.entry(key.to_string()).or_insert(Failures { count: 0, window_start: now });
-            if now.duration_since(entry.window_start) >= self.window {
-                *entry = Failures { count: 0, window_start: now };
-            }
-            entry.count += 1;
-        }
-        Ok(())
+        self.attempt_ended.notify_waiters();
     }
+}
 
-    /// The password was right: the login's count from this address starts over, and the address gets its
-    /// attempt back (only that one, so that a valid login of one's own cannot wipe out failed guesses).
-    pub fn attempt_succeeded(&self, pair_key: &str, ip_key: &str) {
-        if let Ok(mut failures) = self.failures.lock() {
-            failures.remove(pair_key);
-            if let Some(f) = failures.get_mut(ip_key) {
-                f.count = f.count.saturating_sub(1);
-            }
+/// A login attempt in flight (from `AuthState::begin_attempt`). `failed` counts it as a failure; dropped
+/// otherwise (the password was right, or the request went away), it only ends.
+pub struct Attempt<'a> {
+    state: &'a AuthState,
+    /// `[address key, login-from-address key]`; None when throttling is unavailable.
+    keys: Option<[String; 2]>,
+}
+
+impl Attempt<'_> {
+    pub fn failed(mut self) {
+        if let Some(keys) = self.keys.take() {
+            self.state.end_attempt(&keys, true);
+        }
+    }
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        if let Some(keys) = self.keys.take() {
+            self.state.end_attempt(&keys, false);
         }
     }
 }
@@ -295,19 +357,26 @@ mod tests {
         assert!(!a.cached("u", "pw", 1));
     }
 
-    #[test]
-    fn throttle_counts_attempts_before_they_are_checked() {
+    #[tokio::test]
+    async fn throttle_counts_attempts_in_flight_and_lets_right_passwords_wait() {
         let a = AuthState::new(Duration::from_secs(60), 3, Duration::from_secs(60));
-        // Three attempts in flight at once use up the limit: the fourth waits, whatever their outcome.
-        for _ in 0..3 {
-            assert!(a.begin_attempt(&["ip", "pair"]).is_ok());
-        }
-        assert!(a.begin_attempt(&["ip", "pair"]).is_err());
-        assert!(a.begin_attempt(&["other-ip", "other-pair"]).is_ok(), "other keys are not affected");
-        // A right password clears its pair and gives back the address's one attempt.
-        a.attempt_succeeded("pair", "ip");
-        assert!(a.begin_attempt(&["ip", "pair"]).is_ok());
-        assert!(a.begin_attempt(&["ip", "pair2"]).is_err(), "the address has its 3 again");
+        let keys = |pair: &str| ["ip".to_string(), pair.to_string()];
+        // Three attempts in flight fill the limit: a fourth waits until one ends.
+        let first = a.begin_attempt(keys("p")).await.expect("1");
+        let second = a.begin_attempt(keys("p")).await.expect("2");
+        let third = a.begin_attempt(keys("p")).await.expect("3");
+        let fourth = a.begin_attempt(keys("p"));
+        tokio::pin!(fourth);
+        assert!(tokio::time::timeout(Duration::from_millis(50), fourth.as_mut()).await.is_err(), "waits");
+        drop(first); // a right password: it only ends
+        let fourth = tokio::time::timeout(Duration::from_secs(1), fourth).await.expect("woken").expect("4");
+        assert!(a.begin_attempt(["other-ip".into(), "q".into()]).await.is_ok(), "other keys are not affected");
+        // Failures count: with 3 of them the address is refused at once, with the time left.
+        second.failed();
+        third.failed();
+        fourth.failed();
+        let refused = a.begin_attempt(keys("p2")).await.err().expect("refused");
+        assert!((1..=60).contains(&refused), "{refused}");
     }
 
     #[test]

@@ -1152,6 +1152,28 @@ async fn parallel_guesses_are_counted_before_they_are_checked() {
     s.stop().await;
 }
 
+/// Counting attempts in flight must not refuse a burst of right passwords: 20 devices of one office (one
+/// address) logging in at once after a restart, with a limit of 3, all get in; they only wait their turn.
+#[tokio::test]
+async fn a_burst_of_right_passwords_from_one_address_all_get_in() {
+    let s = TestServer::start_with(|c| {
+        c.auth.throttle_failures = 3;
+        c.auth.throttle_window_secs = 60;
+    })
+    .await;
+    let mut staff = Vec::new();
+    for i in 0..20 {
+        staff.push(s.user(&format!("staff{i}")).await);
+    }
+    let mut logins = tokio::task::JoinSet::new();
+    for (i, who) in staff.into_iter().enumerate() {
+        logins.spawn(async move { who.get(&format!("/dav/addressbooks/staff{i}/contacts/")).await.status.as_u16() });
+    }
+    let statuses: Vec<u16> = logins.join_all().await;
+    assert!(statuses.iter().all(|&st| st == 200), "{statuses:?}");
+    s.stop().await;
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // 5. TLS
 
