@@ -281,6 +281,9 @@ fn csv_addresses(cells: &[(&str, &str)]) -> Vec<Address> {
 /// One contact to import, before matching.
 struct ImportRow {
     row: usize,
+    /// A CSV row without a name cell: its FN was made up (from the name parts, organization or e-mail) for a
+    /// new card, and must not replace the name of a card it is merged into.
+    made_up_fn: bool,
     /// The UID from the file, or (for a vCard without one) the UID kartei gave the card.
     uid: Option<String>,
     contact: Contact,
@@ -335,6 +338,7 @@ fn parse_csv(text: &str, mapping: Option<&Value>) -> DavResult<Vec<Result<Import
                 if let Some(i) = headers.iter().position(|h| h.trim().eq_ignore_ascii_case("uid")) {
                     uid = record.get(i).map(str::trim).filter(|u| !u.is_empty()).map(str::to_string);
                 }
+                let made_up_fn = contact.formatted_name.is_empty();
                 if contact.formatted_name.is_empty() {
                     let composed = [contact.name.given.as_str(), contact.name.family.as_str()]
                         .iter()
@@ -350,7 +354,7 @@ fn parse_csv(text: &str, mapping: Option<&Value>) -> DavResult<Vec<Result<Import
                     if contact.formatted_name.is_empty() {
                         contact.formatted_name = contact.emails[0].value.clone();
                     }
-                    rows.push(Ok(ImportRow { row, uid, contact, card: None }));
+                    rows.push(Ok(ImportRow { row, made_up_fn, uid, contact, card: None }));
                 }
             }
         }
@@ -487,7 +491,7 @@ fn parse_vcf(text: &str) -> Vec<Result<ImportRow, (usize, String)>> {
         match vcard::validate(text.as_bytes()) {
             Ok(valid) => {
                 let uid = Some(valid.new_card.uid.clone());
-                out.push(Ok(ImportRow { row: n, uid, contact, card: Some(valid) }))
+                out.push(Ok(ImportRow { row: n, made_up_fn: false, uid, contact, card: Some(valid) }))
             }
             Err(e) => out.push(Err((n, invalid_reason(e)))),
         }
@@ -833,7 +837,11 @@ fn plan_update(
             merge_vcard(&stored, stored_version, &old, &incoming.contact, &text, valid.version)
         }
         None => {
-            let (merged, kept) = merge(&old, &incoming.contact, Scalars::Overwrite);
+            let mut contact = incoming.contact;
+            if incoming.made_up_fn {
+                contact.formatted_name.clear(); // an empty cell changes nothing
+            }
+            let (merged, kept) = merge(&old, &contact, Scalars::Overwrite);
             (apply_changes(&stored, stored_version, &old, &merged), kept, vec![])
         }
     };

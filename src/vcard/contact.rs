@@ -221,6 +221,11 @@ const TWO_DIGIT_CODES: &[u32] = &[
 /// compare equal (digits only, without the country code or the trunk prefix 0).
 pub fn phone_key(raw: &str) -> String {
     let trimmed = raw.trim();
+    // A 4.0 `tel:` URI (`tel:+49-30-1234;ext=5`) is the same number as its text form.
+    let trimmed = match trimmed.get(..4) {
+        Some(scheme) if scheme.eq_ignore_ascii_case("tel:") => trimmed[4..].split(';').next().unwrap_or_default(),
+        _ => trimmed,
+    };
     let digits: String = trimmed.chars().filter(|c| c.is_ascii_digit()).collect();
     let international = if trimmed.starts_with('+') { Some(digits.as_str()) } else { digits.strip_prefix("00") };
     match international {
@@ -702,7 +707,11 @@ pub fn apply_changes(stored: &str, version: Version, old: &Contact, new: &Contac
             }
         }
     }
-    let dropped_groups: Vec<&str> = in_place.keys().filter_map(|&i| names[i].0).collect();
+    // A line edited in place keeps its group (`item1.EMAIL` stays with `item1.X-ABLabel`); only when a grouped
+    // line goes away do the Apple label lines of its group (`X-ABLabel`, `X-ABADR`…) go with it. Other
+    // properties sharing the group stay: RFC 6350 groups are just grouping.
+    let removed_groups: Vec<&str> =
+        in_place.iter().filter(|(_, lines)| lines.is_empty()).filter_map(|(&i, _)| names[i].0).collect();
     let mut out = String::with_capacity(stored.len() + 256);
     for (i, line) in logical.iter().enumerate() {
         let (group, name) = &names[i];
@@ -713,13 +722,74 @@ pub fn apply_changes(stored: &str, version: Version, old: &Contact, new: &Contac
         }
         if let Some(lines) = in_place.get(&i) {
             for new_line in lines {
-                out.push_str(&fold_line(new_line));
+                let new_line = keep_unprojected_parts(line, new_line, name);
+                match group {
+                    Some(g) => out.push_str(&fold_line(&format!("{g}.{new_line}"))),
+                    None => out.push_str(&fold_line(&new_line)),
+                }
             }
-        } else if !group.is_some_and(|g| dropped_groups.contains(&g)) {
+        } else if !(group.is_some_and(|g| removed_groups.contains(&g)) && name.starts_with("X-AB")) {
             out.push_str(line);
         }
     }
     out
+}
+
+/// An edited line, with what the contact projection does not carry taken over from the line it replaces:
+/// an address's PO box and extended address (its first two components).
+fn keep_unprojected_parts(old: &str, new: &str, name: &str) -> String {
+    if name != "ADR" {
+        return new.to_string();
+    }
+    let components = |line: &str| -> Option<Vec<String>> {
+        let (_, value) = split_value(line)?;
+        Some(split_unescaped(value.trim_end_matches(['\r', '\n']), ';'))
+    };
+    // The stored line as one line (it may be folded).
+    let old = old.replace("\r\n ", "").replace("\r\n\t", "").replace("\n ", "").replace("\n\t", "");
+    let (Some(old_parts), Some((head, _)), Some(mut new_parts)) = (components(&old), split_value(new), components(new))
+    else {
+        return new.to_string();
+    };
+    if new_parts.len() < 2 || old_parts.len() < 2 {
+        return new.to_string();
+    }
+    new_parts[0] = old_parts[0].clone();
+    new_parts[1] = old_parts[1].clone();
+    format!("{head}:{}", new_parts.join(";"))
+}
+
+/// `(head, value)` of a content line, split at its first `:` outside a quoted parameter value.
+fn split_value(line: &str) -> Option<(&str, &str)> {
+    let mut quoted = false;
+    for (i, c) in line.char_indices() {
+        match c {
+            '"' => quoted = !quoted,
+            ':' if !quoted => return Some((&line[..i], &line[i + 1..])),
+            _ => {}
+        }
+    }
+    None
+}
+
+/// A value split at `sep`, a backslash-escaped `sep` staying part of its component (escapes kept as written).
+fn split_unescaped(value: &str, sep: char) -> Vec<String> {
+    let mut parts = vec![String::new()];
+    let mut escaped = false;
+    for c in value.chars() {
+        if escaped {
+            escaped = false;
+        } else if c == '\\' {
+            escaped = true;
+        } else if c == sep {
+            parts.push(String::new());
+            continue;
+        }
+        if let Some(last) = parts.last_mut() {
+            last.push(c);
+        }
+    }
+    parts
 }
 
 // ---- merging an imported contact into an existing one ----
@@ -903,8 +973,12 @@ mod tests {
         new.categories = vec!["Kunde".into()];
         let edited = apply_changes(stored, Version::V3, &old, &new);
         assert!(edited.contains("FN:Anna Neu\r\n") && !edited.contains("FN:Anna\r\n"), "{edited}");
-        assert!(edited.contains("EMAIL;TYPE=work:anna@neu.de") && !edited.contains("a@x.org"), "{edited}");
-        assert!(!edited.contains("X-ABLabel"), "the orphaned label goes with its e-mail: {edited}");
+        // Edited in place, the e-mail keeps its group, and so its label.
+        assert!(
+            edited.contains("item1.EMAIL;TYPE=work:anna@neu.de\r\nitem1.X-ABLabel:_$!<Work>!$_\r\n")
+                && !edited.contains("a@x.org"),
+            "{edited}"
+        );
         assert!(
             edited.contains("PHOTO;ENCODING=b;TYPE=JPEG:AAAA\r\n BBBB\r\n") && edited.contains("X-CUSTOM:keep"),
             "{edited}"
@@ -931,12 +1005,14 @@ ADR;TYPE=HOME:;;Gartenweg 5;Potsdam;;14467;Germany\r\nEND:VCARD\r\n";
             apply_changes(LISTS, Version::V3, &old, &new),
             LISTS.replace("ADR;TYPE=HOME:;;Gartenweg 5;Potsdam;;14467", "ADR;TYPE=home:;;Gartenweg 5;Potsdam;;14469")
         );
-        // A changed item loses its group's label; a removed item rewrites the field.
+        // A changed item keeps its group and label; a removed item rewrites the field.
         let mut new = old.clone();
         new.phones[0].value = "+49 170 2".into();
         let edited = apply_changes(LISTS, Version::V3, &old, &new);
-        assert!(edited.contains("TEL;TYPE=cell:+49 170 2\r\nTEL;TYPE=WORK:+49 30 1234\r\n"), "{edited}");
-        assert!(!edited.contains("X-ABLabel"), "{edited}");
+        assert!(
+            edited.contains("item1.TEL;TYPE=cell:+49 170 2\r\nitem1.X-ABLabel:Privat\r\nTEL;TYPE=WORK:+49 30 1234\r\n"),
+            "{edited}"
+        );
         let mut new = old.clone();
         new.addresses.remove(0);
         let edited = apply_changes(LISTS, Version::V3, &old, &new);

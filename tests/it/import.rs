@@ -260,3 +260,51 @@ NOTE:Zeile 1\\nZeile 2\\, mit Komma\r\nCATEGORIES:Kunde,VIP\r\nEND:VCARD\r\n";
     assert_eq!((status, r["unchanged"].as_u64()), (200, Some(1)), "{r}");
     s.stop().await;
 }
+
+/// Found by a second review of the merge code: an edit of one grouped line dropped every line of its group;
+/// completing an address lost its PO box and extended address; a CSV row without a name cell renamed the
+/// card after its e-mail; a 4.0 `tel:` URI was not recognised as the same number.
+#[tokio::test]
+async fn a_csv_merge_edits_only_its_own_lines() {
+    let s = TestServer::start().await;
+    let alice = s.user("alice").await;
+    let put = |name: &'static str, card: &'static str| {
+        let alice = &alice;
+        async move {
+            assert!(alice.put(&format!("{}{name}", alice.book()), card, &[]).await.status.is_success(), "{name}");
+        }
+    };
+    let grouped = "BEGIN:VCARD\r\nVERSION:3.0\r\nUID:grp\r\nFN:Gina Group\r\nhome.EMAIL:gina@x.org\r\n\
+home.TEL:+49 30 5555\r\nhome.ADR:;;Ringstr. 7;Berlin;;;DE\r\nwork.EMAIL:gina@firma.example\r\nEND:VCARD\r\n";
+    let po_box = "BEGIN:VCARD\r\nVERSION:3.0\r\nUID:c\r\nFN:Carl Adr\r\nEMAIL:carl@x.org\r\n\
+item1.ADR;TYPE=WORK,pref:PF 12;Apt 5;Hauptstr. 1;Berlin;;;Germany\r\nitem1.X-ABADR:de\r\nEND:VCARD\r\n";
+    let named = "BEGIN:VCARD\r\nVERSION:3.0\r\nUID:anna\r\nFN:Dr. Anna Muster\r\nEMAIL:anna@x.org\r\nEND:VCARD\r\n";
+    let uri_phone = "BEGIN:VCARD\r\nVERSION:4.0\r\nUID:b\r\nFN:Bob Tel\r\nEMAIL:bob@x.org\r\n\
+TEL;VALUE=uri;TYPE=work:tel:+49-30-1234\r\nEND:VCARD\r\n";
+    put("grp.vcf", grouped).await;
+    put("c.vcf", po_box).await;
+    put("anna.vcf", named).await;
+    put("b.vcf", uri_phone).await;
+
+    let csv = "email,phone,city,postal_code\r\ngina@x.org,,Berlin,10115\r\ncarl@x.org,,Berlin,10115\r\n\
+anna@x.org,+49 30 1234,,\r\nbob@x.org,030 1234,,\r\n";
+    let (status, r) = import(&alice, "csv", csv, "").await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(
+        stored(&alice, "grp.vcf").await,
+        grouped.replace("home.ADR:;;Ringstr. 7;Berlin;;;DE", "home.ADR:;;Ringstr. 7;Berlin;;10115;DE")
+    );
+    let carl = stored(&alice, "c.vcf").await;
+    assert!(
+        carl.contains("item1.ADR;") && carl.contains(":PF 12;Apt 5;Hauptstr. 1;Berlin;;10115;Germany\r\n"),
+        "{carl}"
+    );
+    assert!(carl.contains("item1.X-ABADR:de\r\n"), "{carl}");
+    let anna = stored(&alice, "anna.vcf").await;
+    assert!(anna.contains("FN:Dr. Anna Muster\r\n") && anna.contains("TEL:+49 30 1234"), "{anna}");
+    assert_eq!(stored(&alice, "b.vcf").await, uri_phone, "the same number as a tel: URI is not added again");
+    // And the same file again changes nothing.
+    let (status, again) = import(&alice, "csv", csv, "").await;
+    assert_eq!((status, again["unchanged"].as_u64()), (200, Some(4)), "{again}");
+    s.stop().await;
+}
