@@ -370,7 +370,8 @@ fn offline(config: &Config, command: Command) -> Result<(), String> {
         Command::Backup { file } => backup(config, &file)?,
         Command::Check => check(store)?,
         Command::Import { file, user, book, format, mapping, dry_run } => {
-            import(store, &file, &user, &book, format, mapping, dry_run)?
+            let max_card_size = config.limits.max_resource_size;
+            import(store, ImportArgs { file, user, book, format, mapping, dry_run, max_card_size })?
         }
         Command::Export { user, purpose, book, q, filter, columns, format, version, output } => {
             export(store, ExportArgs { user, purpose, book, q, filter, columns, format, version, output })?
@@ -583,16 +584,21 @@ fn progress_bar(done: usize, total: usize) {
     }
 }
 
-fn import(
-    store: &dyn Store,
-    file: &std::path::Path,
-    user: &str,
-    book: &str,
+struct ImportArgs {
+    file: PathBuf,
+    user: String,
+    book: String,
     format: Option<String>,
     mapping: Option<String>,
     dry_run: bool,
-) -> Result<(), String> {
+    /// `[limits] max_resource_size`, as for a PUT.
+    max_card_size: usize,
+}
+
+fn import(store: &dyn Store, args: ImportArgs) -> Result<(), String> {
     use kartei::api::transfer::{ImportRequest, detect_format, run_import};
+    let ImportArgs { file, user, book, format, mapping, dry_run, max_card_size } = args;
+    let (file, user, book) = (file.as_path(), user.as_str(), book.as_str());
     let bytes = std::fs::read(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
     let text = String::from_utf8(bytes).map_err(|_| format!("{} is not UTF-8 text", file.display()))?;
     let view =
@@ -601,8 +607,14 @@ fn import(
     let format = format.unwrap_or_else(|| if ext == "vcf" { "vcf".into() } else { detect_format(&ext, &text) });
     let mapping = mapping.map(|m| serde_json::from_str(&m).map_err(|e| format!("--mapping: {e}"))).transpose()?;
     let file_name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let request =
-        ImportRequest { format, mapping, dry_run, actor: "cli".into(), source: format!("import: {file_name}") };
+    let request = ImportRequest {
+        format,
+        mapping,
+        dry_run,
+        actor: "cli".into(),
+        source: format!("import: {file_name}"),
+        max_card_size,
+    };
     let (status, summary) =
         run_import(store, &view, &text, &request, &mut progress_bar).map_err(|e| e.message.to_string())?;
     for row in summary["rows"].as_array().into_iter().flatten().filter(|r| r["action"] == "reject") {

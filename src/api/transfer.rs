@@ -523,6 +523,8 @@ pub struct ImportRequest {
     /// Who imports, and the source noted as each contact's origin ("import: <file name>").
     pub actor: String,
     pub source: String,
+    /// `[limits] max_resource_size`: a card larger than this is refused, as by PUT.
+    pub max_card_size: usize,
 }
 
 /// Guesses the format of an upload from its Content-Type and first bytes.
@@ -558,6 +560,7 @@ pub async fn import(
         dry_run: matches!(params.get("dry_run").map(String::as_str), Some("true" | "1" | "yes")),
         actor: ctx.user.username.clone(),
         source: format!("import: {}", params.get("filename").map(String::as_str).unwrap_or("upload")),
+        max_card_size: ctx.app.config.limits.max_resource_size,
     };
     let store = ctx.store().clone();
     let target = book.clone();
@@ -704,6 +707,15 @@ pub fn run_import(
             Some((i, how)) => plan_update(store, book, &index[i], how, incoming)?,
             None => plan_create(incoming, &names),
         };
+        // The limit a PUT has (CARD:max-resource-size) holds for imported and merged cards too.
+        let outcome = outcome.and_then(|p| match &p.card {
+            Some(card) if card.bytes.len() > request.max_card_size => Err(format!(
+                "the card would be {} bytes, more than the maximum resource size of {} bytes",
+                card.bytes.len(),
+                request.max_card_size
+            )),
+            _ => Ok(p),
+        });
         let planned = match outcome {
             Ok(p) => p,
             Err(reason) => {

@@ -130,6 +130,19 @@ fn types(entry: &VCardEntry) -> Vec<String> {
 /// `19800229`, `1980-02-29`, `--0229` → `1980-02-29` / `--02-29`; other text is kept.
 fn normalize_date(raw: &str) -> String {
     let s = raw.trim();
+    // Spreadsheet forms: `06.05.1970` (day first, as German Outlook writes it) and `5/6/1970` (month first,
+    // as US Outlook does; day first when the first number cannot be a month). Read as YYYYMMDD before, the
+    // first became 0605-19-70.
+    let numbers: Vec<&str> = s.split(['.', '/']).collect();
+    if let [a, b, year] = numbers.as_slice()
+        && let (Ok(a), Ok(b), Ok(y)) = (a.trim().parse::<u32>(), b.trim().parse::<u32>(), year.trim().parse::<u32>())
+        && year.trim().len() == 4
+    {
+        let (day, month) = if s.contains('.') || a > 12 { (a, b) } else { (b, a) };
+        if (1..=12).contains(&month) && (1..=31).contains(&day) {
+            return format!("{y:04}-{month:02}-{day:02}");
+        }
+    }
     let s = s.split('T').next().unwrap_or(s);
     let digits: String = s.chars().filter(|c| c.is_ascii_digit()).collect();
     if s.starts_with("--") && digits.len() == 4 {

@@ -308,3 +308,31 @@ anna@x.org,+49 30 1234,,\r\nbob@x.org,030 1234,,\r\n";
     assert_eq!((status, again["unchanged"].as_u64()), (200, Some(4)), "{again}");
     s.stop().await;
 }
+
+/// Spreadsheet birthdays are read as the dates they are (`06.05.1970` became `0605-19-70`), and an
+/// imported card obeys the size limit a PUT obeys (it was stored at any size). Both from the second review.
+#[tokio::test]
+async fn csv_birthdays_are_read_and_imported_cards_obey_the_size_limit() {
+    let s = TestServer::start_with(|c| c.limits.max_resource_size = 2000).await;
+    let alice = s.user("alice").await;
+    let card = "BEGIN:VCARD\r\nVERSION:3.0\r\nUID:bday\r\nFN:Berta Day\r\nEMAIL:berta@x.org\r\nBDAY:1970-05-06\r\nEND:VCARD\r\n";
+    assert!(alice.put(&format!("{}bday.vcf", alice.book()), card, &[]).await.status.is_success());
+    let csv = "fn,email,birthday\r\nBerta Day,berta@x.org,06.05.1970\r\nUlla US,ulla@x.org,5/6/1970\r\n";
+    let (status, r) = import(&alice, "csv", csv, "").await;
+    assert_eq!((status, r["unchanged"].as_u64(), r["created"].as_u64()), (200, Some(1), Some(1)), "{r}");
+    assert_eq!(stored(&alice, "bday.vcf").await, card);
+    let ulla = rows(&r)[1]["uid"].as_str().expect("uid").to_string();
+    let created = stored(&alice, &format!("{ulla}.vcf")).await;
+    assert!(created.contains("BDAY:1970-05-06") || created.contains("BDAY:19700506"), "{created}");
+
+    let big = format!(
+        "BEGIN:VCARD\r\nVERSION:3.0\r\nUID:big\r\nFN:Big\r\n{}END:VCARD\r\n",
+        "NOTE:a long note that makes the card larger than the limit\r\n".repeat(50)
+    );
+    let (status, r) = import(&alice, "vcf", &big, "").await;
+    assert_eq!(status, 422, "{r}");
+    let reason = rows(&r)[0]["reason"].as_str().unwrap_or_default().to_string();
+    assert!(reason.contains("maximum resource size"), "{r}");
+    assert_eq!(alice.get(&format!("{}big.vcf", alice.book())).await.status.as_u16(), 404);
+    s.stop().await;
+}
