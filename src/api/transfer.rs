@@ -857,7 +857,11 @@ fn plan_update(
             (apply_changes(&stored, stored_version, &old, &merged), kept, vec![])
         }
     };
-    let card = if text.as_bytes() == existing.vcard.as_slice() {
+    // A vCard export ends every card with a line break; a card stored without one is the same card.
+    let without_final_break =
+        |b: &[u8]| -> usize { b.len() - b.iter().rev().take_while(|c| matches!(c, b'\r' | b'\n')).count() };
+    let same = |a: &[u8], b: &[u8]| a[..without_final_break(a)] == b[..without_final_break(b)];
+    let card = if same(text.as_bytes(), &existing.vcard) {
         None
     } else {
         match vcard::validate(text.as_bytes()) {

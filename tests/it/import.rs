@@ -336,3 +336,20 @@ async fn csv_birthdays_are_read_and_imported_cards_obey_the_size_limit() {
     assert_eq!(alice.get(&format!("{}big.vcf", alice.book())).await.status.as_u16(), 404);
     s.stop().await;
 }
+
+/// A card stored without a final line break comes back from a vCard export with one; importing that export
+/// leaves the card (and its ETag) as it was (second review: it was rewritten).
+#[tokio::test]
+async fn a_vcard_export_imported_again_changes_nothing() {
+    let s = TestServer::start().await;
+    let alice = s.user("alice").await;
+    let card = "BEGIN:VCARD\r\nVERSION:3.0\r\nUID:nobreak\r\nFN:No Break\r\nEMAIL:nb@x.org\r\nEND:VCARD";
+    let put = alice.put(&format!("{}nobreak.vcf", alice.book()), card, &[]).await;
+    assert!(put.status.is_success(), "{}", put.text());
+    let export = alice.get("/api/v1/contacts/export?format=vcf&purpose=Backup").await;
+    assert_eq!(export.status.as_u16(), 200, "{}", export.text());
+    let (status, r) = import(&alice, "vcf", &export.text(), "").await;
+    assert_eq!((status, r["unchanged"].as_u64()), (200, Some(1)), "{r}");
+    assert_eq!(stored(&alice, "nobreak.vcf").await, card);
+    s.stop().await;
+}
