@@ -669,10 +669,10 @@ pub fn run_import(
     // only lower-cased, so both sides are trimmed and case-folded here.
     let index = store.card_index(book.id)?;
     let by_uid: HashMap<&str, usize> = index.iter().enumerate().map(|(i, k)| (k.uid.as_str(), i)).collect();
-    let mut by_email: HashMap<String, usize> = HashMap::new();
+    let mut by_email: HashMap<String, Vec<usize>> = HashMap::new();
     for (i, k) in index.iter().enumerate() {
         for e in k.emails.lines().map(email_key).filter(|e| !e.is_empty()) {
-            by_email.entry(e).or_insert(i);
+            by_email.entry(e).or_default().push(i);
         }
     }
     // Resource names in use, so that a new card never lands on another card's name.
@@ -699,7 +699,13 @@ pub fn run_import(
         let matched = match incoming.uid.as_deref().and_then(|u| by_uid.get(u)) {
             Some(&i) => Some((i, "uid")),
             None => {
-                incoming.contact.emails.iter().find_map(|e| by_email.get(&email_key(&e.value))).map(|&i| (i, "email"))
+                // People may share an address (a couple, a family): a card that another row of this file has
+                // matched already is passed over for the next card with the address, so that such rows meet
+                // their own cards again on a second import.
+                let mut candidates =
+                    incoming.contact.emails.iter().filter_map(|e| by_email.get(&email_key(&e.value))).flatten();
+                let first = candidates.clone().next();
+                candidates.find(|&&i| !touched.contains_key(&index[i].name)).or(first).map(|&i| (i, "email"))
             }
         };
         let (row_number, row_fn) = (incoming.row, incoming.contact.formatted_name.clone());

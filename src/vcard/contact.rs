@@ -204,9 +204,10 @@ pub fn project(card: &VCard) -> Contact {
             .map(property_text)
             .chain(other(card, "X-SOCIALPROFILE"))
             .collect(),
+        // Each value as calcard read it: joining them with ',' and splitting again broke `Berlin\, Mitte` apart.
         categories: card
             .properties(&VCardProperty::Categories)
-            .flat_map(|c| property_text(c).split(',').map(|s| s.trim().to_string()).collect::<Vec<_>>())
+            .flat_map(|c| c.values.iter().filter_map(|v| v.as_text()).map(|s| s.trim().to_string()).collect::<Vec<_>>())
             .filter(|c| !c.is_empty())
             .collect(),
         note: first_text(card, VCardProperty::Note),

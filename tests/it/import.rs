@@ -353,3 +353,33 @@ async fn a_vcard_export_imported_again_changes_nothing() {
     assert_eq!(stored(&alice, "nobreak.vcf").await, card);
     s.stop().await;
 }
+
+/// Two people sharing an e-mail address (a couple, a family) are two rows and two cards; importing the same
+/// file again finds each its own card (second review: the second import was refused with 422).
+#[tokio::test]
+async fn rows_sharing_an_email_import_again_unchanged() {
+    let s = TestServer::start().await;
+    let alice = s.user("alice").await;
+    let csv = "fn,email,phone\r\nDora One,dora@x.org,+49 30 1\r\nDora Two,dora@x.org,+49 30 2\r\n";
+    let (status, first) = import(&alice, "csv", csv, "").await;
+    assert_eq!((status, first["created"].as_u64()), (200, Some(2)), "{first}");
+    let (status, again) = import(&alice, "csv", csv, "").await;
+    assert_eq!((status, again["unchanged"].as_u64()), (200, Some(2)), "{again}");
+    assert_eq!(count(&alice).await, 2);
+    s.stop().await;
+}
+
+/// A category with an escaped comma stays one category when the line is rewritten (second review:
+/// `Berlin\, Mitte` became two).
+#[tokio::test]
+async fn a_category_with_a_comma_stays_one() {
+    let s = TestServer::start().await;
+    let alice = s.user("alice").await;
+    let card = "BEGIN:VCARD\r\nVERSION:3.0\r\nUID:cat\r\nFN:Cat\r\nEMAIL:cat@x.org\r\nCATEGORIES:Berlin\\, Mitte,VIP\r\nEND:VCARD\r\n";
+    assert!(alice.put(&format!("{}cat.vcf", alice.book()), card, &[]).await.status.is_success());
+    let (status, r) = import(&alice, "csv", "email,categories\r\ncat@x.org,Neu\r\n", "").await;
+    assert_eq!(status, 200, "{r}");
+    let after = stored(&alice, "cat.vcf").await;
+    assert!(after.contains("CATEGORIES:Berlin\\, Mitte,VIP,Neu\r\n"), "{after}");
+    s.stop().await;
+}
