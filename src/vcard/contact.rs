@@ -774,7 +774,7 @@ fn keep_unprojected_parts(old: &str, new: &str, name: &str) -> String {
 }
 
 /// `(head, value)` of a content line, split at its first `:` outside a quoted parameter value.
-fn split_value(line: &str) -> Option<(&str, &str)> {
+pub(crate) fn split_value(line: &str) -> Option<(&str, &str)> {
     let mut quoted = false;
     for (i, c) in line.char_indices() {
         match c {

@@ -270,12 +270,13 @@ pub fn calcard_input(text: &str) -> Cow<'_, str> {
 
 /// `[group.]BDAY|ANNIVERSARY|DEATHDATE[;params]:<extended date>` in the basic format, if it is one.
 fn basic_date_line(line: &str) -> Option<String> {
-    let (head, rest) = line.split_once(':')?;
-    if head.contains('"') || head.to_ascii_uppercase().contains("VALUE=TEXT") {
+    // The name first, without allocating: every line of every card parsed passes through here.
+    let name = line[..line.find([';', ':'])?].rsplit('.').next()?;
+    if !["BDAY", "ANNIVERSARY", "DEATHDATE"].iter().any(|n| name.eq_ignore_ascii_case(n)) {
         return None;
     }
-    let name = head.split(';').next()?.rsplit('.').next()?;
-    if !["BDAY", "ANNIVERSARY", "DEATHDATE"].iter().any(|n| name.eq_ignore_ascii_case(n)) {
+    let (head, rest) = contact::split_value(line)?;
+    if head.to_ascii_uppercase().contains("VALUE=TEXT") {
         return None;
     }
     let value = rest.trim_end_matches(['\r', '\n']);
