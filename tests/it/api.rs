@@ -309,17 +309,7 @@ async fn export_requires_a_purpose_and_is_audited() {
     assert_eq!(vcf.text().matches("BEGIN:VCARD").count(), 1);
     assert!(vcf.text().contains("VERSION:4.0") && vcf.text().contains("X-KARTEI-INFLUENCE:high"));
 
-    let audit = s
-        .http()
-        .get(format!("{}/admin/v1/audit", s.base))
-        .bearer_auth(&s.admin_token)
-        .send()
-        .await
-        .expect("audit")
-        .bytes()
-        .await
-        .expect("body");
-    let audit: Value = serde_json::from_slice(&audit).expect("json");
+    let audit = s.audit().await;
     let exports: Vec<&Value> =
         audit["records"].as_array().expect("records").iter().filter(|r| r["action"] == "export").collect();
     assert_eq!(exports.len(), 2);

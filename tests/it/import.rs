@@ -73,17 +73,7 @@ BEGIN:VCARD\r\nVERSION:2.1\r\nN:Alt;Otto\r\nEND:VCARD\r\n";
     for uid in &reported {
         assert!(stored(&alice, &format!("{uid}.vcf")).await.contains(&format!("UID:{uid}\r\n")));
     }
-    let audit = s
-        .http()
-        .get(format!("{}/admin/v1/audit", s.base))
-        .bearer_auth(&s.admin_token)
-        .send()
-        .await
-        .expect("audit")
-        .bytes()
-        .await
-        .expect("body");
-    let audit: Value = serde_json::from_slice(&audit).expect("json");
+    let audit = s.audit().await;
     let record =
         audit["records"].as_array().expect("records").iter().find(|r| r["action"] == "import").expect("import");
     let detail: Value = serde_json::from_str(record["detail"].as_str().expect("detail")).expect("json");

@@ -56,6 +56,21 @@ impl TestServer {
         self.server.as_ref().expect("running").app.clone()
     }
 
+    /// The audit log, as the admin API returns it.
+    pub async fn audit(&self) -> serde_json::Value {
+        let r = self
+            .http()
+            .get(format!("{}/admin/v1/audit", self.base))
+            .bearer_auth(&self.admin_token)
+            .send()
+            .await
+            .expect("audit")
+            .bytes()
+            .await
+            .expect("body");
+        serde_json::from_slice(&r).expect("json")
+    }
+
     pub fn http(&self) -> reqwest::Client {
         let mut b = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none());
         if !self.cert_pem.is_empty() {
