@@ -50,7 +50,25 @@ pub fn open_store(config: &Config) -> Result<SharedStore, String> {
     let full = config.storage.synchronous.eq_ignore_ascii_case("full");
     let store =
         SqliteStore::open(&config.database_path(), full).map_err(|e| format!("cannot open the database: {e}"))?;
+    refresh_search_columns(&store).map_err(|e| format!("cannot update the search columns: {e}"))?;
     Ok(Arc::new(store))
+}
+
+/// Remakes the stored search columns when they were made with an older `contact::fold` (a database from an
+/// older kartei), so that a search finds the same cards in old and new contacts.
+fn refresh_search_columns(store: &dyn store::Store) -> store::Result<()> {
+    const KEY: &str = "search_fold_version";
+    if store.setting(KEY)?.as_deref() == Some(vcard::contact::FOLD_VERSION) {
+        return Ok(());
+    }
+    let started = std::time::Instant::now();
+    let project = |text: &[u8]| vcard::validate(text).ok().map(|v| (v.new_card.fields_json, v.new_card.search));
+    let made = store.refresh_search_columns(&project)?;
+    store.set_setting(KEY, vcard::contact::FOLD_VERSION)?;
+    if made > 0 {
+        tracing::info!(cards = made, elapsed_ms = started.elapsed().as_millis() as u64, "search columns made again");
+    }
+    Ok(())
 }
 
 /// A running server.

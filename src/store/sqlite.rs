@@ -987,6 +987,34 @@ impl Store for SqliteStore {
         })
     }
 
+    fn refresh_search_columns(&self, project: &SearchProjection<'_>) -> Result<usize> {
+        // In batches, each its own transaction: a 100,000-card database is not held in one write for seconds.
+        const BATCH: i64 = 500;
+        let (mut after, mut made) = (0_i64, 0_usize);
+        loop {
+            let (last, count) = self.write(|tx| {
+                let rows = tx
+                    .prepare_cached("SELECT id, vcard FROM cards WHERE id > ?1 ORDER BY id LIMIT ?2")?
+                    .query_map(params![after, BATCH], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)))?
+                    .collect::<rusqlite::Result<Vec<_>>>()?;
+                let mut update = tx.prepare_cached("UPDATE cards SET fields = ?2, search = ?3 WHERE id = ?1")?;
+                let mut count = 0;
+                for (id, vcard) in &rows {
+                    if let Some((fields, search)) = project(vcard) {
+                        update.execute(params![id, fields, search])?;
+                        count += 1;
+                    }
+                }
+                Ok((rows.last().map(|(id, _)| *id), count))
+            })?;
+            made += count;
+            match last {
+                Some(id) => after = id,
+                None => return Ok(made),
+            }
+        }
+    }
+
     fn card_by_uid(&self, book: BookId, uid: &str) -> Result<Option<Card>> {
         self.read(|c| {
             Ok(c.prepare_cached(&format!("SELECT {META_COLUMNS}, vcard FROM cards WHERE book_id = ?1 AND uid = ?2"))?

@@ -220,10 +220,33 @@ pub fn project(card: &VCard) -> Contact {
     }
 }
 
-/// Case- and accent-insensitive form: NFD, combining marks dropped, lower-cased, ß → ss.
+/// Case- and accent-insensitive form: NFD, combining marks dropped, lower-cased, and the Latin letters that
+/// carry their mark inside (ł, ø, đ, ı…, which NFD leaves whole) and ligatures spelled out, so that "lukasz"
+/// finds "Łukasz" and "aero" finds "Ærø". Stored search columns hold this form: when it changes, raise
+/// `FOLD_VERSION` so that they are made again at the next start.
 pub fn fold(s: &str) -> String {
-    s.nfd().filter(|c| !('\u{300}'..='\u{36f}').contains(c)).collect::<String>().to_lowercase().replace('ß', "ss")
+    let mut out = String::with_capacity(s.len());
+    for c in s.nfd().filter(|c| !('\u{300}'..='\u{36f}').contains(c)).flat_map(char::to_lowercase) {
+        match c {
+            'ß' => out.push_str("ss"),
+            'æ' => out.push_str("ae"),
+            'œ' => out.push_str("oe"),
+            'þ' => out.push_str("th"),
+            'ĳ' => out.push_str("ij"),
+            'ł' | 'ŀ' => out.push('l'),
+            'ø' => out.push('o'),
+            'đ' | 'ð' => out.push('d'),
+            'ı' => out.push('i'),
+            'ħ' => out.push('h'),
+            'ŧ' => out.push('t'),
+            _ => out.push(c),
+        }
+    }
+    out
 }
+
+/// The version of `fold` that the stored search columns were made with.
+pub const FOLD_VERSION: &str = "2";
 
 /// Country calling codes with two digits (E.164); 1 and 7 have one, the rest three.
 const TWO_DIGIT_CODES: &[u32] = &[
@@ -972,7 +995,8 @@ mod tests {
 
     #[test]
     fn folding_removes_case_and_accents() {
-        assert_eq!(fold("Müller Ærø ÉCOLE Straße"), "muller ærø ecole strasse");
+        assert_eq!(fold("Müller Ærø ÉCOLE Straße"), "muller aero ecole strasse");
+        assert_eq!(fold("Łukasz Đurić Þór Ødegård İnci ıŞık ẞ"), "lukasz duric thor odegard inci isik ss");
     }
 
     #[test]

@@ -561,3 +561,35 @@ async fn large_imports_stream_their_progress() {
     assert_eq!(found["items"].as_array().map(Vec::len), Some(0), "atomic: {found}");
     s.stop().await;
 }
+
+/// The quick search folds the Latin letters that carry their mark inside (ł, ø, æ…, which Unicode does not
+/// decompose), and a database whose search columns an older kartei made is brought up to date when it is opened.
+#[tokio::test]
+async fn search_folds_letters_with_a_built_in_mark_also_in_an_older_database() {
+    let s = TestServer::start().await;
+    let alice = s.user("alice").await;
+    alice.put_card("lukasz", "lukasz", "Łukasz Ødegård", "ORG:Ærø Bau\r\n").await;
+    alice.put_card("anna", "anna", "Anna Lukas", "").await;
+    assert_eq!(search(&alice, "q=lukasz").await, ["Łukasz Ødegård"]);
+    assert_eq!(search(&alice, "q=odegard%20aero").await, ["Łukasz Ødegård"]);
+    assert_eq!(search(&alice, "q=%C5%82ukasz").await, ["Łukasz Ødegård"], "typed with ł, too");
+    assert_eq!(search(&alice, "q=lukas").await, ["Anna Lukas", "Łukasz Ødegård"]);
+
+    // As an older kartei left it: ł, ø and æ kept in the search columns, and no fold version recorded.
+    let etag_before = alice.get(&format!("{}lukasz", alice.book())).await.header("etag");
+    {
+        let db = rusqlite::Connection::open(s.config.database_path()).expect("open the database");
+        db.execute_batch(
+            "UPDATE cards SET search = 'łukasz ødegård\nærø bau', fields = replace(fields, 'lukasz odegard', 'łukasz ødegård');
+             DELETE FROM settings WHERE key = 'search_fold_version';",
+        )
+        .expect("make the columns old");
+    }
+    assert_eq!(search(&alice, "q=lukasz").await, Vec::<String>::new(), "the old columns miss it");
+    kartei::open_store(&s.config).expect("opening brings the columns up to date");
+    assert_eq!(search(&alice, "q=lukasz").await, ["Łukasz Ødegård"]);
+    assert_eq!(search(&alice, "q=anna").await, ["Anna Lukas"], "every card was made again");
+    let etag_after = alice.get(&format!("{}lukasz", alice.book())).await.header("etag");
+    assert_eq!(etag_before, etag_after, "not a change of the card");
+    s.stop().await;
+}
