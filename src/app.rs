@@ -70,9 +70,33 @@ pub struct Ctx {
     pub method: String,
     pub path: String,
     pub headers: HeaderMap,
+    /// The host (and port) the request was sent to: HTTP/2's `:authority`, else the Host header.
+    pub authority: Option<String>,
 }
 
 impl Ctx {
+    /// The path segments of the Destination header (COPY, MOVE). An absolute URL must name this server, as
+    /// the request did or as the configured public URL does: kartei cannot copy to another server, which
+    /// RFC 4918 §9.8.5 answers with 502 Bad Gateway.
+    pub fn destination(&self) -> DavResult<Vec<String>> {
+        let destination = self
+            .headers
+            .get("destination")
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| DavError::bad_request("COPY and MOVE need a Destination header"))?;
+        let segments = router::href_segments(destination)
+            .ok_or_else(|| DavError::bad_request("the Destination is not a valid URL"))?;
+        if let Some(theirs) = router::href_authority(destination) {
+            let public = router::href_authority(&self.app.public_url);
+            let ours = [self.authority.as_deref(), public];
+            if !ours.into_iter().flatten().any(|o| router::same_authority(o, theirs)) {
+                tracing::info!(%destination, "COPY/MOVE to another server refused");
+                return Err(DavError::new(StatusCode::BAD_GATEWAY, "the Destination is on another server"));
+            }
+        }
+        Ok(segments)
+    }
+
     pub fn store(&self) -> &SharedStore {
         &self.app.store
     }
@@ -160,6 +184,7 @@ impl App {
                     user: me,
                     method: parts.method.as_str().to_string(),
                     path: parts.uri.path().to_string(),
+                    authority: request_authority(&parts),
                     headers: parts.headers,
                 };
                 crate::files::handle(ctx, user, path, incoming).await
@@ -176,6 +201,7 @@ impl App {
                     user,
                     method: parts.method.as_str().to_string(),
                     path: parts.uri.path().to_string(),
+                    authority: request_authority(&parts),
                     headers: parts.headers,
                 };
                 methods::dispatch(ctx, target, incoming).await
@@ -328,4 +354,13 @@ pub fn split_scoped_login(login: &str) -> (String, Option<String>) {
         }
         _ => (login.to_string(), None),
     }
+}
+
+/// HTTP/2's `:authority`, else the Host header (HTTP/1.1).
+fn request_authority(parts: &hyper::http::request::Parts) -> Option<String> {
+    parts
+        .uri
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .or_else(|| parts.headers.get(header::HOST).and_then(|v| v.to_str().ok()).map(str::to_string))
 }

@@ -179,17 +179,11 @@ async fn transfer(ctx: &Ctx, path: &str) -> DavResult<Response<Body>> {
     if path.is_empty() {
         return Err(DavError::forbidden("the top folder cannot be copied or moved"));
     }
-    let destination = ctx
-        .headers
-        .get("destination")
-        .and_then(|v| v.to_str().ok())
-        .ok_or_else(|| DavError::bad_request("COPY and MOVE need a Destination header"))?;
-    let segments = router::href_segments(destination)
-        .ok_or_else(|| DavError::bad_request("the Destination is not a valid URL"))?;
+    let segments = ctx.destination()?;
     let raw = format!("/{}", segments.iter().map(|s| router::encode(s)).collect::<Vec<_>>().join("/"));
     let to = match router::parse(&raw) {
         Ok(Route::Files { user, path }) if user == ctx.user.username => path.join("/"),
-        _ => return Err(DavError::new(StatusCode::BAD_GATEWAY, "the Destination must be inside your own file area")),
+        _ => return Err(DavError::forbidden("the Destination must be inside your own file area")),
     };
     if to.is_empty() {
         return Err(DavError::forbidden("the top folder cannot be overwritten"));

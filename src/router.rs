@@ -174,6 +174,27 @@ pub fn href_segments(href: &str) -> Option<Vec<String>> {
     decode_segments(path).ok()
 }
 
+/// The authority (`host[:port]`) of an absolute URL; None for a path.
+pub fn href_authority(href: &str) -> Option<&str> {
+    let after = &href.trim()[href.trim().find("://")? + 3..];
+    let end = after.find(['/', '?', '#']).unwrap_or(after.len());
+    // Userinfo is not part of where the server is.
+    Some(after[..end].rsplit('@').next().unwrap_or_default())
+}
+
+/// Whether two authorities name the same server: host names compare without case, and a port left out is the
+/// scheme's default, which a client may write or not.
+pub fn same_authority(a: &str, b: &str) -> bool {
+    let strip = |s: &str| {
+        let s = s.trim().to_ascii_lowercase();
+        match s.strip_suffix(":443").or_else(|| s.strip_suffix(":80")) {
+            Some(host) => host.to_string(),
+            None => s,
+        }
+    };
+    strip(a) == strip(b)
+}
+
 /// The resource name an href names inside the book `/dav/addressbooks/{user}/{book}/`, if it does.
 pub fn card_name_in_book(href: &str, user: &str, book: &str) -> Option<String> {
     let segments = href_segments(href)?;
@@ -186,6 +207,16 @@ pub fn card_name_in_book(href: &str, user: &str, book: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn destination_authorities() {
+        assert_eq!(href_authority("https://Host.example:8443/dav/x"), Some("Host.example:8443"));
+        assert_eq!(href_authority("http://user@host.example"), Some("host.example"));
+        assert_eq!(href_authority("/dav/x"), None);
+        assert!(same_authority("HOST.example:443", "host.example"));
+        assert!(!same_authority("host.example:8443", "host.example"));
+        assert!(!same_authority("other.example", "host.example"));
+    }
 
     #[test]
     fn routes_with_and_without_trailing_slash() {

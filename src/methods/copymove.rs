@@ -13,13 +13,8 @@ pub async fn handle(ctx: Ctx, target: Target) -> DavResult<Response<Body>> {
     let Target::Card { book: from, name: from_name } = target else {
         return Err(DavError::forbidden("only cards can be copied or moved"));
     };
-    let destination = ctx
-        .headers
-        .get("destination")
-        .and_then(|v| v.to_str().ok())
-        .ok_or_else(|| DavError::bad_request("COPY and MOVE need a Destination header"))?;
-    let segments = router::href_segments(destination)
-        .ok_or_else(|| DavError::bad_request("the Destination is not a valid URL"))?;
+    let segments = ctx.destination()?;
+    let location = ctx.headers.get("destination").cloned();
     let path = format!("/{}", segments.iter().map(|s| router::encode(s)).collect::<Vec<_>>().join("/"));
     let route = router::parse(&path)
         .map_err(|_| DavError::forbidden("the Destination must be a card inside an address book"))?;
@@ -72,7 +67,7 @@ pub async fn handle(ctx: Ctx, target: Target) -> DavResult<Response<Body>> {
         Err(e) => Err(e.into()),
     }
     .map(|mut r: Response<Body>| {
-        if let Ok(v) = destination.parse() {
+        if let Some(v) = location {
             r.headers_mut().insert(header::LOCATION, v);
         }
         r

@@ -261,6 +261,30 @@ async fn copy_and_move_honour_if_match_on_the_source() {
     s.stop().await;
 }
 
+/// A Destination on another server gets 502 Bad Gateway (RFC 4918 §9.8.5) and nothing moves; the same server
+/// written with other case or its default port is this server.
+#[tokio::test]
+async fn copy_and_move_to_another_server_are_refused_with_502() {
+    let s = TestServer::start().await;
+    let alice = s.user("alice").await;
+    let book = alice.book();
+    alice.put_card("a.vcf", "a", "Anna", "").await;
+    let src = format!("{book}a.vcf");
+    for method in ["MOVE", "COPY"] {
+        let elsewhere = format!("https://contacts.example.org{book}b.vcf");
+        let r = alice.send(method, &src, &[("destination", elsewhere.as_str())], Vec::new()).await;
+        assert_eq!(r.status, 502, "{method} to another server: {}", r.text());
+        assert!(r.text().contains("another server"), "{}", r.text());
+        assert_eq!(alice.get(&src).await.status, 200, "{method} refused: the source stays");
+        assert_eq!(alice.get(&format!("{book}b.vcf")).await.status, 404, "{method} refused: nothing made");
+    }
+    let same_server = format!("{}{book}b.vcf", alice.base.replace("localhost", "LocalHost"));
+    let r = alice.send("MOVE", &src, &[("destination", same_server.as_str())], Vec::new()).await;
+    assert_eq!(r.status, 201, "the host name compares without case: {}", r.text());
+    assert_eq!(alice.get(&format!("{book}b.vcf")).await.status, 200);
+    s.stop().await;
+}
+
 /// MKCOL makes something only where nothing is: 405 on an existing card or home, 415 for a body that is not
 /// an XML mkcol request, 400 for a name with a control character (it would end up in headers).
 #[tokio::test]

@@ -50,7 +50,10 @@ async fn documents_live_in_a_private_file_area() {
     assert_eq!(mv.status, 204, "overwrote the existing folder");
     assert_eq!(alice.get(&format!("{root}archive/")).await.status, 404);
 
-    // Private: another user sees nothing; contact clients listing the home never see files.
+    // Private: another user sees nothing, and nobody copies into another's files; contact clients listing the
+    // home never see files.
+    let into_bob = alice.send("COPY", &doc, &[("destination", "/dav/files/bob/stolen.pdf")], Vec::new()).await;
+    assert_eq!(into_bob.status, 403, "{}", into_bob.text());
     assert_eq!(bob.get(&doc).await.status, 404);
     assert_eq!(bob.propfind(root, "1", "").await.status, 404);
     let home = alice.propfind(&alice.home(), "1", "").await.multistatus();
