@@ -380,10 +380,12 @@ fn split_cards(text: &str) -> Vec<Piece<'_>> {
     for line in text.split_inclusive('\n') {
         let at = offset;
         offset += line.len();
-        let bare = line.trim_end_matches(['\r', '\n', ' ', '\t']);
+        // Files joined with `cat` keep each one's byte order mark, before its BEGIN:VCARD.
+        let bom = if depth == 0 { line.len() - line.trim_start_matches('\u{feff}').len() } else { 0 };
+        let bare = line[bom..].trim_end_matches(['\r', '\n', ' ', '\t']);
         if bare.eq_ignore_ascii_case("BEGIN:VCARD") {
             if depth == 0 {
-                start = at;
+                start = at + bom;
             }
             depth += 1;
         } else if depth > 0 && bare.eq_ignore_ascii_case("END:VCARD") {

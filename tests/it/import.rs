@@ -373,3 +373,17 @@ async fn a_category_with_a_comma_stays_one() {
     assert!(after.contains("CATEGORIES:Berlin\\, Mitte,VIP,Neu\r\n"), "{after}");
     s.stop().await;
 }
+
+/// Files joined with `cat` keep each one's byte order mark: every card is imported, without the marks.
+#[tokio::test]
+async fn concatenated_files_with_byte_order_marks_import_whole() {
+    let s = TestServer::start().await;
+    let alice = s.user("alice").await;
+    let file = format!("\u{feff}{IMP_BDAY}\u{feff}{IMP_BDAY3}\r\n\u{feff}{TB1}");
+    let (status, r) = import(&alice, "vcf", &file, "").await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["created"], 3, "{r}");
+    assert_eq!(stored(&alice, "imp-bday3.vcf").await, IMP_BDAY3, "stored without the mark");
+    assert_eq!(stored(&alice, "tb-1.vcf").await, TB1);
+    s.stop().await;
+}
