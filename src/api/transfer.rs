@@ -284,8 +284,10 @@ struct ImportRow {
     /// A CSV row without a name cell: its FN was made up (from the name parts, organization or e-mail) for a
     /// new card, and must not replace the name of a card it is merged into.
     made_up_fn: bool,
-    /// The UID from the file, or (for a vCard without one) the UID kartei gave the card.
+    /// The UID from the file, or for a contact without one the UID kartei made from its text.
     uid: Option<String>,
+    /// The UID was made from the text (`uid_for_uidless`): a second row with it holds the same text.
+    uid_from_content: bool,
     contact: Contact,
     /// For vCard imports: the validated card to store (3.0/4.0 as uploaded, plus a UID or FN when it had
     /// none; older versions converted to 4.0).
@@ -338,6 +340,10 @@ fn parse_csv(text: &str, mapping: Option<&Value>) -> DavResult<Vec<Result<Import
                 if let Some(i) = headers.iter().position(|h| h.trim().eq_ignore_ascii_case("uid")) {
                     uid = record.get(i).map(str::trim).filter(|u| !u.is_empty()).map(str::to_string);
                 }
+                let uid_from_content = uid.is_none();
+                if uid_from_content {
+                    uid = Some(uid_for_uidless(&record.iter().collect::<Vec<_>>().join("\u{1f}")));
+                }
                 let made_up_fn = contact.formatted_name.is_empty();
                 if contact.formatted_name.is_empty() {
                     let composed = [contact.name.given.as_str(), contact.name.family.as_str()]
@@ -354,7 +360,7 @@ fn parse_csv(text: &str, mapping: Option<&Value>) -> DavResult<Vec<Result<Import
                     if contact.formatted_name.is_empty() {
                         contact.formatted_name = contact.emails[0].value.clone();
                     }
-                    rows.push(Ok(ImportRow { row, made_up_fn, uid, contact, card: None }));
+                    rows.push(Ok(ImportRow { row, made_up_fn, uid, uid_from_content, contact, card: None }));
                 }
             }
         }
@@ -457,7 +463,7 @@ fn parse_vcf(text: &str) -> Vec<Result<ImportRow, (usize, String)>> {
         };
         let mut contact = project(&card);
         let file_uid = card.uid().map(str::trim).filter(|u| !u.is_empty()).map(str::to_string);
-        let generated_uid = if file_uid.is_none() { Some(new_uid()) } else { None };
+        let generated_uid = if file_uid.is_none() { Some(uid_for_uidless(chunk)) } else { None };
         let has_fn = card.property(&calcard::vcard::VCardProperty::Fn).is_some();
         let (source, newline) = match card.version() {
             // 3.0 and 4.0 are stored as uploaded, like a PUT.
@@ -493,7 +499,8 @@ fn parse_vcf(text: &str) -> Vec<Result<ImportRow, (usize, String)>> {
         match vcard::validate(text.as_bytes()) {
             Ok(valid) => {
                 let uid = Some(valid.new_card.uid.clone());
-                out.push(Ok(ImportRow { row: n, made_up_fn: false, uid, contact, card: Some(valid) }))
+                let uid_from_content = generated_uid.is_some();
+                out.push(Ok(ImportRow { row: n, made_up_fn: false, uid, uid_from_content, contact, card: Some(valid) }))
             }
             Err(e) => out.push(Err((n, invalid_reason(e)))),
         }
@@ -501,11 +508,27 @@ fn parse_vcf(text: &str) -> Vec<Result<ImportRow, (usize, String)>> {
     out
 }
 
+/// The UID given to a card that has none: made from its text (a name-based UUID, version 8), so that importing
+/// the same export again finds the cards it made instead of adding them a second time. Line endings and
+/// trailing blanks do not count: the same export saved by another tool is the same card.
+fn uid_for_uidless(card: &str) -> String {
+    use sha2::Digest;
+    let mut hash = sha2::Sha256::new();
+    for line in card.lines() {
+        hash.update(line.trim_end().as_bytes());
+        hash.update(b"\n");
+    }
+    let hex: String = hash.finalize().iter().take(16).map(|b| format!("{b:02x}")).collect();
+    format!("{}-{}-8{}-a{}-{}", &hex[0..8], &hex[8..12], &hex[13..16], &hex[17..20], &hex[20..32])
+}
+
 /// How an import treats each row (the import operation's description in the OpenAPI document; README says
 /// the same).
 pub const IMPORT_RULES: &str = "Atomic per file: when a row is refused nothing is written (422 with the row \
 report). Each row is matched to a card of the book by UID, then by e-mail (trimmed, case-insensitive). vCard \
-3.0 and 4.0 cards are stored as uploaded; only a missing UID or FN is added, as one line. vCard 2.1 is \
+3.0 and 4.0 cards are stored as uploaded; only a missing UID or FN is added, as one line. A UID kartei adds \
+(to a vCard or CSV row without one) is made from the text, so importing the same file again finds its cards, \
+and a second copy of a contact in one file is `unchanged` (`same_as_row`). vCard 2.1 is \
 converted to 4.0. A card that PUT would refuse is refused with its reason. Same UID: the file's card replaces \
 the stored one. Same e-mail only: the existing card and its UID stay, and it gets what it lacks: new e-mails, \
 phones (compared by number), addresses, websites and categories, and fields it has empty; fields that differ \
@@ -685,6 +708,7 @@ pub fn run_import(
     // Existing cards this import updates, and UIDs it creates: the row that did, for a second row that would.
     let mut touched: HashMap<String, usize> = HashMap::new();
     let mut created_uids: HashMap<String, usize> = HashMap::new();
+    let mut same_text: HashMap<String, usize> = HashMap::new();
     let (mut created, mut updated, mut unchanged, mut rejected) = (0, 0, 0, 0);
     for (done, row) in rows.into_iter().enumerate() {
         if done % 500 == 0 {
@@ -711,6 +735,18 @@ pub fn run_import(
             }
         };
         let (row_number, row_fn) = (incoming.row, incoming.contact.formatted_name.clone());
+        if incoming.uid_from_content
+            && let Some(uid) = &incoming.uid
+        {
+            // The same text as an earlier row (an export that holds a contact twice): nothing more to store.
+            if let Some(first) = same_text.get(uid) {
+                unchanged += 1;
+                report.push(json!({"row": row_number, "action": "unchanged", "uid": uid, "fn": row_fn,
+                    "same_as_row": first}));
+                continue;
+            }
+            same_text.insert(uid.clone(), row_number);
+        }
         let outcome = match matched {
             Some((i, how)) => plan_update(store, book, &index[i], how, incoming)?,
             None => plan_create(incoming, &names),

@@ -387,3 +387,34 @@ async fn concatenated_files_with_byte_order_marks_import_whole() {
     assert_eq!(stored(&alice, "tb-1.vcf").await, TB1);
     s.stop().await;
 }
+
+/// Contacts without UID (an Apple or Outlook export, a CSV without a UID column) and without e-mail have
+/// nothing to be matched by but their text: importing the same file again changes nothing, and a contact the
+/// file holds twice is stored once.
+#[tokio::test]
+async fn importing_the_same_uidless_export_again_adds_nothing() {
+    let s = TestServer::start().await;
+    let alice = s.user("alice").await;
+    let card =
+        |name: &str| format!("BEGIN:VCARD\nVERSION:3.0\nFN:{name}\nTEL;TYPE=CELL:+49 170 {}\nEND:VCARD\n", name.len());
+    let vcf = format!("{}{}{}", card("Hans Handwerker"), card("Petra Putz"), card("Hans Handwerker"));
+    let (status, first) = import(&alice, "vcf", &vcf, "").await;
+    assert_eq!(status, 200, "{first}");
+    assert_eq!((&first["created"], &first["unchanged"]), (&2.into(), &1.into()), "{first}");
+    assert_eq!(rows(&first)[2]["same_as_row"], 1, "{first}");
+    let csv = "Name,Mobile Phone\nMaler Klecks,0171 555\nFliesen Fuchs,0172 666\n";
+    let (status, r) = import(&alice, "csv", csv, "").await;
+    assert_eq!((status, &r["created"]), (200, &2.into()), "{r}");
+    assert_eq!(count(&alice).await, 4);
+
+    let (status, again) = import(&alice, "vcf", &vcf, "").await;
+    assert_eq!((status, &again["created"], &again["unchanged"]), (200, &0.into(), &3.into()), "{again}");
+    assert_eq!(rows(&again)[0]["uid"], rows(&first)[0]["uid"], "the same UID, made from the same text");
+    let (status, r) = import(&alice, "csv", csv, "").await;
+    assert_eq!((status, &r["created"], &r["unchanged"]), (200, &0.into(), &2.into()), "{r}");
+    // Saved again by another tool (CRLF instead of LF) it is still the same export.
+    let (status, r) = import(&alice, "vcf", &vcf.replace('\n', "\r\n"), "").await;
+    assert_eq!((status, &r["created"]), (200, &0.into()), "{r}");
+    assert_eq!(count(&alice).await, 4);
+    s.stop().await;
+}
