@@ -54,17 +54,17 @@ pub fn open_store(config: &Config) -> Result<SharedStore, String> {
     Ok(Arc::new(store))
 }
 
-/// Remakes the stored search columns when they were made with an older `contact::fold` (a database from an
-/// older kartei), so that a search finds the same cards in old and new contacts.
+/// Remakes the stored search columns when they were made with an older folding (a database from an older
+/// kartei), so that a search finds the same cards in old and new contacts.
 fn refresh_search_columns(store: &dyn store::Store) -> store::Result<()> {
     const KEY: &str = "search_fold_version";
-    if store.setting(KEY)?.as_deref() == Some(vcard::contact::FOLD_VERSION) {
+    if store.setting(KEY)?.as_deref() == Some(vcard::SEARCH_COLUMNS_VERSION) {
         return Ok(());
     }
     let started = std::time::Instant::now();
-    let project = |text: &[u8]| vcard::validate(text).ok().map(|v| (v.new_card.fields_json, v.new_card.search));
+    let project = |text: &[u8]| vcard::validate(text).ok().map(|v| v.new_card);
     let made = store.refresh_search_columns(&project)?;
-    store.set_setting(KEY, vcard::contact::FOLD_VERSION)?;
+    store.set_setting(KEY, vcard::SEARCH_COLUMNS_VERSION)?;
     if made > 0 {
         tracing::info!(cards = made, elapsed_ms = started.elapsed().as_millis() as u64, "search columns made again");
     }

@@ -161,7 +161,7 @@ pub fn parse_limited(filter: &Element, max_terms: usize) -> Result<Filter, Filte
 
 fn fold(s: &str, collation: Collation) -> String {
     match collation {
-        Collation::UnicodeCasemap => s.to_lowercase(),
+        Collation::UnicodeCasemap => crate::vcard::unicode_casemap(s),
         Collation::AsciiCasemap => s.to_ascii_lowercase(),
         Collation::Octet => s.to_string(),
     }
@@ -169,30 +169,24 @@ fn fold(s: &str, collation: Collation) -> String {
 
 impl TextMatch {
     /// The column condition every value this text-match accepts fulfils, where one can be given. The columns
-    /// hold `to_lowercase` of the values (the UID column only SQLite's ASCII `lower`), so:
+    /// hold `vcard::unicode_casemap` of the values (the UID column only SQLite's ASCII `lower`), so:
     /// - a negated or empty text-match accepts values without the text: no condition;
-    /// - `to_lowercase` maps a final `Σ` to `ς` in context but `σ` alone, so an octet or ASCII match on a
-    ///   text with `Σ` gives none either;
-    /// - on UID, a Unicode-casemap match of `k` or `i` also accepts U+212A KELVIN SIGN or U+0130 (whose
-    ///   lower case is ASCII but which ASCII `lower` keeps), and of a non-ASCII text any case variant.
+    /// - with `i;unicode-casemap`, a value matches when its casemap form holds the text's, and the column
+    ///   holds that form; except on UID, whose column does not: a fullwidth `ｋ` there matches `k`;
+    /// - with `i;octet` or `i;ascii-casemap`, an ASCII text found in a value is found, lower-cased, in the
+    ///   value's casemap form (decomposition and case mapping never make or break a run of ASCII letters);
+    ///   a non-ASCII text may not be (decomposition reorders combining marks), so it gives no condition.
     fn narrowing(&self, field: IndexedField) -> Option<Prefilter> {
         if self.negate || self.text.is_empty() {
             return None;
         }
+        let unicode = self.collation == Collation::UnicodeCasemap;
         let needle = match field {
-            IndexedField::Uid => {
-                let unicode = self.collation == Collation::UnicodeCasemap;
-                if unicode && (!self.text.is_ascii() || self.text.contains(['k', 'K', 'i', 'I'])) {
-                    return None;
-                }
-                self.text.to_ascii_lowercase()
-            }
-            _ => {
-                if self.collation != Collation::UnicodeCasemap && self.text.contains('Σ') {
-                    return None;
-                }
-                self.text.to_lowercase()
-            }
+            IndexedField::Uid if unicode => return None,
+            IndexedField::Uid => self.text.to_ascii_lowercase(),
+            _ if unicode => self.folded.clone(),
+            _ if self.text.is_ascii() => self.text.to_ascii_lowercase(),
+            _ => return None,
         };
         Some(Prefilter::Contains(field, needle))
     }

@@ -308,8 +308,9 @@ pub type Result<T> = std::result::Result<T, Error>;
 /// Returning `false` stops the iteration (the client went away).
 pub type CardSink<'a> = dyn FnMut(&CardMeta, Option<&[u8]>) -> bool + 'a;
 
-/// A card's text → its (fields JSON, quick-search text), or None to leave the card as it is.
-pub type SearchProjection<'a> = dyn Fn(&[u8]) -> Option<(String, String)> + 'a;
+/// A card's text → the card as it would be stored now (only its search columns are used), or None to leave
+/// the card as it is.
+pub type SearchProjection<'a> = dyn Fn(&[u8]) -> Option<NewCard> + 'a;
 
 pub trait Store: Records + Send + Sync {
     // --- users ---
@@ -376,9 +377,9 @@ pub trait Store: Records + Send + Sync {
     fn put_cards(&self, book: BookId, cards: &[(String, NewCard, Precondition)]) -> Result<Vec<PutOutcome>>;
     fn card_index(&self, book: BookId) -> Result<Vec<CardKey>>;
     fn card_by_uid(&self, book: BookId, uid: &str) -> Result<Option<Card>>;
-    /// Makes every card's search columns (`NewCard::fields_json` and `search`) again from its stored text with
-    /// `project` (None leaves a card as it is), for when the folding they hold changed; returns how many were
-    /// made. Not a change of any card: ETags, revisions and sync tokens stay.
+    /// Makes every card's search columns (`NewCard`'s `*_lower`, `fields_json` and `search`) again from its
+    /// stored text with `project` (None leaves a card as it is), for when the folding they hold changed;
+    /// returns how many were made. Not a change of any card: ETags, revisions and sync tokens stay.
     fn refresh_search_columns(&self, project: &SearchProjection<'_>) -> Result<usize>;
     /// One page of the contact table across books, in sort order.
     fn search_contacts(&self, query: &ContactQuery) -> Result<Vec<FoundCard>>;

@@ -997,11 +997,22 @@ impl Store for SqliteStore {
                     .prepare_cached("SELECT id, vcard FROM cards WHERE id > ?1 ORDER BY id LIMIT ?2")?
                     .query_map(params![after, BATCH], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)))?
                     .collect::<rusqlite::Result<Vec<_>>>()?;
-                let mut update = tx.prepare_cached("UPDATE cards SET fields = ?2, search = ?3 WHERE id = ?1")?;
+                let mut update = tx.prepare_cached(
+                    "UPDATE cards SET fn = ?2, emails = ?3, phones = ?4, org = ?5, fields = ?6, search = ?7
+                     WHERE id = ?1",
+                )?;
                 let mut count = 0;
                 for (id, vcard) in &rows {
-                    if let Some((fields, search)) = project(vcard) {
-                        update.execute(params![id, fields, search])?;
+                    if let Some(c) = project(vcard) {
+                        update.execute(params![
+                            id,
+                            c.fn_lower,
+                            c.emails_lower,
+                            c.phones_lower,
+                            c.org_lower,
+                            c.fields_json,
+                            c.search
+                        ])?;
                         count += 1;
                     }
                 }

@@ -223,7 +223,7 @@ pub fn project(card: &VCard) -> Contact {
 /// Case- and accent-insensitive form: NFD, combining marks dropped, lower-cased, and the Latin letters that
 /// carry their mark inside (ł, ø, đ, ı…, which NFD leaves whole) and ligatures spelled out, so that "lukasz"
 /// finds "Łukasz" and "aero" finds "Ærø". Stored search columns hold this form: when it changes, raise
-/// `FOLD_VERSION` so that they are made again at the next start.
+/// `vcard::SEARCH_COLUMNS_VERSION`.
 pub fn fold(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.nfd().filter(|c| !('\u{300}'..='\u{36f}').contains(c)).flat_map(char::to_lowercase) {
@@ -244,9 +244,6 @@ pub fn fold(s: &str) -> String {
     }
     out
 }
-
-/// The version of `fold` that the stored search columns were made with.
-pub const FOLD_VERSION: &str = "2";
 
 /// Country calling codes with two digits (E.164); 1 and 7 have one, the rest three.
 const TWO_DIGIT_CODES: &[u32] = &[

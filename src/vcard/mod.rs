@@ -11,6 +11,7 @@ use calcard::vcard::{VCard, VCardEntry, VCardParameterName, VCardProperty, VCard
 use calcard::{Entry, Parser};
 use sha2::{Digest, Sha256};
 use std::borrow::Cow;
+use unicode_normalization::UnicodeNormalization;
 
 /// The vCard versions a CardDAV client can ask for (RFC 6352 supported-address-data).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -148,7 +149,7 @@ pub fn validate(bytes: &[u8]) -> Result<ValidCard, Invalid> {
             etag: etag_of(bytes),
             bytes: bytes.to_vec(),
             version: version.as_str().to_string(),
-            fn_lower: fn_text.to_lowercase(),
+            fn_lower: unicode_casemap(&fn_text),
             emails_lower: index.emails,
             phones_lower: index.phones,
             org_lower: index.org,
@@ -229,6 +230,22 @@ fn ends_with_ignore_case(s: &str, suffix: &str) -> bool {
 
 /// The lower-cased search columns; the same text the query filter compares, so the SQL pre-filter is exact
 /// about which cards can match.
+/// The version of the folding that the stored search columns hold (`unicode_casemap` for CardDAV queries,
+/// `contact::fold` for the quick search and the API's filters). Raise it when either changes: the columns
+/// are made again at the next start (see `open_store`).
+pub const SEARCH_COLUMNS_VERSION: &str = "2";
+
+/// The `i;unicode-casemap` collation's form of a text (RFC 4790 §9.3, RFC 5051): compatibility-decomposed
+/// (NFKD), then lower-cased letter by letter, with final sigma as sigma. So `José` written precomposed or
+/// decomposed, `ﬁ` and `fi`, `ＡＢＣ` and `abc` compare equal. The search columns hold this form, so a
+/// query's pre-filter can use them.
+pub fn unicode_casemap(s: &str) -> String {
+    if s.is_ascii() {
+        return s.to_ascii_lowercase();
+    }
+    s.nfkd().flat_map(char::to_lowercase).map(|c| if c == 'ς' { 'σ' } else { c }).collect()
+}
+
 struct SearchIndex {
     emails: String,
     phones: String,
@@ -238,7 +255,7 @@ struct SearchIndex {
 impl SearchIndex {
     fn of(card: &VCard) -> Self {
         let join = |prop: VCardProperty| {
-            card.properties(&prop).map(|e| property_text(e).to_lowercase()).collect::<Vec<_>>().join("\n")
+            card.properties(&prop).map(|e| unicode_casemap(&property_text(e))).collect::<Vec<_>>().join("\n")
         };
         SearchIndex {
             emails: join(VCardProperty::Email),
@@ -566,11 +583,22 @@ mod tests {
 EMAIL;TYPE=INTERNET,WORK:JM@Example.com\r\nTEL;TYPE=CELL:+49 30 1234\r\nitem1.X-ABLabel:Custom\r\nEND:VCARD\r\n";
 
     #[test]
+    fn unicode_casemap_equates_compositions_compatibility_forms_and_cases() {
+        let same = |a: &str, b: &str| assert_eq!(unicode_casemap(a), unicode_casemap(b), "{a} vs {b}");
+        same("José", "Jose\u{301}");
+        same("ﬁsh", "FISH");
+        same("ＡＢＣ", "abc");
+        same("ΟΔΟΣ", "οδοσ");
+        same("Straße", "STRAßE");
+        assert_ne!(unicode_casemap("José"), unicode_casemap("Jose"), "accents still count");
+    }
+
+    #[test]
     fn validates_and_indexes() {
         let card = validate(V3.as_bytes()).expect("valid");
         assert_eq!(card.version, Version::V3);
         assert_eq!(card.new_card.uid, "abc");
-        assert_eq!(card.new_card.fn_lower, "jürgen müller");
+        assert_eq!(card.new_card.fn_lower, "ju\u{308}rgen mu\u{308}ller", "the i;unicode-casemap form (NFKD)");
         assert_eq!(card.new_card.emails_lower, "jm@example.com");
         assert_eq!(card.new_card.bytes, V3.as_bytes());
     }

@@ -580,14 +580,19 @@ async fn search_folds_letters_with_a_built_in_mark_also_in_an_older_database() {
     {
         let db = rusqlite::Connection::open(s.config.database_path()).expect("open the database");
         db.execute_batch(
-            "UPDATE cards SET search = 'łukasz ødegård\nærø bau', fields = replace(fields, 'lukasz odegard', 'łukasz ødegård');
+            "UPDATE cards SET search = 'łukasz ødegård\nærø bau', fields = replace(fields, 'lukasz odegard', 'łukasz ødegård'),
+                    fn = '', org = '';
              DELETE FROM settings WHERE key = 'search_fold_version';",
         )
         .expect("make the columns old");
     }
+    let by_org = r#"<c:addressbook-query xmlns:d="DAV:" xmlns:c="urn:ietf:params:xml:ns:carddav"><d:prop><d:getetag/></d:prop><c:filter><c:prop-filter name="ORG"><c:text-match>bau</c:text-match></c:prop-filter></c:filter></c:addressbook-query>"#;
+    let found_by_org = || async { alice.report(&alice.book(), "1", by_org).await.multistatus().hrefs().len() };
     assert_eq!(search(&alice, "q=lukasz").await, Vec::<String>::new(), "the old columns miss it");
+    assert_eq!(found_by_org().await, 0, "the query's pre-filter reads the emptied column");
     kartei::open_store(&s.config).expect("opening brings the columns up to date");
     assert_eq!(search(&alice, "q=lukasz").await, ["Łukasz Ødegård"]);
+    assert_eq!(found_by_org().await, 1, "the CardDAV search columns were made again too");
     assert_eq!(search(&alice, "q=anna").await, ["Anna Lukas"], "every card was made again");
     let etag_after = alice.get(&format!("{}lukasz", alice.book())).await.header("etag");
     assert_eq!(etag_before, etag_after, "not a change of the card");

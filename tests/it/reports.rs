@@ -139,6 +139,30 @@ async fn query_limits_and_collations() {
     s.stop().await;
 }
 
+/// i;unicode-casemap compares NFKD forms (RFC 4790 §9.3, RFC 5051): a name stored decomposed (as macOS may
+/// write it) is found by the precomposed text, a ligature by its letters, fullwidth letters by ASCII; the
+/// accent still counts. i;octet and i;ascii-casemap keep comparing the text as written.
+#[tokio::test]
+async fn unicode_casemap_compares_normalized_text() {
+    let s = TestServer::start().await;
+    let alice = s.user("alice").await;
+    alice.put_card("jose.vcf", "jose", "Jose\u{301} Nun\u{303}ez", "ORG:ﬁsh ＧｍｂＨ\r\n").await;
+    alice.put_card("plain.vcf", "plain", "Jose Nunez", "").await;
+    let fn_match = |text: &str, collation: &str| {
+        format!(
+            r#"><c:prop-filter name="FN"><c:text-match collation="{collation}">{text}</c:text-match></c:prop-filter>"#
+        )
+    };
+    assert_eq!(query(&alice, &fn_match("JOSÉ", "i;unicode-casemap")).await, ["jose"], "precomposed finds decomposed");
+    assert_eq!(query(&alice, &fn_match("nuñez", "i;unicode-casemap")).await, ["jose"]);
+    assert_eq!(query(&alice, &fn_match("jose", "i;unicode-casemap")).await.len(), 2, "e is in é's decomposition");
+    let org = |text: &str| format!(r#"><c:prop-filter name="ORG"><c:text-match>{text}</c:text-match></c:prop-filter>"#);
+    assert_eq!(query(&alice, &org("fish gmbh")).await, ["jose"], "ligature and fullwidth letters");
+    assert_eq!(query(&alice, &fn_match("JOSÉ", "i;octet")).await, Vec::<String>::new(), "octet: as written");
+    assert_eq!(query(&alice, &fn_match("Jose\u{301}", "i;octet")).await, ["jose"]);
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn multiget_answers_every_href_once() {
     let s = TestServer::start().await;
