@@ -603,7 +603,7 @@ async fn device_full_sync(http: Arc<Http>) -> Result<(f64, usize), String> {
     // Distinct hrefs that came back with data, so that a repeated answer cannot hide a missing one.
     let mut cards = std::collections::HashSet::new();
     for batch in hrefs.chunks(100) {
-        let r = http.dav("REPORT", "0", multiget_body(batch)).await?;
+        let r = http.dav("REPORT", "0", multiget_body(batch.iter().map(String::as_str))).await?;
         if r.status.as_u16() != 207 {
             return Err(format!("multiget -> {}", r.status));
         }
@@ -743,6 +743,8 @@ struct Model {
     seed: u64,
     slots: Vec<Slot>,
     names: Vec<String>,
+    /// Each card's request path, encoded once: names never change, and the full syncs send them again and again.
+    paths: Arc<[String]>,
     uids: Vec<String>,
     by_name: HashMap<String, usize>,
 }
@@ -758,7 +760,12 @@ impl Model {
             names.push(g.name);
             uids.push(g.uid);
         }
-        Model { seed, slots: vec![Slot::default(); total], names, uids, by_name }
+        Model { seed, slots: vec![Slot::default(); total], names, paths: Arc::new([]), uids, by_name }
+    }
+    /// Fills in the request paths (outside the generator's timing).
+    fn with_paths(mut self, http: &Http) -> Self {
+        self.paths = self.names.iter().map(|name| http.card_path(name)).collect();
+        self
     }
     fn alive(&self) -> Vec<usize> {
         (0..self.slots.len()).filter(|&i| self.slots[i].alive).collect()
@@ -872,14 +879,14 @@ where
 const PROPFIND_BODY: &str = r#"<?xml version="1.0" encoding="utf-8"?>
 <d:propfind xmlns:d="DAV:"><d:prop><d:getetag/><d:getcontenttype/></d:prop></d:propfind>"#;
 
-fn multiget_body(paths: &[String]) -> String {
+fn multiget_body<'a>(paths: impl IntoIterator<Item = &'a str>) -> String {
     let mut s = String::from(
         r#"<?xml version="1.0" encoding="utf-8"?>
 <card:addressbook-multiget xmlns:d="DAV:" xmlns:card="urn:ietf:params:xml:ns:carddav"><d:prop><d:getetag/><card:address-data/></d:prop>"#,
     );
     for p in paths {
         s.push_str("<d:href>");
-        s.push_str(&quick_xml::escape::escape(p.as_str()));
+        s.push_str(&quick_xml::escape::escape(p));
         s.push_str("</d:href>");
     }
     s.push_str("</card:addressbook-multiget>");
@@ -1046,12 +1053,9 @@ impl Bench {
 
     /// Phase 3: multiget of every card in batches of 100.
     async fn multiget(&mut self) -> f64 {
-        let (paths, uids): (Vec<IndexedName>, Arc<HashMap<String, String>>) = {
+        let (alive, paths) = {
             let m = self.model.lock().expect("model");
-            let alive = m.alive();
-            let paths = alive.iter().map(|&i| (i, self.http.card_path(&m.names[i]))).collect();
-            let uids = alive.iter().map(|&i| (m.names[i].clone(), m.uids[i].clone())).collect();
-            (paths, Arc::new(uids))
+            (m.alive(), m.paths.clone())
         };
         let t = Instant::now();
         let mut got = 0usize;
@@ -1059,19 +1063,21 @@ impl Bench {
         let mut requests = 0;
         let mut wire = 0usize;
         let mut lat = Lat::default();
-        let probe = |href: &str| uids.get(&*href_name(href)).map(String::as_str);
-        for batch in paths.chunks(100) {
-            let batch_paths: Vec<String> = batch.iter().map(|(_, p)| p.clone()).collect();
+        for batch in alive.chunks(100) {
             let rt = Instant::now();
-            let r = self.http.dav("REPORT", "0", multiget_body(&batch_paths)).await;
+            let r = self.http.dav("REPORT", "0", multiget_body(batch.iter().map(|&i| paths[i].as_str()))).await;
             requests += 1;
             match r {
                 Ok(r) if r.status.as_u16() == 207 => {
                     wire += r.wire;
-                    match parse_multistatus(&r.body, &probe) {
+                    let mut m = self.model.lock().expect("model");
+                    // Each returned card must contain its own UID (UIDs do not change with a card's version).
+                    let parsed = parse_multistatus(&r.body, &|href| {
+                        m.by_name.get(&*href_name(href)).map(|&i| m.uids[i].as_str())
+                    });
+                    match parsed {
                         Ok(msr) => {
                             let mut seen = BTreeSet::new();
-                            let mut m = self.model.lock().expect("model");
                             for resp in msr.responses {
                                 let name = href_name(&resp.href);
                                 if resp.ok && resp.data_len > 0 && resp.data_has.is_some() {
@@ -1085,7 +1091,7 @@ impl Bench {
                                     bad.push(format!("{name}: status {:?}", resp.status));
                                 }
                             }
-                            got += batch.iter().filter(|(i, _)| seen.contains(i)).count();
+                            got += batch.iter().filter(|i| seen.contains(*i)).count();
                         }
                         Err(e) => bad.push(e),
                     }
@@ -1096,7 +1102,7 @@ impl Bench {
             lat.0.push(ms(rt.elapsed()));
         }
         let wall = t.elapsed();
-        self.check(got == paths.len(), format!("multiget returned {got} of {} cards; {bad:?}", paths.len()));
+        self.check(got == alive.len(), format!("multiget returned {got} of {} cards; {bad:?}", alive.len()));
         self.record(json!({
             "phase": "3 multiget (100 per REPORT)", "key": "multiget", "wall_ms": ms(wall), "requests": requests,
             "req_per_s": (requests as f64 / wall.as_secs_f64()).round(), "cards": got,
@@ -1512,6 +1518,7 @@ async fn run(args: Args) -> Result<Value, String> {
     let gen_start = Instant::now();
     let model = Model::new(args.seed, args.n + 5);
     let gen_ms = ms(gen_start.elapsed());
+    let model = model.with_paths(&http);
     let startup_peak = args.pid.and_then(|pid| read_status_kb(pid, "VmHWM:"));
     let peak_reset_works = args.pid.is_some_and(reset_peak);
     let mut bench = Bench {
