@@ -27,7 +27,7 @@ use reqwest::{Client, Method, StatusCode};
 use serde_json::{Value, json};
 use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap};
-use std::io::Read as _;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -694,7 +694,7 @@ impl Http {
         if let Some(b) = body {
             req = req.body(b);
         }
-        let resp = req.send().await.map_err(|e| format!("request failed: {e}"))?;
+        let mut resp = req.send().await.map_err(|e| format!("request failed: {e}"))?;
         let status = resp.status();
         let etag = resp.headers().get(header::ETAG).and_then(|v| v.to_str().ok()).map(str::to_string);
         let gz = resp
@@ -702,15 +702,21 @@ impl Http {
             .get(header::CONTENT_ENCODING)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.eq_ignore_ascii_case("gzip"));
-        let raw = resp.bytes().await.map_err(|e| format!("reading the body failed: {e}"))?;
-        let wire = raw.len();
-        let body = if gz {
-            let mut out = Vec::with_capacity(raw.len() * 4);
-            flate2::read::GzDecoder::new(&raw[..]).read_to_end(&mut out).map_err(|e| format!("bad gzip: {e}"))?;
-            Bytes::from(out)
-        } else {
-            raw
-        };
+        let read_failed = |e: reqwest::Error| format!("reading the body failed: {e}");
+        let bad_gzip = |e: std::io::Error| format!("bad gzip: {e}");
+        if !gz {
+            let body = resp.bytes().await.map_err(read_failed)?;
+            return Ok(Reply { status, etag, wire: body.len(), body });
+        }
+        // Inflated chunk by chunk as the chunks arrive, while the server is still sending the rest.
+        let mut inflater = flate2::write::GzDecoder::new(Vec::new());
+        let mut wire = 0;
+        while let Some(chunk) = resp.chunk().await.map_err(read_failed)? {
+            wire += chunk.len();
+            inflater.write_all(&chunk).map_err(bad_gzip)?;
+        }
+        // finish() checks the trailer's CRC and length, so a cut-off body is an error.
+        let body = Bytes::from(inflater.finish().map_err(bad_gzip)?);
         Ok(Reply { status, etag, body, wire })
     }
 
