@@ -1668,7 +1668,11 @@ fn main() -> ExitCode {
             }
         };
     let json_out = args.json;
-    match runtime.block_on(run(args)) {
+    // The benchmark runs as a task on the worker threads, next to the connections' tasks: from the main
+    // thread (plain block_on) every wake-up would cross threads.
+    let outcome =
+        runtime.block_on(runtime.spawn(run(args))).unwrap_or_else(|e| Err(format!("the benchmark task failed: {e}")));
+    match outcome {
         Ok(report) => {
             if json_out {
                 println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
