@@ -7,7 +7,7 @@ use crate::error::{DavError, DavResult};
 use crate::store::{self, Author, BookView, NewCard, Precondition};
 use crate::vcard::contact::{
     Address, COLUMNS, Contact, Scalars, Typed, apply_changes, email_key, escape, fold_line, is_modelled, line_name,
-    logical_lines, merge, project,
+    logical_lines, merge, project, same_phone, split_value,
 };
 use crate::vcard::{self, Version};
 use http_body_util::{BodyExt, Limited};
@@ -531,7 +531,8 @@ report). Each row is matched to a card of the book by UID, then by e-mail (trimm
 and a second copy of a contact in one file is `unchanged` (`same_as_row`). vCard 2.1 is \
 converted to 4.0. A card that PUT would refuse is refused with its reason. Same UID: the file's card replaces \
 the stored one. Same e-mail only: the existing card and its UID stay, and it gets what it lacks: new e-mails, \
-phones (compared by number), addresses, websites and categories, and fields it has empty; fields that differ \
+phones (compared by number; both as the file writes them, with parameters and labels, when the versions \
+agree), addresses, websites and categories, and fields it has empty; fields that differ \
 keep the book's value and are listed in the row's `kept`; other properties are copied when the card has none \
 of them, else listed in `not_merged`. CSV rows: a filled cell replaces a single-valued field (name, \
 organization, title, birthday, note...); e-mails, phones and addresses are added only when new, an address \
@@ -947,19 +948,31 @@ fn merge_vcard(
     incoming_text: &str,
     incoming_version: Version,
 ) -> (String, Vec<&'static str>, Vec<String>) {
-    let (merged, kept) = merge(old, incoming, Scalars::KeepExisting);
+    let (mut merged, kept) = merge(old, incoming, Scalars::KeepExisting);
+    let newline = if stored.contains("\r\n") { "\r\n" } else { "\n" };
+    // New e-mails and phones from a card of the same version keep the file's lines, with their PREF and TYPE
+    // and the label of their group, instead of being written again from the contact fields.
+    let mut added = String::new();
+    let mut copied_groups = HashSet::new();
+    if incoming_version == stored_version {
+        let mut copier = LineCopier::new(stored, incoming_text, newline);
+        let new_emails = merged.emails.split_off(old.emails.len());
+        merged.emails.extend(new_emails.into_iter().filter(|e| !copier.copy("EMAIL", &e.value, &mut added)));
+        let new_phones = merged.phones.split_off(old.phones.len());
+        merged.phones.extend(new_phones.into_iter().filter(|p| !copier.copy("TEL", &p.value, &mut added)));
+        copied_groups = copier.copied_groups;
+    }
     let text = apply_changes(stored, stored_version, old, &merged);
     let lines = logical_lines(&text);
     let present: HashSet<String> = lines.iter().map(|l| line_key(l)).collect();
     let present_names: HashSet<String> = lines.iter().map(|l| line_name(l).1).collect();
-    let newline = if stored.contains("\r\n") { "\r\n" } else { "\n" };
-    let mut added = String::new();
     let mut not_merged: Vec<String> = Vec::new();
     for line in logical_lines(incoming_text) {
         let (group, name) = line_name(line);
         if matches!(name.as_str(), "BEGIN" | "END" | "VERSION" | "UID" | "PRODID" | "REV")
             || is_modelled(&name)
             || present.contains(&line_key(line))
+            || group.is_some_and(|g| copied_groups.contains(&g.to_ascii_lowercase()))
         {
             continue;
         }
@@ -971,6 +984,56 @@ fn merge_vcard(
         }
     }
     (insert_before_end(&text, &added), kept, not_merged)
+}
+
+/// Copies an imported card's e-mail or phone lines into a merge as they are written in the file. A grouped
+/// line (`item2.EMAIL` with `item2.X-ABLabel:Privat`) comes with the rest of its group, under a group name
+/// the stored card does not use.
+struct LineCopier<'a> {
+    file_lines: Vec<&'a str>,
+    taken_groups: HashSet<String>,
+    /// The file's groups that were copied (lower-cased): their other lines are not merged again.
+    copied_groups: HashSet<String>,
+    newline: &'a str,
+}
+
+impl<'a> LineCopier<'a> {
+    fn new(stored: &str, incoming_text: &'a str, newline: &'a str) -> Self {
+        let taken_groups =
+            logical_lines(stored).iter().filter_map(|l| line_name(l).0).map(str::to_ascii_lowercase).collect();
+        LineCopier { file_lines: logical_lines(incoming_text), taken_groups, copied_groups: HashSet::new(), newline }
+    }
+
+    /// Appends the file's `property` line holding `value` (and its group) to `out`; false when there is none.
+    fn copy(&mut self, property: &str, value: &str, out: &mut String) -> bool {
+        let holds_value = |line: &str| {
+            let unfolded = line.replace("\r\n ", "").replace("\r\n\t", "").replace("\n ", "").replace("\n\t", "");
+            split_value(unfolded.trim_end_matches(['\r', '\n'])).is_some_and(|(_, v)| match property {
+                "TEL" => same_phone(v, value),
+                _ => email_key(v) == email_key(value),
+            })
+        };
+        let Some(line) = self.file_lines.iter().copied().find(|l| line_name(l).1 == property && holds_value(l)) else {
+            return false;
+        };
+        let Some(group) = line_name(line).0 else {
+            out.push_str(line.trim_end_matches(['\r', '\n']));
+            out.push_str(self.newline);
+            return true;
+        };
+        let fresh = (1..).map(|n| format!("item{n}")).find(|g| !self.taken_groups.contains(g)).unwrap_or_default();
+        self.taken_groups.insert(fresh.clone());
+        self.copied_groups.insert(group.to_ascii_lowercase());
+        // The line itself and its group's labels; another modelled property in the same group stays out.
+        for member in self.file_lines.iter().filter(|l| line_name(l).0.is_some_and(|g| g.eq_ignore_ascii_case(group))) {
+            if *member == line || !is_modelled(&line_name(member).1) {
+                out.push_str(&fresh);
+                out.push_str(member[group.len()..].trim_end_matches(['\r', '\n']));
+                out.push_str(self.newline);
+            }
+        }
+        true
+    }
 }
 
 /// The UIDs an import created or updated, from its row report (for the audit record).

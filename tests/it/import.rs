@@ -116,7 +116,7 @@ TEL:0170/999\r\nTEL;TYPE=WORK:+49 40 5550\r\nNOTE:andere Notiz\r\nNICKNAME:Riri\
     assert_eq!(row["not_merged"], serde_json::json!(["X-ABLABEL"]), "{r}");
     let merged = stored(&alice, "rich.vcf").await;
     let expected =
-        RICH.replace("END:VCARD", "ORG:Neue Firma GmbH\r\nTEL;TYPE=work:+49 40 5550\r\nNICKNAME:Riri\r\nEND:VCARD");
+        RICH.replace("END:VCARD", "ORG:Neue Firma GmbH\r\nTEL;TYPE=WORK:+49 40 5550\r\nNICKNAME:Riri\r\nEND:VCARD");
     assert_eq!(merged, expected);
     // A second run adds nothing and writes nothing.
     let (status, r) = import(&alice, "vcf", other, "").await;
@@ -416,5 +416,33 @@ async fn importing_the_same_uidless_export_again_adds_nothing() {
     let (status, r) = import(&alice, "vcf", &vcf.replace('\n', "\r\n"), "").await;
     assert_eq!((status, &r["created"]), (200, &0.into()), "{r}");
     assert_eq!(count(&alice).await, 4);
+    s.stop().await;
+}
+
+/// E-mails and phones merged in from a vCard matched by e-mail keep their lines as the file has them: PREF,
+/// TYPE and an Apple label in their group (under a group name the stored card does not use).
+#[tokio::test]
+async fn merged_emails_and_phones_keep_the_files_parameters_and_labels() {
+    let s = TestServer::start().await;
+    let alice = s.user("alice").await;
+    let stored_card = "BEGIN:VCARD\r\nVERSION:3.0\r\nUID:kim-1\r\nFN:Kim Kunde\r\nitem1.EMAIL;TYPE=INTERNET:kim@firma.de\r\n\
+item1.X-ABLabel:Büro\r\nitem2.URL:https://kim.example\r\nitem2.X-ABLabel:Blog\r\nEND:VCARD\r\n";
+    assert!(alice.put(&format!("{}kim.vcf", alice.book()), stored_card, &[]).await.status.is_success());
+    let file = "BEGIN:VCARD\r\nVERSION:3.0\r\nUID:from-iphone\r\nFN:Kim Kunde\r\nEMAIL;TYPE=INTERNET:kim@firma.de\r\n\
+item2.EMAIL;TYPE=INTERNET;TYPE=pref:kim.privat@example.org\r\nitem2.X-ABLabel:Privat\r\n\
+TEL;TYPE=CELL;TYPE=pref:+49 170 1\r\nEND:VCARD\r\n";
+    let (status, r) = import(&alice, "vcf", file, "").await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(rows(&r)[0]["match"], "email", "{r}");
+    assert!(rows(&r)[0].get("not_merged").is_none(), "the label came with its e-mail: {r}");
+    let merged = stored(&alice, "kim.vcf").await;
+    let expected = stored_card.replace(
+        "END:VCARD",
+        "item3.EMAIL;TYPE=INTERNET;TYPE=pref:kim.privat@example.org\r\nitem3.X-ABLabel:Privat\r\n\
+TEL;TYPE=CELL;TYPE=pref:+49 170 1\r\nEND:VCARD",
+    );
+    assert_eq!(merged, expected);
+    let (status, r) = import(&alice, "vcf", file, "").await;
+    assert_eq!((status, r["unchanged"].as_u64()), (200, Some(1)), "a second run changes nothing: {r}");
     s.stop().await;
 }
