@@ -62,11 +62,22 @@ fn refresh_search_columns(store: &dyn store::Store) -> store::Result<()> {
         return Ok(());
     }
     let started = std::time::Instant::now();
-    let project = |text: &[u8]| vcard::validate(text).ok().map(|v| v.new_card);
+    let unreadable = std::sync::atomic::AtomicUsize::new(0);
+    let project = |text: &[u8]| {
+        let card = vcard::reindex_stored(text);
+        if card.is_none() {
+            unreadable.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        card
+    };
     let made = store.refresh_search_columns(&project)?;
     store.set_setting(KEY, vcard::SEARCH_COLUMNS_VERSION)?;
     if made > 0 {
         tracing::info!(cards = made, elapsed_ms = started.elapsed().as_millis() as u64, "search columns made again");
+    }
+    let unreadable = unreadable.into_inner();
+    if unreadable > 0 {
+        tracing::warn!(cards = unreadable, "cards that do not parse kept their old search columns (`kartei check`)");
     }
     Ok(())
 }

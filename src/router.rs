@@ -163,20 +163,26 @@ pub fn card_href(user: &str, book: &str, name: &str) -> String {
 /// Reads an href a client sent (absolute URL or path, encoded or not) as decoded path segments.
 pub fn href_segments(href: &str) -> Option<Vec<String>> {
     let href = href.trim();
-    let path = match href.find("://") {
-        Some(i) => {
-            let after = &href[i + 3..];
-            &after[after.find('/')?..]
-        }
+    let path = match after_scheme(href) {
+        Some(after) => &after[after.find('/')?..],
         None => href,
     };
     let path = path.split(['?', '#']).next().unwrap_or(path);
     decode_segments(path).ok()
 }
 
+/// What follows `scheme://` in an absolute URL; None for a path (which may hold `://` in its query).
+fn after_scheme(href: &str) -> Option<&str> {
+    let (scheme, rest) = href.split_once("://")?;
+    let mut chars = scheme.chars();
+    let valid = chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+    valid.then_some(rest)
+}
+
 /// The authority (`host[:port]`) of an absolute URL; None for a path.
 pub fn href_authority(href: &str) -> Option<&str> {
-    let after = &href.trim()[href.trim().find("://")? + 3..];
+    let after = after_scheme(href.trim())?;
     let end = after.find(['/', '?', '#']).unwrap_or(after.len());
     // Userinfo is not part of where the server is.
     Some(after[..end].rsplit('@').next().unwrap_or_default())
@@ -213,6 +219,11 @@ mod tests {
         assert_eq!(href_authority("https://Host.example:8443/dav/x"), Some("Host.example:8443"));
         assert_eq!(href_authority("http://user@host.example"), Some("host.example"));
         assert_eq!(href_authority("/dav/x"), None);
+        assert_eq!(href_authority("/dav/x.vcf?from=https://x.example/"), None, "a URL in a query is no authority");
+        assert_eq!(
+            href_segments("/dav/x.vcf?from=https://x.example/"),
+            Some(vec!["dav".to_string(), "x.vcf".to_string()])
+        );
         assert!(same_authority("HOST.example:443", "host.example"));
         assert!(!same_authority("host.example:8443", "host.example"));
         assert!(!same_authority("other.example", "host.example"));

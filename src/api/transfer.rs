@@ -342,7 +342,9 @@ fn parse_csv(text: &str, mapping: Option<&Value>) -> DavResult<Vec<Result<Import
                 }
                 let uid_from_content = uid.is_none();
                 if uid_from_content {
-                    uid = Some(uid_for_uidless(&record.iter().collect::<Vec<_>>().join("\u{1f}")));
+                    // The header too: the same cells under other columns are another contact.
+                    let cells = headers.iter().chain(record.iter()).collect::<Vec<_>>().join("\u{1f}");
+                    uid = Some(uid_for_uidless(&cells));
                 }
                 let made_up_fn = contact.formatted_name.is_empty();
                 if contact.formatted_name.is_empty() {
@@ -691,8 +693,8 @@ pub fn run_import(
         "vcf" => parse_vcf(text),
         other => return Err(bad(format!("format: '{other}' is not csv or vcf"))),
     };
-    // Existing cards by UID and by e-mail, to update instead of duplicating. The stored e-mail column is
-    // only lower-cased, so both sides are trimmed and case-folded here.
+    // Existing cards by UID and by e-mail, to update instead of duplicating. Both sides go through
+    // `email_key` (the stored column holds the same form; keying it again trims).
     let index = store.card_index(book.id)?;
     let by_uid: HashMap<&str, usize> = index.iter().enumerate().map(|(i, k)| (k.uid.as_str(), i)).collect();
     let mut by_email: HashMap<String, Vec<usize>> = HashMap::new();
@@ -885,10 +887,11 @@ fn plan_update(
     let stored = String::from_utf8_lossy(&existing.vcard).into_owned();
     let stored_version = Version::parse(&existing.meta.version).unwrap_or(Version::V4);
     let old = vcard::parse_stored(&existing.vcard).map(|c| project(&c)).unwrap_or_default();
+    // A UID kartei made from the text finds the card an earlier import of the same text made, which may have
+    // been edited since: that card is merged into (keeping its values), not replaced like one the file names.
+    let replaces = matched_by == "uid" && !incoming.uid_from_content;
     let (text, kept, not_merged) = match incoming.card {
-        Some(valid) if matched_by == "uid" => {
-            (String::from_utf8_lossy(&valid.new_card.bytes).into_owned(), vec![], vec![])
-        }
+        Some(valid) if replaces => (String::from_utf8_lossy(&valid.new_card.bytes).into_owned(), vec![], vec![]),
         Some(valid) => {
             let text = String::from_utf8_lossy(&valid.new_card.bytes).into_owned();
             merge_vcard(&stored, stored_version, &old, &incoming.contact, &text, valid.version)
@@ -898,7 +901,8 @@ fn plan_update(
             if incoming.made_up_fn {
                 contact.formatted_name.clear(); // an empty cell changes nothing
             }
-            let (merged, kept) = merge(&old, &contact, Scalars::Overwrite);
+            let scalars = if incoming.uid_from_content { Scalars::KeepExisting } else { Scalars::Overwrite };
+            let (merged, kept) = merge(&old, &contact, scalars);
             (apply_changes(&stored, stored_version, &old, &merged), kept, vec![])
         }
     };

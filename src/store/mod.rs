@@ -259,7 +259,7 @@ pub struct CardKey {
     pub name: String,
     pub uid: String,
     pub etag: String,
-    /// Lower-cased e-mails, newline-separated.
+    /// E-mails in `vcard::unicode_casemap` form, newline-separated.
     pub emails: String,
 }
 

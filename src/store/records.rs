@@ -91,9 +91,11 @@ pub trait Records {
     /// Events recorded for an e-mail address (folded) in any book, also when its card is gone.
     fn events_for_email(&self, email: &str) -> Result<Vec<ContactEvent>>;
 
-    /// Cards that carry the e-mail address (folded, exact), in one book or in all.
+    /// Cards that carry the e-mail address (compared case-insensitively, as `vcard::unicode_casemap`), in one
+    /// book or in all.
     fn cards_with_email(&self, book: Option<BookId>, email: &str) -> Result<Vec<LocatedCard>>;
-    /// Up to `limit` cards of the book that have an organization and an address at `domain` (folded).
+    /// Up to `limit` cards of the book that have an organization and an address at `domain` (compared as
+    /// `vcard::unicode_casemap`).
     fn org_cards_at_domain(&self, book: BookId, domain: &str, limit: usize) -> Result<Vec<Card>>;
 
     /// Audit records whose target or detail mentions any of `needles`, oldest first.

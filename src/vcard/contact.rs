@@ -342,8 +342,13 @@ impl Contact {
 
     /// Folded columns as a JSON object: what the store filters and sorts on.
     pub fn fields_json(&self) -> String {
+        // Phones as their keys (digits without country code or trunk 0), as a filter's phone value is.
+        let value = |c: &str| match c {
+            "phone" => self.phones.iter().map(|p| phone_key(&p.value)).collect::<Vec<_>>().join("\n"),
+            _ => fold(&self.column(c)),
+        };
         let map: serde_json::Map<String, serde_json::Value> =
-            COLUMNS.iter().map(|c| (c.to_string(), serde_json::Value::String(fold(&self.column(c))))).collect();
+            COLUMNS.iter().map(|c| (c.to_string(), serde_json::Value::String(value(c)))).collect();
         serde_json::Value::Object(map).to_string()
     }
 }
@@ -838,9 +843,10 @@ pub enum Scalars {
     KeepExisting,
 }
 
-/// The same e-mail address: trimmed and case-insensitive.
+/// The same e-mail address: trimmed and case-insensitive, in the form the stored `emails` column holds
+/// (`vcard::unicode_casemap`), so that keys made here and read from the column compare.
 pub fn email_key(raw: &str) -> String {
-    raw.trim().to_lowercase()
+    super::unicode_casemap(raw.trim())
 }
 
 /// The same phone number whatever its formatting (`+49 30 1234` = `030 1234`), see [`phone_key`].

@@ -135,29 +135,41 @@ pub fn validate(bytes: &[u8]) -> Result<ValidCard, Invalid> {
     if uid.is_empty() {
         return Err(Invalid::Malformed("the vCard has no UID property (RFC 6352 §5.1 requires one)".into()));
     }
-    // Every FN (language variants too), so the search column finds what the query filter would match.
-    let fn_text =
-        card.entries.iter().filter(|e| e.name == VCardProperty::Fn).map(property_text).collect::<Vec<_>>().join("\n");
     if card.property(&VCardProperty::Fn).is_none() {
         return Err(Invalid::Malformed("the vCard has no FN property (RFC 6350 §6.2.1 requires one)".into()));
     }
-    let index = SearchIndex::of(&card);
-    let projected = contact::project(&card);
-    Ok(ValidCard {
-        new_card: NewCard {
-            uid: uid.to_string(),
-            etag: etag_of(bytes),
-            bytes: bytes.to_vec(),
-            version: version.as_str().to_string(),
-            fn_lower: unicode_casemap(&fn_text),
-            emails_lower: index.emails,
-            phones_lower: index.phones,
-            org_lower: index.org,
-            fields_json: projected.fields_json(),
-            search: projected.search_text(),
-        },
-        version,
-    })
+    Ok(ValidCard { new_card: indexed(bytes, &card, uid, version), version })
+}
+
+/// A stored card with search columns made by today's folding (see `Store::refresh_search_columns`). Read as
+/// leniently as every stored card is read (`parse_stored`), not checked like a PUT: a card stored before a
+/// check was added must get its columns too.
+pub fn reindex_stored(bytes: &[u8]) -> Option<NewCard> {
+    let card = parse_stored(bytes)?;
+    let version = if matches!(card.version(), Some(VCardVersion::V3_0)) { Version::V3 } else { Version::V4 };
+    let uid = card.uid().map(str::trim).unwrap_or_default().to_string();
+    Some(indexed(bytes, &card, &uid, version))
+}
+
+/// The card as the store keeps it: its bytes, ETag and search columns.
+fn indexed(bytes: &[u8], card: &VCard, uid: &str, version: Version) -> NewCard {
+    // Every FN (language variants too), so the search column finds what the query filter would match.
+    let fn_text =
+        card.entries.iter().filter(|e| e.name == VCardProperty::Fn).map(property_text).collect::<Vec<_>>().join("\n");
+    let index = SearchIndex::of(card);
+    let projected = contact::project(card);
+    NewCard {
+        uid: uid.to_string(),
+        etag: etag_of(bytes),
+        bytes: bytes.to_vec(),
+        version: version.as_str().to_string(),
+        fn_lower: unicode_casemap(&fn_text),
+        emails_lower: index.emails,
+        phones_lower: index.phones,
+        org_lower: index.org,
+        fields_json: projected.fields_json(),
+        search: projected.search_text(),
+    }
 }
 
 /// Why the card's text is not well-formed content lines, if it is not: the first logical (unfolded) line that
@@ -233,7 +245,7 @@ fn ends_with_ignore_case(s: &str, suffix: &str) -> bool {
 /// The version of the folding that the stored search columns hold (`unicode_casemap` for CardDAV queries,
 /// `contact::fold` for the quick search and the API's filters). Raise it when either changes: the columns
 /// are made again at the next start (see `open_store`).
-pub const SEARCH_COLUMNS_VERSION: &str = "2";
+pub const SEARCH_COLUMNS_VERSION: &str = "3";
 
 /// The `i;unicode-casemap` collation's form of a text (RFC 4790 §9.3, RFC 5051): compatibility-decomposed
 /// (NFKD), then lower-cased letter by letter, with final sigma as sigma. So `José` written precomposed or

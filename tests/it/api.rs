@@ -107,6 +107,15 @@ async fn filters_sorting_and_paging() {
     );
     assert_eq!(search(&alice, &f(json!({"column": "title", "op": "is-not-empty"}))).await, ["Jürgen Müller"]);
     assert_eq!(search(&alice, &f(json!({"column": "phone", "op": "is-empty"}))).await, ["Cara Çelik", "John Smith"]);
+    // A phone is compared by number, however it is written on either side (found by a review).
+    assert_eq!(
+        search(&alice, &f(json!({"column": "phone", "op": "contains", "value": "+49 30 1234"}))).await,
+        ["Jürgen Müller"]
+    );
+    assert_eq!(
+        search(&alice, &f(json!({"column": "phone", "op": "equals", "value": "0171 5550000"}))).await,
+        ["Anna Meier"]
+    );
     assert_eq!(
         search(&alice, &f(json!({"column": "birthday", "op": "before", "value": "1980-01-01"}))).await,
         ["Jürgen Müller"]

@@ -278,8 +278,12 @@ async fn copy_and_move_to_another_server_are_refused_with_502() {
         assert_eq!(alice.get(&src).await.status, 200, "{method} refused: the source stays");
         assert_eq!(alice.get(&format!("{book}b.vcf")).await.status, 404, "{method} refused: nothing made");
     }
+    // A relative Destination is on this server, even with a URL in its query.
+    let relative = format!("{book}c.vcf?from=https://contacts.example.org/");
+    let r = alice.send("MOVE", &src, &[("destination", relative.as_str())], Vec::new()).await;
+    assert_eq!(r.status, 201, "a relative Destination: {}", r.text());
     let same_server = format!("{}{book}b.vcf", alice.base.replace("localhost", "LocalHost"));
-    let r = alice.send("MOVE", &src, &[("destination", same_server.as_str())], Vec::new()).await;
+    let r = alice.send("MOVE", &format!("{book}c.vcf"), &[("destination", same_server.as_str())], Vec::new()).await;
     assert_eq!(r.status, 201, "the host name compares without case: {}", r.text());
     assert_eq!(alice.get(&format!("{book}b.vcf")).await.status, 200);
     s.stop().await;

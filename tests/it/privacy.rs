@@ -459,3 +459,27 @@ async fn cli_ingest_follows_the_same_rules_on_the_live_database() {
     assert!(!ok && err.contains("no book"), "{err}");
     s.stop().await;
 }
+
+/// An address with non-ASCII letters is found by erasure, by ingest and by an import's e-mail match, whatever
+/// form (precomposed or not, any case) it was written in. (Found by a review: the stored column holds the
+/// i;unicode-casemap form, and these lookups lower-cased only.)
+#[tokio::test]
+async fn a_non_ascii_address_is_found_by_erasure_ingest_and_import() {
+    let s = TestServer::start().await;
+    let alice = s.user("alice").await;
+    let admin = Admin::new(&s);
+    alice.put_card("j.vcf", "j", "Jürgen", "EMAIL:jürgen@müller.de\r\n").await;
+    let csv = "Name,E-mail Address\nJürgen M.,JU\u{308}RGEN@MÜLLER.DE\n";
+    let r = alice.send("POST", "/api/v1/books/contacts/import?format=csv", &[], csv.to_string()).await;
+    let v: Value = serde_json::from_slice(&r.body).expect("json");
+    assert_eq!((r.status.as_u16(), &v["created"], &v["rows"][0]["match"]), (200, &json!(0), &json!("email")), "{v}");
+    let token = admin.integration("alice/contacts", "Booking").await;
+    let booked = ok_ingest(&s, &token, json!({"email": "Jürgen@Müller.de", "name": "Jürgen Müller"})).await;
+    assert_eq!(booked["created"], false, "ingest matched the card: {booked}");
+    let (status, erased, text) =
+        admin.call("POST", "/admin/v1/erase", Some(json!({"email": "jürgen@müller.de"}))).await;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(erased["erased"]["contacts"], 1, "{erased}");
+    assert_eq!(alice.get(&format!("{}j.vcf", alice.book())).await.status, 404);
+    s.stop().await;
+}

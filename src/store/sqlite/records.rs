@@ -39,7 +39,7 @@ fn event_from_row(r: &rusqlite::Row) -> rusqlite::Result<ContactEvent> {
     })
 }
 
-/// `emails` holds one folded address per line; this matches one whole line.
+/// `emails` holds one address per line in `vcard::unicode_casemap` form; this matches one whole line.
 const HAS_EMAIL: &str = "instr(char(10) || c.emails || char(10), char(10) || ?1 || char(10)) > 0";
 
 /// Writes one card and notes who created or last changed it, and through what, inside the caller's
@@ -208,7 +208,7 @@ impl Records for SqliteStore {
                  WHERE {HAS_EMAIL} AND (?2 IS NULL OR c.book_id = ?2) ORDER BY c.book_id, c.name"
             ))?;
             let rows = stmt
-                .query_map(params![email, book], |r| {
+                .query_map(params![crate::vcard::unicode_casemap(email.trim()), book], |r| {
                     Ok(LocatedCard {
                         card: Card { meta: meta_from_row(r)?, vcard: r.get(7)? },
                         book: r.get(8)?,
@@ -224,6 +224,8 @@ impl Records for SqliteStore {
     fn org_cards_at_domain(&self, book: BookId, domain: &str, limit: usize) -> Result<Vec<Card>> {
         self.read(|c| {
             // `emails` lines end in "@domain"; the pattern's own wildcards are escaped.
+            // The column holds `vcard::unicode_casemap` of each address, so the domain is compared in that form.
+            let domain = crate::vcard::unicode_casemap(domain.trim());
             let escaped = domain.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
             let pattern = format!("%@{escaped}");
             let mut stmt = c.prepare_cached(&format!(
