@@ -35,6 +35,7 @@ fn cards() -> &'static [(calcard::vcard::VCard, ValidCard)] {
 fn prefilter_accepts(p: &Prefilter, card: &NewCard) -> bool {
     match p {
         Prefilter::All => true,
+        Prefilter::UidNotAscii => card.uid.chars().any(|c| !(' '..='~').contains(&c)),
         Prefilter::Contains(field, needle) => {
             let column = match field {
                 IndexedField::Fn => card.fn_lower.clone(),

@@ -172,7 +172,9 @@ impl TextMatch {
     /// hold `vcard::unicode_casemap` of the values (the UID column only SQLite's ASCII `lower`), so:
     /// - a negated or empty text-match accepts values without the text: no condition;
     /// - with `i;unicode-casemap`, a value matches when its casemap form holds the text's, and the column
-    ///   holds that form; except on UID, whose column does not: a fullwidth `ｋ` there matches `k`;
+    ///   holds that form. The UID column does not (SQLite's ASCII `lower`), but only a UID with a character
+    ///   outside printable ASCII (a fullwidth `ｋ`, the Kelvin sign) has a casemap form other than that; so
+    ///   such UIDs, or those whose lower case holds the text's casemap form when that is ASCII;
     /// - with `i;octet` or `i;ascii-casemap`, an ASCII text found in a value is found, lower-cased, in the
     ///   value's casemap form (decomposition and case mapping never make or break a run of ASCII letters);
     ///   a non-ASCII text may not be (decomposition reorders combining marks), so it gives no condition.
@@ -182,7 +184,14 @@ impl TextMatch {
         }
         let unicode = self.collation == Collation::UnicodeCasemap;
         let needle = match field {
-            IndexedField::Uid if unicode => return None,
+            IndexedField::Uid if unicode => {
+                let not_ascii = Prefilter::UidNotAscii;
+                return Some(if self.folded.is_ascii() {
+                    Prefilter::Or(vec![Prefilter::Contains(field, self.folded.clone()), not_ascii])
+                } else {
+                    not_ascii
+                });
+            }
             IndexedField::Uid => self.text.to_ascii_lowercase(),
             _ if unicode => self.folded.clone(),
             _ if self.text.is_ascii() => self.text.to_ascii_lowercase(),

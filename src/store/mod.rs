@@ -169,6 +169,9 @@ pub enum IndexedField {
 pub enum Prefilter {
     All,
     Contains(IndexedField, String),
+    /// The UID holds a character outside printable ASCII (only such a UID's `i;unicode-casemap` form can
+    /// differ from its ASCII lower case).
+    UidNotAscii,
     And(Vec<Prefilter>),
     Or(Vec<Prefilter>),
 }

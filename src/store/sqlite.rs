@@ -489,6 +489,7 @@ fn renumber(sql: &str, offset: usize) -> String {
 fn prefilter_sql(p: &Prefilter, sql: &mut String, args: &mut Vec<String>) {
     match p {
         Prefilter::All => sql.push('1'),
+        Prefilter::UidNotAscii => sql.push_str("uid GLOB '*[^ -~]*'"),
         Prefilter::Contains(field, needle) => {
             let column = match field {
                 IndexedField::Fn => "fn",

@@ -160,6 +160,12 @@ async fn unicode_casemap_compares_normalized_text() {
     assert_eq!(query(&alice, &org("fish gmbh")).await, ["jose"], "ligature and fullwidth letters");
     assert_eq!(query(&alice, &fn_match("JOSÉ", "i;octet")).await, Vec::<String>::new(), "octet: as written");
     assert_eq!(query(&alice, &fn_match("Jose\u{301}", "i;octet")).await, ["jose"]);
+    // UIDs: the column holds them as written, so the pre-filter lets UIDs outside ASCII through.
+    alice.put_card("wide.vcf", "ｋim-1", "Kim Wide", "").await;
+    let uid = |text: &str| format!(r#"><c:prop-filter name="UID"><c:text-match>{text}</c:text-match></c:prop-filter>"#);
+    assert_eq!(query(&alice, &uid("KIM-1")).await, ["wide"], "fullwidth ｋ is k");
+    assert_eq!(query(&alice, &uid("ＰＬＡＩＮ")).await, ["plain"], "and the other way round");
+    assert_eq!(query(&alice, &uid("kim-2")).await, Vec::<String>::new());
     s.stop().await;
 }
 
