@@ -722,6 +722,12 @@ impl Store for SqliteStore {
                     }
                 }
             }
+            // The CTag and sync token follow the revision: a client that polls only them (CalendarServer's
+            // getctag: "changes when the collection or any member changes") learns of a rename too. No change
+            // row: a delta across this revision lists no member.
+            if !patch.is_empty() {
+                tx.prepare_cached("UPDATE addressbooks SET revision = revision + 1 WHERE id = ?1")?.execute([book])?;
+            }
             Ok(())
         })
     }

@@ -32,6 +32,31 @@ async fn proppatch_sets_live_and_dead_properties() {
     s.stop().await;
 }
 
+/// A rename changes the book's CTag and sync token, so a client that polls only those learns of it; the
+/// delta across it lists no card.
+#[tokio::test]
+async fn a_rename_changes_the_ctag_and_token_but_no_member() {
+    let s = TestServer::start().await;
+    let alice = s.user("alice").await;
+    alice.put_card("a.vcf", "a", "Anna", "").await;
+    async fn poll(alice: &Dav) -> (String, String) {
+        let body = r#"<d:propfind xmlns:d="DAV:" xmlns:cs="http://calendarserver.org/ns/"><d:prop><cs:getctag/><d:sync-token/></d:prop></d:propfind>"#;
+        let r = alice.propfind(&alice.book(), "0", body).await.multistatus().responses.remove(0);
+        (r.text(CS, "getctag").expect("ctag"), r.text(DAV, "sync-token").expect("token"))
+    }
+    let (ctag, token) = poll(&alice).await;
+    let rename = format!(
+        r#"<d:propertyupdate {NS}><d:set><d:prop><d:displayname>Kunden</d:displayname></d:prop></d:set></d:propertyupdate>"#
+    );
+    assert_eq!(alice.send("PROPPATCH", &alice.book(), &[], rename).await.status, 207);
+    let (new_ctag, new_token) = poll(&alice).await;
+    assert_ne!((&new_ctag, &new_token), (&ctag, &token), "both change");
+    let delta = alice.sync(&alice.book(), &token, "<d:getetag/>", None).await.multistatus();
+    assert!(delta.responses.is_empty(), "no member changed: {:?}", delta.hrefs());
+    assert_eq!(delta.sync_token.as_deref(), Some(new_token.as_str()));
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn proppatch_is_all_or_nothing() {
     let s = TestServer::start().await;
