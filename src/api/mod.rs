@@ -1010,8 +1010,17 @@ impl ApiCtx {
 pub fn new_uid() -> String {
     let t = auth::generate_token("");
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(&t).unwrap_or_default();
-    let hex: String = bytes.iter().take(16).map(|b| format!("{b:02x}")).collect();
-    format!("{}-{}-4{}-a{}-{}", &hex[0..8], &hex[8..12], &hex[13..16], &hex[17..20], &hex[20..32])
+    uuid_form(&bytes, '4')
+}
+
+/// The first 16 bytes in UUID form with the given version digit (and the RFC 9562 variant `a`).
+pub fn uuid_form(bytes: &[u8], version: char) -> String {
+    let mut hex: String = bytes.iter().take(16).map(|b| format!("{b:02x}")).collect();
+    // Too few bytes (a token that did not decode) still give a well-formed UID.
+    while hex.len() < 32 {
+        hex.push('0');
+    }
+    format!("{}-{}-{version}{}-a{}-{}", &hex[0..8], &hex[8..12], &hex[13..16], &hex[17..20], &hex[20..32])
 }
 
 #[cfg(test)]

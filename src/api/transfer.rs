@@ -1,13 +1,13 @@
 //! Export (CSV or vCard, with a stated purpose that is audited) and import (vCard or CSV, dry run, matching
 //! by UID then e-mail, atomic per file).
 
-use super::{ApiCtx, bad, json_response, new_uid};
+use super::{ApiCtx, bad, json_response, new_uid, uuid_form};
 use crate::body::{self, Body};
 use crate::error::{DavError, DavResult};
 use crate::store::{self, Author, BookView, NewCard, Precondition};
 use crate::vcard::contact::{
     Address, COLUMNS, Contact, Scalars, Typed, apply_changes, email_key, escape, fold_line, is_modelled, line_name,
-    logical_lines, merge, project, same_phone, split_value,
+    logical_lines, merge, project, same_phone, split_value, unfold,
 };
 use crate::vcard::{self, Version};
 use http_body_util::{BodyExt, Limited};
@@ -520,8 +520,7 @@ fn uid_for_uidless(card: &str) -> String {
         hash.update(line.trim_end().as_bytes());
         hash.update(b"\n");
     }
-    let hex: String = hash.finalize().iter().take(16).map(|b| format!("{b:02x}")).collect();
-    format!("{}-{}-8{}-a{}-{}", &hex[0..8], &hex[8..12], &hex[13..16], &hex[17..20], &hex[20..32])
+    uuid_form(&hash.finalize(), '8')
 }
 
 /// How an import treats each row (the import operation's description in the OpenAPI document; README says
@@ -932,7 +931,7 @@ fn plan_update(
 
 /// A content line compared across cards: unfolded, without its group and line ending, name upper-cased.
 fn line_key(line: &str) -> String {
-    let unfolded = line.replace("\r\n ", "").replace("\r\n\t", "").replace("\n ", "").replace("\n\t", "");
+    let unfolded = unfold(line);
     let unfolded = unfolded.trim_end_matches(['\r', '\n']);
     let head_len = unfolded.find([';', ':']).unwrap_or(unfolded.len());
     let head = &unfolded[..head_len];
@@ -1011,7 +1010,7 @@ impl<'a> LineCopier<'a> {
     /// Appends the file's `property` line holding `value` (and its group) to `out`; false when there is none.
     fn copy(&mut self, property: &str, value: &str, out: &mut String) -> bool {
         let holds_value = |line: &str| {
-            let unfolded = line.replace("\r\n ", "").replace("\r\n\t", "").replace("\n ", "").replace("\n\t", "");
+            let unfolded = unfold(line);
             split_value(unfolded.trim_end_matches(['\r', '\n'])).is_some_and(|(_, v)| match property {
                 "TEL" => same_phone(v, value),
                 _ => email_key(v) == email_key(value),

@@ -785,7 +785,7 @@ fn keep_unprojected_parts(old: &str, new: &str, name: &str) -> String {
         Some(split_unescaped(value.trim_end_matches(['\r', '\n']), ';'))
     };
     // The stored line as one line (it may be folded).
-    let old = old.replace("\r\n ", "").replace("\r\n\t", "").replace("\n ", "").replace("\n\t", "");
+    let old = unfold(old);
     let (Some(old_parts), Some((head, _)), Some(mut new_parts)) = (components(&old), split_value(new), components(new))
     else {
         return new.to_string();
@@ -796,6 +796,11 @@ fn keep_unprojected_parts(old: &str, new: &str, name: &str) -> String {
     new_parts[0] = old_parts[0].clone();
     new_parts[1] = old_parts[1].clone();
     format!("{head}:{}", new_parts.join(";"))
+}
+
+/// A logical line as one line: folding (a line break followed by a space or tab) removed.
+pub(crate) fn unfold(line: &str) -> String {
+    line.replace("\r\n ", "").replace("\r\n\t", "").replace("\n ", "").replace("\n\t", "")
 }
 
 /// `(head, value)` of a content line, split at its first `:` outside a quoted parameter value.
