@@ -1568,6 +1568,7 @@ async fn run(args: Args) -> Result<Value, String> {
         bench.quiet = false;
         full_syncs.0.push(again);
     }
+    let full_sync_each = full_syncs.0.clone();
     let full_sync_median = full_syncs.pct(0.5);
     if args.full_syncs > 1 {
         eprintln!("{:<28} {:>10.1} ms", format!("  median of {} full syncs", args.full_syncs), full_sync_median);
@@ -1596,6 +1597,7 @@ async fn run(args: Args) -> Result<Value, String> {
         "full_sync_ms": p2 + p3,
         "full_syncs": args.full_syncs,
         "full_sync_median_ms": full_sync_median,
+        "full_sync_each_ms": full_sync_each,
         "full_sync_peak_rss_mb": full_sync_peak,
         "peak_rss_before_mb": startup_peak.map(|kb| kb as f64 / 1024.0),
         "peak_rss_per_phase": peak_reset_works,
