@@ -184,6 +184,8 @@ impl TextMatch {
         }
         let unicode = self.collation == Collation::UnicodeCasemap;
         let needle = match field {
+            // The UID column holds the UID trimmed: a text with spaces at its ends may match only the untrimmed.
+            IndexedField::Uid if self.text.trim() != self.text => return None,
             IndexedField::Uid if unicode => {
                 let not_ascii = Prefilter::UidNotAscii;
                 return Some(if self.folded.is_ascii() {
@@ -386,5 +388,10 @@ mod tests {
         let uid =
             f(r#"<c:prop-filter name="UID"><c:text-match collation="i;octet">ÄB-C</c:text-match></c:prop-filter>"#);
         assert_eq!(format!("{uid:?}"), r#"Or([Or([Contains(Uid, "Äb-c")])])"#);
+        // Found by a review: the UID column is trimmed, so a text with an end space gives no condition.
+        assert!(all(
+            r#"<c:prop-filter name="UID"><c:text-match collation="i;octet"> ab</c:text-match></c:prop-filter>"#
+        ));
+        assert!(all(r#"<c:prop-filter name="UID"><c:text-match>ab </c:text-match></c:prop-filter>"#));
     }
 }

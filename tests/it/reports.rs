@@ -166,6 +166,13 @@ async fn unicode_casemap_compares_normalized_text() {
     assert_eq!(query(&alice, &uid("KIM-1")).await, ["wide"], "fullwidth ｋ is k");
     assert_eq!(query(&alice, &uid("ＰＬＡＩＮ")).await, ["plain"], "and the other way round");
     assert_eq!(query(&alice, &uid("kim-2")).await, Vec::<String>::new());
+    // The UID column is stored trimmed; a text-match on the UID's own leading space still finds it.
+    alice.put_card("spaced.vcf", " spaced-1", "Spaced Uid", "").await;
+    let octet = |text: &str| {
+        format!(r#"><c:prop-filter name="UID"><c:text-match collation="i;octet">{text}</c:text-match></c:prop-filter>"#)
+    };
+    assert_eq!(query(&alice, &octet(" spaced")).await, ["spaced"], "leading space of the UID");
+    assert_eq!(query(&alice, &octet("spaced-1")).await, ["spaced"]);
     s.stop().await;
 }
 
