@@ -6,8 +6,8 @@ use crate::body::{self, Body};
 use crate::error::{DavError, DavResult};
 use crate::store::{self, Author, BookView, NewCard, Precondition};
 use crate::vcard::contact::{
-    Address, COLUMNS, Contact, Scalars, Typed, apply_changes, email_key, escape, fold_line, is_modelled, line_name,
-    logical_lines, merge, project, same_phone, split_value, unfold,
+    Address, COLUMNS, Contact, Scalars, Typed, apply_changes, email_key, escape, fold_line_ending, is_modelled,
+    line_name, logical_lines, merge, newline_of, project, same_phone, split_value, unfold,
 };
 use crate::vcard::{self, Version};
 use http_body_util::{BodyExt, Limited};
@@ -470,7 +470,7 @@ fn parse_vcf(text: &str) -> Vec<Result<ImportRow, (usize, String)>> {
         let (source, newline) = match card.version() {
             // 3.0 and 4.0 are stored as uploaded, like a PUT.
             Some(calcard::vcard::VCardVersion::V3_0 | calcard::vcard::VCardVersion::V4_0) => {
-                (chunk.to_string(), if chunk.contains("\r\n") { "\r\n" } else { "\n" })
+                (chunk.to_string(), newline_of(chunk))
             }
             _ => (vcard::write_as(&card, Version::V4), "\r\n"),
         };
@@ -487,7 +487,7 @@ fn parse_vcf(text: &str) -> Vec<Result<ImportRow, (usize, String)>> {
                 contact.formatted_name.clone()
             };
             let line = format!("FN:{}", escape(if fallback_fn.is_empty() { "(no name)" } else { &fallback_fn }));
-            additions.push_str(&fold_line(&line).replace("\r\n", newline));
+            additions.push_str(&fold_line_ending(&line, newline));
             contact.formatted_name = fallback_fn;
         }
         let source: String = if generated_uid.is_some() {
@@ -952,7 +952,7 @@ fn merge_vcard(
     incoming_version: Version,
 ) -> (String, Vec<&'static str>, Vec<String>) {
     let (mut merged, kept) = merge(old, incoming, Scalars::KeepExisting);
-    let newline = if stored.contains("\r\n") { "\r\n" } else { "\n" };
+    let newline = newline_of(stored);
     // New e-mails and phones from a card of the same version keep the file's lines, with their PREF and TYPE
     // and the label of their group, instead of being written again from the contact fields.
     let mut added = String::new();

@@ -371,6 +371,18 @@ pub(crate) fn escape(value: &str) -> String {
     out
 }
 
+/// The line ending a stored card uses: CRLF as RFC 6350 asks, or LF, which some producers write. Lines
+/// kartei adds to a card take its ending, so that a card never mixes the two.
+pub(crate) fn newline_of(text: &str) -> &'static str {
+    if text.contains("\r\n") || !text.contains('\n') { "\r\n" } else { "\n" }
+}
+
+/// `fold_line` with the given line ending instead of CRLF.
+pub(crate) fn fold_line_ending(line: &str, newline: &str) -> String {
+    let folded = fold_line(line);
+    if newline == "\r\n" { folded } else { folded.replace("\r\n", newline) }
+}
+
 /// Folds a content line at 75 octets (RFC 6350 §3.2), never inside a UTF-8 sequence.
 pub(crate) fn fold_line(line: &str) -> String {
     let mut out = String::with_capacity(line.len() + 8);
@@ -751,20 +763,21 @@ pub fn apply_changes(stored: &str, version: Version, old: &Contact, new: &Contac
     // properties sharing the group stay: RFC 6350 groups are just grouping.
     let removed_groups: Vec<&str> =
         in_place.iter().filter(|(_, lines)| lines.is_empty()).filter_map(|(&i, _)| names[i].0).collect();
+    let newline = newline_of(stored);
     let mut out = String::with_capacity(stored.len() + 256);
     for (i, line) in logical.iter().enumerate() {
         let (group, name) = &names[i];
         if name == "END" {
             for new_line in at_end.drain(..) {
-                out.push_str(&fold_line(&new_line));
+                out.push_str(&fold_line_ending(&new_line, newline));
             }
         }
         if let Some(lines) = in_place.get(&i) {
             for new_line in lines {
                 let new_line = keep_unprojected_parts(line, new_line, name);
                 match group {
-                    Some(g) => out.push_str(&fold_line(&format!("{g}.{new_line}"))),
-                    None => out.push_str(&fold_line(&new_line)),
+                    Some(g) => out.push_str(&fold_line_ending(&format!("{g}.{new_line}"), newline)),
+                    None => out.push_str(&fold_line_ending(&new_line, newline)),
                 }
             }
         } else if !(group.is_some_and(|g| removed_groups.contains(&g)) && name.starts_with("X-AB")) {

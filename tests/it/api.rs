@@ -233,6 +233,22 @@ async fn edits_through_the_api_reach_devices() {
         "{vcf}"
     );
 
+    // A card written with LF line endings (some producers do) keeps them: edited and added lines too.
+    let lf_card = "BEGIN:VCARD\nVERSION:3.0\nUID:lf-1\nFN:Lena Feld\nTEL;TYPE=HOME:+49 30 1\nEND:VCARD\n";
+    let r = alice.put(&format!("{}lf.vcf", alice.book()), lf_card, &[]).await;
+    assert!(r.status.is_success(), "{}", r.text());
+    let (status, lena, _) = api(&alice, "GET", "/api/v1/books/contacts/contacts/lf-1", None, &[]).await;
+    assert_eq!(status, 200);
+    let mut edited = lena.clone();
+    edited["phones"] = json!([{"value": "+49 30 2", "types": ["home"]}]);
+    edited["emails"] = json!([{"value": "lena@feld.de", "types": ["home"]}]);
+    edited["title"] = json!("A title long enough that its line is folded at seventy-five octets, twice over, really");
+    let (status, _, r) = api(&alice, "PUT", "/api/v1/books/contacts/contacts/lf-1", Some(edited), &[]).await;
+    assert_eq!(status, 200, "{}", r.text());
+    let vcf = alice.get(&format!("{}lf.vcf", alice.book())).await.text();
+    assert!(vcf.contains("+49 30 2\n") && vcf.contains("lena@feld.de\n") && vcf.contains("\n "), "{vcf:?}");
+    assert!(!vcf.contains('\r'), "no CR in a card written with LF: {vcf:?}");
+
     // Other representations.
     let js = alice.get(&format!("{path}?format=jscontact")).await;
     assert!(js.header("content-type").expect("ct").contains("jscontact"));
