@@ -453,7 +453,10 @@ fn parse_vcf(text: &str) -> Vec<Result<ImportRow, (usize, String)>> {
         // Dates in the extended format are handed to calcard in the basic one (see vcard::calcard_input).
         let readable = vcard::calcard_input(chunk);
         let card = match calcard::Parser::new(&readable).entry() {
-            calcard::Entry::VCard(card) => card,
+            calcard::Entry::VCard(mut card) => {
+                vcard::restore_binary_sounds(&mut card, chunk);
+                card
+            }
             calcard::Entry::InvalidLine(line) => {
                 out.push(Err((n, format!("invalid line: {}", line.chars().take(60).collect::<String>()))));
                 continue;

@@ -178,6 +178,41 @@ async fn version_negotiation_on_get() {
     s.stop().await;
 }
 
+/// calcard read a 3.0 `SOUND;ENCODING=b` as text, so a card served as 4.0 carried the audio's bytes as a
+/// text value (NULs, U+FFFD). The sound must cross both ways as the same bytes, like a photo.
+#[tokio::test]
+async fn binary_sounds_survive_version_conversion() {
+    let s = TestServer::start().await;
+    let alice = s.user("alice").await;
+    // An Ogg page header: NUL bytes, yet valid UTF-8, which is when calcard made it text.
+    let sound = "T2dnUwACAAAAAAAAAAA=";
+    let v3 = format!(
+        "BEGIN:VCARD\r\nVERSION:3.0\r\nUID:snd-1\r\nFN:Sound Person\r\nSOUND;ENCODING=b;TYPE=OGG:{sound}\r\n\
+         SOUND;VALUE=uri:https://example.com/name.ogg\r\nSOUND;ENCODING=b;TYPE=WAV:UklGRv//AAA=\r\nEND:VCARD\r\n"
+    );
+    let r = alice.put(&format!("{}snd.vcf", alice.book()), &v3, &[]).await;
+    assert!(r.status.is_success(), "{}", r.text());
+    let as4 = alice
+        .send("GET", &format!("{}snd.vcf", alice.book()), &[("accept", "text/vcard; version=4.0")], Vec::new())
+        .await
+        .text();
+    assert!(as4.contains(&format!("SOUND;TYPE=OGG:data:audio/ogg;base64,{sound}\r\n")), "{as4:?}");
+    assert!(as4.contains("SOUND;VALUE=URI:https://example.com/name.ogg"), "{as4:?}");
+    assert!(as4.contains("SOUND;TYPE=WAV:data:audio/wav;base64,UklGRv//AAA=\r\n"), "not UTF-8 either: {as4:?}");
+    assert!(!as4.contains('\0') && !as4.contains('\u{fffd}'), "{as4:?}");
+    // And back: the 4.0 card stored as sent, read as 3.0.
+    let v4 = as4.replace("UID:snd-1", "UID:snd-2");
+    let r = alice.put(&format!("{}snd4.vcf", alice.book()), &v4, &[]).await;
+    assert!(r.status.is_success(), "{}", r.text());
+    let as3 = alice
+        .send("GET", &format!("{}snd4.vcf", alice.book()), &[("accept", "text/vcard; version=3.0")], Vec::new())
+        .await
+        .text();
+    let line = as3.lines().find(|l| l.starts_with("SOUND;") && l.contains("ENCODING=b")).expect("binary SOUND");
+    assert!(line.contains("TYPE=OGG") && line.ends_with(&format!(":{sound}")), "{as3:?}");
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn whole_book_downloads_as_one_vcard_stream() {
     let s = TestServer::start().await;
