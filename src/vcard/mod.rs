@@ -285,45 +285,46 @@ pub fn parse_stored(bytes: &[u8]) -> Option<VCard> {
     Some(card)
 }
 
-/// calcard decodes a 3.0 (or 2.1) `SOUND;ENCODING=b` value into text instead of bytes, so the audio was
-/// lost (NUL bytes and U+FFFD in a text value) when such a card was served as 4.0. Each such SOUND gets its
-/// bytes back from its own line in `text`, with a media type from its TYPE (`OGG` → `audio/ogg`), and then
-/// becomes a `data:` URI in 4.0 and `ENCODING=b` in 3.0 like a PHOTO.
+/// calcard decodes a 3.0 (or 2.1) `SOUND;ENCODING=b` value that happens to be valid UTF-8 into a text
+/// value instead of bytes (other bytes it keeps as binary), so such a sound reached 4.0 clients as text with
+/// NUL bytes. The card's own SOUND lines tell which values were base64; those text values go back to being
+/// the bytes calcard decoded, with a media type from TYPE (`OGG` → `audio/ogg`), and then become a `data:`
+/// URI in 4.0 and `ENCODING=b` in 3.0, like a PHOTO.
 pub fn restore_binary_sounds(card: &mut VCard, text: &str) {
-    use base64::Engine;
     if !card.entries.iter().any(|e| e.name == VCardProperty::Sound) {
         return;
     }
-    let lines: Vec<String> = contact::logical_lines(text)
+    let encoded: Vec<bool> = contact::logical_lines(text)
         .into_iter()
         .filter(|l| contact::line_name(l).1 == "SOUND")
-        .map(|l| contact::unfold(l.trim_end_matches(['\r', '\n'])))
+        .map(|l| {
+            let line = contact::unfold(l.trim_end_matches(['\r', '\n']));
+            let head = contact::split_value(&line).map_or("", |(head, _)| head).to_ascii_uppercase();
+            head.split(';').skip(1).any(|p| {
+                let p = p.replace('"', "");
+                let p = p.trim();
+                p == "ENCODING=B" || p == "ENCODING=BASE64" || p == "BASE64"
+            })
+        })
         .collect();
-    if lines.len() != card.entries.iter().filter(|e| e.name == VCardProperty::Sound).count() {
+    if encoded.len() != card.entries.iter().filter(|e| e.name == VCardProperty::Sound).count() {
         return; // not the lines calcard read: leave the values as they are
     }
     let sounds = card.entries.iter_mut().filter(|e| e.name == VCardProperty::Sound);
-    for (entry, line) in sounds.zip(&lines) {
-        let Some((head, value)) = contact::split_value(line) else { continue };
-        let binary = head.split(';').skip(1).any(|p| {
-            let p = p.trim().to_ascii_uppercase();
-            p == "ENCODING=B" || p == "ENCODING=BASE64" || p == "BASE64"
-        });
-        if !binary {
-            continue;
-        }
-        let compact: String = value.chars().filter(|c| !c.is_whitespace()).collect();
-        let Ok(data) = base64::engine::general_purpose::STANDARD.decode(compact.as_bytes()) else { continue };
-        let content_type = parameter_values(entry, "TYPE").iter().flat_map(|v| v.split(',')).find_map(audio_media_type);
-        entry.values = vec![VCardValue::Binary(calcard::common::Data { content_type, data })];
+    for (entry, _) in sounds.zip(&encoded).filter(|(_, encoded)| **encoded) {
+        let [VCardValue::Text(decoded)] = entry.values.as_slice() else { continue };
+        let data = decoded.clone().into_bytes();
+        let types = parameter_values(entry, "TYPE");
+        let content_type = types.iter().flat_map(|v| v.split(',')).find_map(audio_media_type);
+        let content_type = content_type.unwrap_or_else(|| "application/octet-stream".to_string());
+        entry.values = vec![VCardValue::Binary(calcard::common::Data { content_type: Some(content_type), data })];
     }
 }
 
-/// The media type for a 3.0 SOUND's TYPE: a media type as it is, the common audio formats by name.
+/// The media type for a 3.0 SOUND's TYPE value: a media type as it is, the common audio formats by name.
 fn audio_media_type(type_value: &str) -> Option<String> {
     let t = type_value.trim().to_ascii_lowercase();
     let known = match t.as_str() {
-        "" | "pref" => return None,
         _ if t.contains('/') => return Some(t),
         "ogg" | "oga" | "vorbis" => "audio/ogg",
         "mp3" | "mpeg" => "audio/mpeg",
@@ -334,7 +335,7 @@ fn audio_media_type(type_value: &str) -> Option<String> {
         "mp4" | "m4a" => "audio/mp4",
         "flac" => "audio/flac",
         "opus" => "audio/opus",
-        other => return Some(format!("audio/{other}")),
+        _ => return None,
     };
     Some(known.to_string())
 }

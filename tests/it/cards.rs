@@ -188,7 +188,8 @@ async fn binary_sounds_survive_version_conversion() {
     let sound = "T2dnUwACAAAAAAAAAAA=";
     let v3 = format!(
         "BEGIN:VCARD\r\nVERSION:3.0\r\nUID:snd-1\r\nFN:Sound Person\r\nSOUND;ENCODING=b;TYPE=OGG:{sound}\r\n\
-         SOUND;VALUE=uri:https://example.com/name.ogg\r\nSOUND;ENCODING=b;TYPE=WAV:UklGRv//AAA=\r\nEND:VCARD\r\n"
+         SOUND;VALUE=uri:https://example.com/name.ogg\r\nSOUND;ENCODING=b;TYPE=WAV:UklGRv//AAA=\r\n\
+         SOUND;ENCODING=\"b\";TYPE=HOME,MP3:SUQzAwAAAAAA\r\nSOUND;ENCODING=b;TYPE=XYZ:AAEC\r\nEND:VCARD\r\n"
     );
     let r = alice.put(&format!("{}snd.vcf", alice.book()), &v3, &[]).await;
     assert!(r.status.is_success(), "{}", r.text());
@@ -199,6 +200,8 @@ async fn binary_sounds_survive_version_conversion() {
     assert!(as4.contains(&format!("SOUND;TYPE=OGG:data:audio/ogg;base64,{sound}\r\n")), "{as4:?}");
     assert!(as4.contains("SOUND;VALUE=URI:https://example.com/name.ogg"), "{as4:?}");
     assert!(as4.contains("SOUND;TYPE=WAV:data:audio/wav;base64,UklGRv//AAA=\r\n"), "not UTF-8 either: {as4:?}");
+    assert!(as4.contains(":data:audio/mpeg;base64,SUQzAwAAAAAA\r\n"), "quoted ENCODING, TYPE list: {as4:?}");
+    assert!(as4.contains(":data:application/octet-stream;base64,AAEC\r\n"), "unknown format: {as4:?}");
     assert!(!as4.contains('\0') && !as4.contains('\u{fffd}'), "{as4:?}");
     // And back: the 4.0 card stored as sent, read as 3.0.
     let v4 = as4.replace("UID:snd-1", "UID:snd-2");
