@@ -454,7 +454,7 @@ fn parse_vcf(text: &str) -> Vec<Result<ImportRow, (usize, String)>> {
         let readable = vcard::calcard_input(chunk);
         let card = match calcard::Parser::new(&readable).entry() {
             calcard::Entry::VCard(mut card) => {
-                vcard::restore_binary_sounds(&mut card, chunk);
+                vcard::restore_binary_values(&mut card, chunk);
                 card
             }
             calcard::Entry::InvalidLine(line) => {

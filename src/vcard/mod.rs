@@ -11,6 +11,7 @@ use calcard::vcard::{VCard, VCardEntry, VCardParameterName, VCardProperty, VCard
 use calcard::{Entry, Parser};
 use sha2::{Digest, Sha256};
 use std::borrow::Cow;
+use std::collections::HashMap;
 use unicode_normalization::UnicodeNormalization;
 
 /// The vCard versions a CardDAV client can ask for (RFC 6352 supported-address-data).
@@ -281,43 +282,75 @@ impl SearchIndex {
 pub fn parse_stored(bytes: &[u8]) -> Option<VCard> {
     let text = strip_bom(std::str::from_utf8(bytes).ok()?);
     let mut card = VCard::parse(calcard_input(text).as_ref()).ok()?;
-    restore_binary_sounds(&mut card, text);
+    restore_binary_values(&mut card, text);
     Some(card)
 }
 
-/// calcard decodes a 3.0 (or 2.1) `SOUND;ENCODING=b` value that happens to be valid UTF-8 into a text
-/// value instead of bytes (other bytes it keeps as binary), so such a sound reached 4.0 clients as text with
-/// NUL bytes. The card's own SOUND lines tell which values were base64; those text values go back to being
-/// the bytes calcard decoded, with a media type from TYPE (`OGG` → `audio/ogg`), and then become a `data:`
-/// URI in 4.0 and `ENCODING=b` in 3.0, like a PHOTO.
-pub fn restore_binary_sounds(card: &mut VCard, text: &str) {
-    if !card.entries.iter().any(|e| e.name == VCardProperty::Sound) {
+/// calcard decodes a 3.0 (or 2.1) `ENCODING=b` value that happens to be valid UTF-8 into a text value
+/// instead of bytes (other bytes it keeps as binary), so such a SOUND reached 4.0 clients as text with NUL
+/// bytes, and so did any other property (the vcard fuzz target found an `X-` one). The card's own lines tell
+/// which values were base64; those text values go back to being the bytes calcard decoded, a SOUND with a
+/// media type from its TYPE (`OGG` → `audio/ogg`), and then become a `data:` URI in 4.0 and `ENCODING=b`
+/// in 3.0, like a PHOTO.
+pub fn restore_binary_values(card: &mut VCard, text: &str) {
+    // Cheap ways out for the common card (every card read for a query passes through here): only a text
+    // value of a property that holds data, or one with a control character, can be such a value worth undoing.
+    let suspect = |e: &VCardEntry| match e.values.as_slice() {
+        [VCardValue::Text(t)] => {
+            matches!(e.name, VCardProperty::Photo | VCardProperty::Logo | VCardProperty::Sound | VCardProperty::Key)
+                || t.bytes().any(crate::dav::response::is_control)
+        }
+        _ => false,
+    };
+    if !card.entries.iter().any(suspect) {
         return;
     }
-    let encoded: Vec<bool> = contact::logical_lines(text)
-        .into_iter()
-        .filter(|l| contact::line_name(l).1 == "SOUND")
-        .map(|l| {
-            let line = contact::unfold(l.trim_end_matches(['\r', '\n']));
-            let head = contact::split_value(&line).map_or("", |(head, _)| head).to_ascii_uppercase();
-            head.split(';').skip(1).any(|p| {
-                let p = p.replace('"', "");
-                let p = p.trim();
-                p == "ENCODING=B" || p == "ENCODING=BASE64" || p == "BASE64"
-            })
-        })
-        .collect();
-    if encoded.len() != card.entries.iter().filter(|e| e.name == VCardProperty::Sound).count() {
-        return; // not the lines calcard read: leave the values as they are
+    let upper_has = |needle: &[u8]| text.as_bytes().windows(needle.len()).any(|w| w.eq_ignore_ascii_case(needle));
+    if !upper_has(b"BASE64") && !upper_has(b"ENCODING=B") && !upper_has(b"ENCODING=\"B") {
+        return;
     }
-    let sounds = card.entries.iter_mut().filter(|e| e.name == VCardProperty::Sound);
-    for (entry, _) in sounds.zip(&encoded).filter(|(_, encoded)| **encoded) {
+    // Per property name, in order: was its line base64?
+    let mut encoded: HashMap<String, Vec<bool>> = HashMap::new();
+    for l in contact::logical_lines(text) {
+        let line = contact::unfold(l.trim_end_matches(['\r', '\n']));
+        // Every line counts (calcard may read one this split cannot), but only a clean head can say base64.
+        let head = contact::split_value(&line).map_or("", |(head, _)| head);
+        let base64 = head.split(';').skip(1).any(|p| {
+            let p = p.replace('"', "").to_ascii_uppercase();
+            let p = p.trim();
+            p == "ENCODING=B" || p == "ENCODING=BASE64" || p == "BASE64"
+        });
+        encoded.entry(contact::line_name(&line).1).or_default().push(base64);
+    }
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    let mut restored: Vec<usize> = Vec::new();
+    for (i, entry) in card.entries.iter().enumerate() {
+        let name = entry.name.as_str().to_ascii_uppercase();
+        let n = seen.entry(name.clone()).or_default();
+        let was_base64 = encoded.get(&name).and_then(|lines| lines.get(*n)).copied().unwrap_or(false);
+        *n += 1;
+        if was_base64 && suspect(entry) {
+            restored.push(i);
+        }
+    }
+    // A name with a different count of lines and entries: calcard read other lines than these; leave it.
+    let aligned = |name: &str| encoded.get(name).map_or(0, Vec::len) == seen.get(name).copied().unwrap_or(0);
+    for i in restored {
+        let entry = &mut card.entries[i];
+        if !aligned(&entry.name.as_str().to_ascii_uppercase()) {
+            continue;
+        }
         let [VCardValue::Text(decoded)] = entry.values.as_slice() else { continue };
         let data = decoded.clone().into_bytes();
-        let types = parameter_values(entry, "TYPE");
-        let content_type = types.iter().flat_map(|v| v.split(',')).find_map(audio_media_type);
-        let content_type = content_type.unwrap_or_else(|| "application/octet-stream".to_string());
-        entry.values = vec![VCardValue::Binary(calcard::common::Data { content_type: Some(content_type), data })];
+        let content_type = (entry.name == VCardProperty::Sound).then(|| {
+            let types = parameter_values(entry, "TYPE");
+            types
+                .iter()
+                .flat_map(|v| v.split(','))
+                .find_map(audio_media_type)
+                .unwrap_or_else(|| "application/octet-stream".to_string())
+        });
+        entry.values = vec![VCardValue::Binary(calcard::common::Data { content_type, data })];
     }
 }
 
@@ -607,8 +640,11 @@ pub fn render(stored: &[u8], stored_version: &str, want: Option<Version>, props:
         None => card,
     };
     let out = write_as(&card, target);
-    // A card whose odd content the converter cannot carry over is served as stored rather than broken.
-    if bad_content_line(&out).is_some() || parse_stored(out.as_bytes()).is_none() {
+    // A card whose odd content the converter cannot carry over is served as stored rather than broken; so
+    // is one whose conversion wrote control characters (a base64 value calcard read as text, see
+    // `restore_binary_values`): a stored card has none, and XML could not carry them.
+    let controls = out.bytes().any(crate::dav::response::is_control);
+    if controls || bad_content_line(&out).is_some() || parse_stored(out.as_bytes()).is_none() {
         tracing::warn!(version = %stored_version, "a card could not be converted cleanly; serving it as stored");
         return (stored.to_vec(), false);
     }

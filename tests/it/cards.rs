@@ -178,10 +178,10 @@ async fn version_negotiation_on_get() {
     s.stop().await;
 }
 
-/// calcard read a 3.0 `SOUND;ENCODING=b` as text, so a card served as 4.0 carried the audio's bytes as a
+/// calcard read a 3.0 `ENCODING=b` value whose bytes are UTF-8 as text, so a card served as 4.0 carried them as a
 /// text value (NULs, U+FFFD). The sound must cross both ways as the same bytes, like a photo.
 #[tokio::test]
-async fn binary_sounds_survive_version_conversion() {
+async fn binary_values_survive_version_conversion() {
     let s = TestServer::start().await;
     let alice = s.user("alice").await;
     // An Ogg page header: NUL bytes, yet valid UTF-8, which is when calcard made it text.
@@ -189,7 +189,7 @@ async fn binary_sounds_survive_version_conversion() {
     let v3 = format!(
         "BEGIN:VCARD\r\nVERSION:3.0\r\nUID:snd-1\r\nFN:Sound Person\r\nSOUND;ENCODING=b;TYPE=OGG:{sound}\r\n\
          SOUND;VALUE=uri:https://example.com/name.ogg\r\nSOUND;ENCODING=b;TYPE=WAV:UklGRv//AAA=\r\n\
-         SOUND;ENCODING=\"b\";TYPE=HOME,MP3:SUQzAwAAAAAA\r\nSOUND;ENCODING=b;TYPE=XYZ:AAEC\r\nEND:VCARD\r\n"
+         SOUND;ENCODING=\"b\";TYPE=HOME,MP3:SUQzAwAAAAAA\r\nSOUND;ENCODING=b;TYPE=XYZ:AAEC\r\nX-RAW;ENCODING=b:AAEC\r\nEND:VCARD\r\n"
     );
     let r = alice.put(&format!("{}snd.vcf", alice.book()), &v3, &[]).await;
     assert!(r.status.is_success(), "{}", r.text());
@@ -202,6 +202,7 @@ async fn binary_sounds_survive_version_conversion() {
     assert!(as4.contains("SOUND;TYPE=WAV:data:audio/wav;base64,UklGRv//AAA=\r\n"), "not UTF-8 either: {as4:?}");
     assert!(as4.contains(":data:audio/mpeg;base64,SUQzAwAAAAAA\r\n"), "quoted ENCODING, TYPE list: {as4:?}");
     assert!(as4.contains(":data:application/octet-stream;base64,AAEC\r\n"), "unknown format: {as4:?}");
+    assert!(as4.contains("X-RAW"), "an X- property with base64 bytes is kept, and without NULs: {as4:?}");
     assert!(!as4.contains('\0') && !as4.contains('\u{fffd}'), "{as4:?}");
     // And back: the 4.0 card stored as sent, read as 3.0.
     let v4 = as4.replace("UID:snd-1", "UID:snd-2");

@@ -286,7 +286,12 @@ fn kept_values(card: &VCard) -> BTreeMap<String, Vec<String>> {
             "KIND" => value.to_lowercase(),
             "GEO" => geo_point(&value).unwrap_or(value),
             // Thunderbird's 3.0 photo: bare base64 without ENCODING=b; the same image as the 4.0 data: URI.
-            "PHOTO" => bare_base64_image(&value).map(|b| digest(&b)).unwrap_or(value),
+            // A 3.0 `ENCODING=b` photo whose bytes are UTF-8 text reads as that text here: inline bytes too.
+            "PHOTO" => match (bare_base64_image(&value), e.values.as_slice()) {
+                (Some(bytes), _) => digest(&bytes),
+                (None, [VCardValue::Text(t)]) if !has_uri_scheme(t) => digest(t.as_bytes()),
+                _ => value,
+            },
             _ => value,
         };
         out.entry(name).or_default().push(value);
