@@ -6,8 +6,8 @@ use crate::body::{self, Body};
 use crate::error::{DavError, DavResult};
 use crate::store::{self, Author, BookView, NewCard, Precondition};
 use crate::vcard::contact::{
-    Address, COLUMNS, Contact, Scalars, Typed, apply_changes, email_key, escape, fold_line_ending, is_modelled,
-    line_name, logical_lines, merge, newline_of, project, same_phone, split_value, unfold,
+    Address, COLUMNS, Contact, Scalars, Typed, apply_changes, email_key, escape, fold_line, is_modelled, line_name,
+    logical_lines, merge, newline_of, project, same_phone, split_value, unfold,
 };
 use crate::vcard::{self, Version};
 use http_body_util::{BodyExt, Limited};
@@ -490,7 +490,7 @@ fn parse_vcf(text: &str) -> Vec<Result<ImportRow, (usize, String)>> {
                 contact.formatted_name.clone()
             };
             let line = format!("FN:{}", escape(if fallback_fn.is_empty() { "(no name)" } else { &fallback_fn }));
-            additions.push_str(&fold_line_ending(&line, newline));
+            additions.push_str(&fold_line(&line, newline));
             contact.formatted_name = fallback_fn;
         }
         let source: String = if generated_uid.is_some() {

@@ -377,25 +377,21 @@ pub(crate) fn newline_of(text: &str) -> &'static str {
     if text.contains("\r\n") || !text.contains('\n') { "\r\n" } else { "\n" }
 }
 
-/// `fold_line` with the given line ending instead of CRLF.
-pub(crate) fn fold_line_ending(line: &str, newline: &str) -> String {
-    let folded = fold_line(line);
-    if newline == "\r\n" { folded } else { folded.replace("\r\n", newline) }
-}
-
-/// Folds a content line at 75 octets (RFC 6350 §3.2), never inside a UTF-8 sequence.
-pub(crate) fn fold_line(line: &str) -> String {
+/// Folds a content line at 75 octets (RFC 6350 §3.2), never inside a UTF-8 sequence, and ends it with
+/// `newline` (a card's own, see `newline_of`).
+pub(crate) fn fold_line(line: &str, newline: &str) -> String {
     let mut out = String::with_capacity(line.len() + 8);
     let mut width = 0;
     for c in line.chars() {
         if width + c.len_utf8() > 75 {
-            out.push_str("\r\n ");
+            out.push_str(newline);
+            out.push(' ');
             width = 1;
         }
         out.push(c);
         width += c.len_utf8();
     }
-    out.push_str("\r\n");
+    out.push_str(newline);
     out
 }
 
@@ -606,10 +602,10 @@ impl Contact {
     /// A new vCard 4.0 for this contact.
     pub fn to_new_vcard(&self, uid: &str) -> String {
         let mut out = String::from("BEGIN:VCARD\r\nVERSION:4.0\r\nPRODID:-//kartei//contact API//EN\r\n");
-        out.push_str(&fold_line(&format!("UID:{}", escape(uid))));
+        out.push_str(&fold_line(&format!("UID:{}", escape(uid)), "\r\n"));
         for field in FIELDS {
             for line in self.lines_for(field, Version::V4) {
-                out.push_str(&fold_line(&line));
+                out.push_str(&fold_line(&line, "\r\n"));
             }
         }
         out.push_str("END:VCARD\r\n");
@@ -769,15 +765,15 @@ pub fn apply_changes(stored: &str, version: Version, old: &Contact, new: &Contac
         let (group, name) = &names[i];
         if name == "END" {
             for new_line in at_end.drain(..) {
-                out.push_str(&fold_line_ending(&new_line, newline));
+                out.push_str(&fold_line(&new_line, newline));
             }
         }
         if let Some(lines) = in_place.get(&i) {
             for new_line in lines {
                 let new_line = keep_unprojected_parts(line, new_line, name);
                 match group {
-                    Some(g) => out.push_str(&fold_line_ending(&format!("{g}.{new_line}"), newline)),
-                    None => out.push_str(&fold_line_ending(&new_line, newline)),
+                    Some(g) => out.push_str(&fold_line(&format!("{g}.{new_line}"), newline)),
+                    None => out.push_str(&fold_line(&new_line, newline)),
                 }
             }
         } else if !(group.is_some_and(|g| removed_groups.contains(&g)) && name.starts_with("X-AB")) {
