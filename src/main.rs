@@ -701,9 +701,8 @@ fn export(store: &dyn Store, args: ExportArgs) -> Result<(), String> {
         after: None,
         limit: None,
     };
-    let segments = books.iter().map(|b| (b.id, b.segment.clone())).collect();
-    let (bytes, count) =
-        run_export(store, &args.user, &segments, query, &request).map_err(|e| e.message.to_string())?;
+    let books = books.into_iter().map(|b| (b.id, b)).collect();
+    let (bytes, count) = run_export(store, &args.user, &books, query, &request).map_err(|e| e.message.to_string())?;
     match &args.output {
         Some(path) => std::fs::write(path, &bytes).map_err(|e| format!("cannot write {}: {e}", path.display()))?,
         None => std::io::Write::write_all(&mut std::io::stdout(), &bytes).map_err(|e| e.to_string())?,

@@ -17,7 +17,7 @@ use crate::body::{self, Body};
 use crate::error::{DavError, DavResult};
 use crate::ingest::normalize_email;
 use crate::router;
-use crate::store::{self, BookId, ContactEvent, LocatedCard, Precondition, SharedStore, Store};
+use crate::store::{self, AuditRecord, BookId, ContactEvent, LocatedCard, Precondition, SharedStore, Store};
 use crate::vcard::{self, contact::project};
 use http_body_util::{BodyExt, Limited};
 use hyper::{Method, Request, Response, StatusCode, header};
@@ -164,6 +164,112 @@ fn event_json(e: &ContactEvent) -> Value {
     })
 }
 
+/// One person as the audit log mentions them: by address (subject-access records, an export's query), and
+/// each of their cards by book and UID (contact edits, imports and ingests name the book in `target` and the
+/// UID in `detail`) or by the card's href in its owner's home (exports list those). Only whole tokens count,
+/// and a UID only in a record about its own book: UIDs are unique per book only, and a short one (`7`,
+/// `contact1`) is part of many unrelated strings that an erasure must not touch.
+struct Subject {
+    email: String,
+    cards: Vec<SubjectCard>,
+}
+
+struct SubjectCard {
+    /// `owner/segment`, as records about a book name it.
+    book: String,
+    uid: String,
+    href: String,
+}
+
+const ERASED: &str = "[erased]";
+
+impl Subject {
+    fn new(email: &str, cards: &[LocatedCard]) -> Subject {
+        let cards = cards
+            .iter()
+            .map(|c| SubjectCard {
+                book: format!("{}/{}", c.owner, c.segment),
+                uid: c.card.meta.uid.clone(),
+                href: router::card_href(&c.owner, &c.segment, &c.card.meta.name),
+            })
+            .collect();
+        Subject { email: email.to_string(), cards }
+    }
+
+    /// The record with every mention of this person replaced by `[erased]`, or None when it has none.
+    fn redacted(&self, record: &AuditRecord) -> Option<AuditRecord> {
+        let mut out = record.clone();
+        let mut exported = false;
+        for text in [&mut out.target, &mut out.detail] {
+            *text = replace_tokens(text, &self.email, ERASED);
+            for card in &self.cards {
+                let replaced = replace_tokens(text, &card.href, ERASED);
+                exported |= replaced != *text;
+                *text = replaced;
+            }
+        }
+        for card in self.cards.iter().filter(|c| c.book == record.target && !c.uid.is_empty()) {
+            if out.detail == card.uid {
+                out.detail = ERASED.to_string();
+            } else {
+                // Imports and ingests list UIDs in JSON: the quoted string is the whole UID.
+                let quoted = Value::String(card.uid.clone()).to_string();
+                out.detail = out.detail.replace(&quoted, &Value::String(ERASED.into()).to_string());
+            }
+        }
+        // An export of this person's card: its query may have named them (`q=hilde`).
+        if exported
+            && record.action == "export"
+            && let Ok(mut detail) = serde_json::from_str::<Value>(&out.detail)
+            && detail.get("selection").is_some()
+        {
+            detail["selection"] = json!(ERASED);
+            out.detail = detail.to_string();
+        }
+        (out.target != record.target || out.detail != record.detail).then_some(out)
+    }
+}
+
+/// `text` with each whole-token occurrence of `needle` (letter case ignored) replaced: one that no letter,
+/// digit or address/path character (`._%+-@/`) touches on either side, so `a@x.de` is not found inside
+/// `ba@x.de` nor `/c.vcf` inside `/c.vcf2`.
+fn replace_tokens(text: &str, needle: &str, with: &str) -> String {
+    let lower_needle: Vec<char> = needle.chars().flat_map(char::to_lowercase).collect();
+    // Most records mention nobody: a plain search decides that before the char-by-char walk.
+    if lower_needle.is_empty() || !text.to_lowercase().contains(&lower_needle.iter().collect::<String>()) {
+        return text.to_string();
+    }
+    let in_token = |c: char| c.is_alphanumeric() || "._%+-@/".contains(c);
+    let chars: Vec<(usize, char)> = text.char_indices().collect();
+    let (mut out, mut copied, mut i) = (String::with_capacity(text.len()), 0, 0);
+    while i < chars.len() {
+        // Match the needle's lower-case chars against those of text from char i on.
+        let (mut j, mut k) = (i, 0);
+        while k < lower_needle.len() && j < chars.len() {
+            let lower: Vec<char> = chars[j].1.to_lowercase().collect();
+            if !lower_needle[k..].starts_with(&lower) {
+                break;
+            }
+            k += lower.len();
+            j += 1;
+        }
+        let whole = k == lower_needle.len()
+            && (i == 0 || !in_token(chars[i - 1].1))
+            && chars.get(j).is_none_or(|&(_, c)| !in_token(c));
+        if whole {
+            let (start, end) = (chars[i].0, chars.get(j).map_or(text.len(), |&(at, _)| at));
+            out.push_str(&text[copied..start]);
+            out.push_str(with);
+            copied = end;
+            i = j;
+        } else {
+            i += 1;
+        }
+    }
+    out.push_str(&text[copied..]);
+    out
+}
+
 /// Processing purposes stored on a card.
 pub fn purposes_of(card: &calcard::vcard::VCard) -> Vec<String> {
     card.entries
@@ -177,12 +283,10 @@ pub fn purposes_of(card: &calcard::vcard::VCard) -> Vec<String> {
 /// Everything kept about one e-mail address, as JSON.
 pub fn access_report(store: &dyn Store, email: &str) -> Result<Value, DavError> {
     let cards = store.cards_with_email(None, email)?;
-    let mut needles = vec![email.to_string()];
+    let subject = Subject::new(email, &cards);
     let mut contacts = Vec::new();
     let mut seen_events = std::collections::HashSet::new();
     for LocatedCard { book, owner, segment, card } in &cards {
-        needles.push(card.meta.uid.clone());
-        needles.push(router::card_href(owner, segment, &card.meta.name));
         let parsed = vcard::parse_stored(&card.vcard);
         let events = store.events(*book, &card.meta.uid)?;
         seen_events.extend(events.iter().map(|e| e.id));
@@ -205,7 +309,7 @@ pub fn access_report(store: &dyn Store, email: &str) -> Result<Value, DavError> 
     let orphan_events: Vec<Value> =
         store.events_for_email(email)?.iter().filter(|e| !seen_events.contains(&e.id)).map(event_json).collect();
     let audit: Vec<Value> = store
-        .audit_mentioning(&needles)?
+        .audit_matching(&|r| subject.redacted(r).is_some())?
         .iter()
         .map(|r| json!({"id": r.id, "at": r.at, "actor": r.actor, "action": r.action, "target": r.target, "detail": r.detail}))
         .collect();
@@ -308,7 +412,7 @@ async fn subject_access(app: Arc<App>, req: &Request<RequestBody>) -> DavResult<
 /// origin, and scrubs the address and the cards' UIDs from earlier audit records. Returns counts only.
 pub fn erase_subject(store: &dyn Store, email: &str) -> Result<Value, DavError> {
     let cards = store.cards_with_email(None, email)?;
-    let mut needles = vec![email.to_string()];
+    let subject = Subject::new(email, &cards);
     let mut events = 0;
     let mut books: Vec<BookId> = Vec::new();
     for found in &cards {
@@ -317,17 +421,16 @@ pub fn erase_subject(store: &dyn Store, email: &str) -> Result<Value, DavError> 
             Err(e) => return Err(e.into()),
         }
         events += store.forget_contact(found.book, &found.card.meta.uid, email)?;
-        needles.push(found.card.meta.uid.clone());
-        needles.push(router::card_href(&found.owner, &found.segment, &found.card.meta.name));
         if !books.contains(&found.book) {
             books.push(found.book);
         }
     }
     // Events whose card was already gone.
     events += store.forget_contact(-1, "", email)?;
-    let redacted = store.redact_audit(&needles)?;
-    let summary =
-        json!({"contacts": cards.len(), "books": books.len(), "events": events, "audit_records_redacted": redacted});
+    let redacted: Vec<AuditRecord> =
+        store.audit_matching(&|r| subject.redacted(r).is_some())?.iter().filter_map(|r| subject.redacted(r)).collect();
+    store.rewrite_audit(&redacted)?;
+    let summary = json!({"contacts": cards.len(), "books": books.len(), "events": events, "audit_records_redacted": redacted.len()});
     // The only trace left: that an erasure happened, with counts and no personal data.
     store.audit("admin", "subject.erase", "", &summary.to_string())?;
     Ok(summary)
@@ -396,4 +499,68 @@ pub fn spawn_retention_job(store: SharedStore, interval_secs: u64) -> tokio::tas
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(action: &str, target: &str, detail: &str) -> AuditRecord {
+        AuditRecord {
+            id: 1,
+            at: 0,
+            actor: "bob".into(),
+            action: action.into(),
+            target: target.into(),
+            detail: detail.into(),
+        }
+    }
+
+    fn subject() -> Subject {
+        Subject {
+            email: "one@uid.example".into(),
+            cards: vec![SubjectCard {
+                book: "anna/contacts".into(),
+                uid: "contact1".into(),
+                href: "/dav/addressbooks/anna/contacts/c1.vcf".into(),
+            }],
+        }
+    }
+
+    #[test]
+    fn only_whole_tokens_are_replaced() {
+        assert_eq!(replace_tokens("a@x.de, ba@x.de, (A@X.DE)", "a@x.de", "[e]"), "[e], ba@x.de, ([e])");
+        assert_eq!(replace_tokens("rt/a217 7 \"7\"", "7", "[e]"), "rt/a217 [e] \"[e]\"");
+        assert_eq!(replace_tokens("/b/c.vcf2 /b/c.vcf", "/b/c.vcf", "[e]"), "/b/c.vcf2 [e]");
+        assert_eq!(replace_tokens("JÜRGEN@MÜLLER.DE!", "jürgen@müller.de", "[e]"), "[e]!");
+        assert_eq!(replace_tokens("nothing here", "", "[e]"), "nothing here");
+    }
+
+    #[test]
+    fn a_uid_counts_only_in_records_about_its_own_book() {
+        let s = subject();
+        let mine = s.redacted(&record("contact.create", "anna/contacts", "contact1")).expect("about the card");
+        assert_eq!(mine.detail, ERASED);
+        // Another book's card with the same UID, and a longer UID in the same book: not this person.
+        assert!(s.redacted(&record("contact.create", "bob/contacts", "contact1")).is_none());
+        assert!(s.redacted(&record("contact.create", "anna/contacts", "contact12")).is_none());
+        let import = s
+            .redacted(&record("import", "anna/contacts", r#"{"uids":["contact12","contact1"]}"#))
+            .expect("an import of the card");
+        assert_eq!(import.detail, r#"{"uids":["contact12","[erased]"]}"#);
+    }
+
+    #[test]
+    fn an_export_of_the_card_loses_its_href_and_query() {
+        let s = subject();
+        let detail = json!({"purpose": "Mailing", "selection": {"q": "one"}, "count": 2,
+            "contacts": ["/dav/addressbooks/anna/contacts/c1.vcf", "/dav/addressbooks/anna/contacts/c12.vcf"]});
+        let out = s.redacted(&record("export", "contacts", &detail.to_string())).expect("an export of the card");
+        let out: Value = serde_json::from_str(&out.detail).expect("json");
+        assert_eq!(out["selection"], ERASED);
+        assert_eq!(out["contacts"], json!([ERASED, "/dav/addressbooks/anna/contacts/c12.vcf"]));
+        assert_eq!(out["purpose"], "Mailing", "who exported it and why stays");
+        let other = json!({"selection": {"q": "x"}, "contacts": ["/dav/addressbooks/anna/contacts/c12.vcf"]});
+        assert!(s.redacted(&record("export", "contacts", &other.to_string())).is_none());
+    }
 }

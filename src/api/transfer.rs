@@ -67,13 +67,13 @@ pub async fn export(ctx: &ApiCtx, params: &HashMap<String, String>) -> DavResult
     paging.insert("limit".into(), EXPORT_PAGE.to_string());
     let selection = ctx.selection(&paging).await?;
     let request = export_request(params, selection.columns.clone(), selection.description.clone())?;
-    let segments = ctx.book_segments().await?;
+    let books: HashMap<i64, store::BookView> = ctx.visible_books().await?.into_iter().map(|b| (b.id, b)).collect();
     let store = ctx.store().clone();
     let user = ctx.user.username.clone();
     let query = selection.query;
     let format = request.format.clone();
     let (bytes, count) =
-        tokio::task::spawn_blocking(move || run_export(store.as_ref(), &user, &segments, query, &request))
+        tokio::task::spawn_blocking(move || run_export(store.as_ref(), &user, &books, query, &request))
             .await
             .map_err(|e| DavError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
     let (content_type, ext) =
@@ -92,7 +92,7 @@ pub async fn export(ctx: &ApiCtx, params: &HashMap<String, String>) -> DavResult
 pub fn run_export(
     store: &dyn store::Store,
     username: &str,
-    segments: &HashMap<i64, String>,
+    books: &HashMap<i64, store::BookView>,
     mut query: store::ContactQuery,
     request: &ExportRequest,
 ) -> DavResult<(Vec<u8>, usize)> {
@@ -108,8 +108,10 @@ pub fn run_export(
     loop {
         let page = store.search_contacts(&query)?;
         for found in &page {
-            let Some(segment) = segments.get(&found.book) else { continue };
-            exported.push(crate::router::card_href(username, segment, &found.meta.name));
+            let Some(book) = books.get(&found.book) else { continue };
+            // The card's own href in its owner's home, whoever exports it: a sharee's view of a book has
+            // another segment, and subject access and erasure look for every export of the card (privacy.rs).
+            exported.push(crate::router::card_href(&book.owner, &book.owner_segment, &found.meta.name));
             if request.format == "csv" {
                 let Some(card) = vcard::parse_stored(&found.vcard) else { continue };
                 let contact = project(&card);
@@ -701,7 +703,9 @@ pub fn run_import(
     let by_uid: HashMap<&str, usize> = index.iter().enumerate().map(|(i, k)| (k.uid.as_str(), i)).collect();
     let mut by_email: HashMap<String, Vec<usize>> = HashMap::new();
     for (i, k) in index.iter().enumerate() {
-        for e in k.emails.lines().map(email_key).filter(|e| !e.is_empty()) {
+        // The column may hold an address twice (as written and as the bare address): one entry per card.
+        let keys: HashSet<String> = k.emails.lines().map(email_key).filter(|e| !e.is_empty()).collect();
+        for e in keys {
             by_email.entry(e).or_default().push(i);
         }
     }

@@ -98,10 +98,11 @@ pub trait Records {
     /// `vcard::unicode_casemap`).
     fn org_cards_at_domain(&self, book: BookId, domain: &str, limit: usize) -> Result<Vec<Card>>;
 
-    /// Audit records whose target or detail mentions any of `needles`, oldest first.
-    fn audit_mentioning(&self, needles: &[String]) -> Result<Vec<AuditRecord>>;
-    /// Replaces every mention of `needles` in audit details with `[erased]`; returns the records changed.
-    fn redact_audit(&self, needles: &[String]) -> Result<usize>;
+    /// The audit records `keep` accepts, oldest first (what a record is about is the caller's business: see
+    /// `privacy::Subject`).
+    fn audit_matching(&self, keep: &dyn Fn(&AuditRecord) -> bool) -> Result<Vec<AuditRecord>>;
+    /// Writes these records' target and detail back (an erasure's redaction), in one transaction.
+    fn rewrite_audit(&self, records: &[AuditRecord]) -> Result<()>;
     /// Drops a contact's event history and origin (after its card was deleted for an erasure).
     fn forget_contact(&self, book: BookId, uid: &str, email: &str) -> Result<usize>;
 

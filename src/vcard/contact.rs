@@ -857,10 +857,15 @@ pub enum Scalars {
     KeepExisting,
 }
 
-/// The same e-mail address: trimmed and case-insensitive, in the form the stored `emails` column holds
-/// (`vcard::unicode_casemap`), so that keys made here and read from the column compare.
+/// The same e-mail address: trimmed, case-insensitive and without a `mailto:` (how vCard 4.0 writers give
+/// `EMAIL;VALUE=uri`), in the `vcard::unicode_casemap` form that the stored `emails` column also holds for
+/// every address (see `SearchIndex`), so that keys made here and read from the column compare.
 pub fn email_key(raw: &str) -> String {
-    super::unicode_casemap(raw.trim())
+    let folded = super::unicode_casemap(raw.trim());
+    match folded.strip_prefix("mailto:") {
+        Some(address) => address.trim().to_string(),
+        None => folded,
+    }
 }
 
 /// The same phone number whatever its formatting (`+49 30 1234` = `030 1234`), see [`phone_key`].

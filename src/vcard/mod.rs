@@ -246,7 +246,7 @@ fn ends_with_ignore_case(s: &str, suffix: &str) -> bool {
 /// The version of the folding that the stored search columns hold (`unicode_casemap` for CardDAV queries,
 /// `contact::fold` for the quick search and the API's filters). Raise it when either changes: the columns
 /// are made again at the next start (see `open_store`).
-pub const SEARCH_COLUMNS_VERSION: &str = "3";
+pub const SEARCH_COLUMNS_VERSION: &str = "4";
 
 /// The `i;unicode-casemap` collation's form of a text (RFC 4790 §9.3, RFC 5051): compatibility-decomposed
 /// (NFKD), then lower-cased letter by letter, with final sigma as sigma. So `José` written precomposed or
@@ -270,11 +270,20 @@ impl SearchIndex {
         let join = |prop: VCardProperty| {
             card.properties(&prop).map(|e| unicode_casemap(&property_text(e))).collect::<Vec<_>>().join("\n")
         };
-        SearchIndex {
-            emails: join(VCardProperty::Email),
-            phones: join(VCardProperty::Tel),
-            org: join(VCardProperty::Org),
-        }
+        // Each address as written (a CardDAV text-match's pre-filter looks for a part of it) and, when that
+        // differs, as the address itself (`contact::email_key`: no blanks around it, no `mailto:`), the line
+        // that erasure, subject access, ingest and import look up.
+        let emails = card
+            .properties(&VCardProperty::Email)
+            .flat_map(|e| {
+                let text = property_text(e);
+                let (written, key) = (unicode_casemap(&text), contact::email_key(&text));
+                let key = (key != written && !key.is_empty()).then_some(key);
+                std::iter::once(written).chain(key)
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        SearchIndex { emails, phones: join(VCardProperty::Tel), org: join(VCardProperty::Org) }
     }
 }
 

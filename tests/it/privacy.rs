@@ -483,3 +483,93 @@ async fn a_non_ascii_address_is_found_by_erasure_ingest_and_import() {
     assert_eq!(alice.get(&format!("{}j.vcf", alice.book())).await.status, 404);
     s.stop().await;
 }
+
+/// Subject access and erasure find a person by the address however a card writes it (blanks around it,
+/// `mailto:`), report and redact every export of their cards (a sharee's too), and leave alone the records
+/// of other people whose UIDs merely contain theirs or repeat it in another book.
+async fn api(dav: &Dav, body: Value, book: &str) {
+    let path = format!("/api/v1/books/{book}/contacts");
+    let r = dav.send("POST", &path, &[("content-type", "application/json")], body.to_string()).await;
+    assert_eq!(r.status.as_u16(), 201, "{}", r.text());
+}
+
+#[tokio::test]
+async fn subject_requests_match_whole_addresses_and_only_this_persons_records() {
+    let s = TestServer::start().await;
+    let alice = s.user("alice").await;
+    let bob = s.user("bob").await;
+    let admin = Admin::new(&s);
+    // The person, and two others: one in bob's book with a UID that contains hers, one with the same UID.
+    api(&alice, json!({"uid": "contact1", "fn": "Ann One", "emails": [{"value": "one@uid.example"}]}), "contacts")
+        .await;
+    api(&bob, json!({"uid": "contact12", "fn": "Ben Twelve", "emails": [{"value": "twelve@uid.example"}]}), "contacts")
+        .await;
+    api(&bob, json!({"uid": "contact1", "fn": "Bea Other", "emails": [{"value": "bea@uid.example"}]}), "contacts")
+        .await;
+    // Two more cards of hers, written as some producers do.
+    alice.put_card("blank.vcf", "blank", "Ann Blank", "EMAIL;TYPE=INTERNET:One@uid.example \r\n").await;
+    let uri = vcard4("uri", "Ann Uri", "EMAIL;VALUE=uri:mailto:one@uid.example\r\n");
+    assert!(alice.put(&format!("{}uri.vcf", alice.book()), &uri, &[]).await.status.is_success());
+    // Bob sees alice's book through a share and exports her from it.
+    let store = s.store();
+    let segment = tokio::task::spawn_blocking(move || {
+        let book = store.book_in_home("alice", "contacts").expect("lookup").expect("book");
+        store.share_book(book.id, "bob", false).expect("share")
+    })
+    .await
+    .expect("join");
+    let r = bob.get(&format!("/api/v1/contacts/export?format=csv&purpose=BobCampaign&book={segment}&q=Ann")).await;
+    assert_eq!(r.status.as_u16(), 200, "{}", r.text());
+    let r = bob.get("/api/v1/contacts/export?format=csv&purpose=BobOwn&book=contacts").await;
+    assert_eq!(r.status.as_u16(), 200, "{}", r.text());
+    // An ingest matches the card written with a blank instead of making a duplicate.
+    let token = admin.integration("alice/contacts", "Booking").await;
+    let booked = ok_ingest(&s, &token, json!({"email": "one@uid.example", "name": "Ann"})).await;
+    assert_eq!(booked["created"], false, "{booked}");
+
+    let (status, report, text) = admin.call("GET", "/admin/v1/subject-access?email=one@uid.example", None).await;
+    assert_eq!(status, 200, "{text}");
+    let mut uids: Vec<&str> =
+        report["contacts"].as_array().into_iter().flatten().filter_map(|c| c["uid"].as_str()).collect();
+    uids.sort();
+    assert_eq!(uids, ["blank", "contact1", "uri"], "{report}");
+    let audit = report["audit"].as_array().expect("audit");
+    let purposes: Vec<&str> = audit
+        .iter()
+        .filter(|r| r["action"] == "export")
+        .filter_map(|r| serde_json::from_str::<Value>(r["detail"].as_str()?).ok())
+        .filter_map(|d| d["purpose"].as_str().map(str::to_string))
+        .map(|p| if p == "BobCampaign" { "BobCampaign" } else { "other" })
+        .collect();
+    assert_eq!(purposes, ["BobCampaign"], "bob's export of her card, and not his export of his own: {report}");
+    assert!(
+        audit.iter().all(|r| r["actor"] != "bob" || r["action"] == "export"),
+        "bob's records about his own cards are not hers: {report}"
+    );
+
+    let (status, erased, text) = admin.call("POST", "/admin/v1/erase", Some(json!({"email": "One@UID.example"}))).await;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(erased["erased"]["contacts"], 3, "{erased}");
+    for name in ["blank", "uri"] {
+        assert_eq!(alice.get(&format!("{}{name}.vcf", alice.book())).await.status, 404, "{name}");
+    }
+    let (_, audit, text) = admin.call("GET", "/admin/v1/audit", None).await;
+    assert!(!text.to_lowercase().contains("one@uid.example"), "{text}");
+    assert!(!text.contains("q=Ann") && !text.contains("\\\"Ann\\\""), "the export's query is erased: {text}");
+    let records = audit["records"].as_array().expect("records");
+    let details = |action: &str, actor: &str| -> Vec<String> {
+        records
+            .iter()
+            .filter(|r| r["action"] == action && r["actor"] == actor)
+            .filter_map(|r| r["detail"].as_str().map(str::to_string))
+            .collect()
+    };
+    let mut bobs = details("contact.create", "bob");
+    bobs.sort();
+    assert_eq!(bobs, ["contact1", "contact12"], "bob's records about his own cards are untouched");
+    assert_eq!(details("contact.create", "alice"), ["[erased]"]);
+    let exports = details("export", "bob");
+    assert!(exports.iter().any(|d| d.contains("BobCampaign") && d.contains("[erased]")), "{exports:?}");
+    assert!(exports.iter().any(|d| d.contains("BobOwn") && !d.contains("[erased]")), "{exports:?}");
+    s.stop().await;
+}

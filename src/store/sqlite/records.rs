@@ -39,7 +39,8 @@ fn event_from_row(r: &rusqlite::Row) -> rusqlite::Result<ContactEvent> {
     })
 }
 
-/// `emails` holds one address per line in `vcard::unicode_casemap` form; this matches one whole line.
+/// `emails` holds each address in `vcard::unicode_casemap` form, one per line (and the bare address on a line of
+/// its own when it was written with blanks or `mailto:`); this matches one whole line with `contact::email_key`.
 const HAS_EMAIL: &str = "instr(char(10) || c.emails || char(10), char(10) || ?1 || char(10)) > 0";
 
 /// Writes one card and notes who created or last changed it, and through what, inside the caller's
@@ -208,7 +209,7 @@ impl Records for SqliteStore {
                  WHERE {HAS_EMAIL} AND (?2 IS NULL OR c.book_id = ?2) ORDER BY c.book_id, c.name"
             ))?;
             let rows = stmt
-                .query_map(params![crate::vcard::unicode_casemap(email.trim()), book], |r| {
+                .query_map(params![crate::vcard::contact::email_key(email), book], |r| {
                     Ok(LocatedCard {
                         card: Card { meta: meta_from_row(r)?, vcard: r.get(7)? },
                         book: r.get(8)?,
@@ -243,11 +244,7 @@ impl Records for SqliteStore {
         })
     }
 
-    fn audit_mentioning(&self, needles: &[String]) -> Result<Vec<AuditRecord>> {
-        let needles: Vec<&String> = needles.iter().filter(|n| !n.is_empty()).collect();
-        if needles.is_empty() {
-            return Ok(Vec::new());
-        }
+    fn audit_matching(&self, keep: &dyn Fn(&AuditRecord) -> bool) -> Result<Vec<AuditRecord>> {
         self.read(|c| {
             let mut stmt = c.prepare("SELECT id, at, actor, action, target, detail FROM audit ORDER BY id")?;
             let mut rows = stmt.query([])?;
@@ -261,8 +258,7 @@ impl Records for SqliteStore {
                     target: r.get(4)?,
                     detail: r.get(5)?,
                 };
-                let text = format!("{}\n{}", record.target, record.detail).to_lowercase();
-                if needles.iter().any(|n| text.contains(&n.to_lowercase())) {
+                if keep(&record) {
                     out.push(record);
                 }
             }
@@ -270,22 +266,13 @@ impl Records for SqliteStore {
         })
     }
 
-    fn redact_audit(&self, needles: &[String]) -> Result<usize> {
-        let found = self.audit_mentioning(needles)?;
+    fn rewrite_audit(&self, records: &[AuditRecord]) -> Result<()> {
         self.write(|tx| {
-            for record in &found {
-                let mut target = record.target.clone();
-                let mut detail = record.detail.clone();
-                for n in needles.iter().filter(|n| !n.is_empty()) {
-                    target = replace_ignoring_case(&target, n, "[erased]");
-                    detail = replace_ignoring_case(&detail, n, "[erased]");
-                }
-                tx.execute(
-                    "UPDATE audit SET target = ?1, detail = ?2 WHERE id = ?3",
-                    params![target, detail, record.id],
-                )?;
+            let mut update = tx.prepare_cached("UPDATE audit SET target = ?1, detail = ?2 WHERE id = ?3")?;
+            for record in records {
+                update.execute(params![record.target, record.detail, record.id])?;
             }
-            Ok(found.len())
+            Ok(())
         })
     }
 
@@ -338,22 +325,4 @@ impl Records for SqliteStore {
             Ok(out)
         })
     }
-}
-
-/// ASCII-case-insensitive replace (needles are e-mail addresses and UIDs).
-fn replace_ignoring_case(haystack: &str, needle: &str, with: &str) -> String {
-    let lower = haystack.to_ascii_lowercase();
-    let n = needle.to_ascii_lowercase();
-    if n.is_empty() || !lower.contains(&n) {
-        return haystack.to_string();
-    }
-    let mut out = String::with_capacity(haystack.len());
-    let mut i = 0;
-    while let Some(pos) = lower[i..].find(&n) {
-        out.push_str(&haystack[i..i + pos]);
-        out.push_str(with);
-        i += pos + n.len();
-    }
-    out.push_str(&haystack[i..]);
-    out
 }
