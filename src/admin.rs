@@ -461,11 +461,15 @@ pub async fn handle_account(
         (&Method::GET, []) => {
             let name = user.username.clone();
             let public_url = app.public_url.clone();
-            let v = run(&app, move |s| {
+            let mut v = run(&app, move |s| {
                 let u = s.user(&name)?.ok_or(store::Error::NotFound)?;
                 user_json(s, &u, &public_url)
             })
             .await?;
+            // A `user+book` login sees its one book here too, as over CardDAV and the contacts API.
+            if let (Some(scope), Some(books)) = (&user.scope, v["books"].as_array_mut()) {
+                books.retain(|b| b["book"].as_str() == Some(scope.as_str()));
+            }
             Ok(json_response(StatusCode::OK, &v))
         }
         _ => Err(api_error(StatusCode::NOT_FOUND, "no such account endpoint")),

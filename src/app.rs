@@ -132,13 +132,22 @@ impl App {
         let method = req.method().as_str().to_string();
         let path = req.uri().path().to_string();
         let started = Instant::now();
-        let response = match self.dispatch(req, peer).await {
+        let tls = self.config.tls.mode != crate::config::TlsMode::Off;
+        let mut response = match self.dispatch(req, peer).await {
             Ok(r) => r,
             // The JSON APIs answer errors in JSON too, also those raised before their handlers (a path that
             // does not decode, a failed login, a refused admin request).
             Err(e) if is_json_api(&path) => crate::api::error_json(e, &method, &path),
             Err(e) => e.into_response(&method, &path),
         };
+        let headers = response.headers_mut();
+        // Every answer is what its Content-Type says: no browser guesses HTML into a vCard or a document.
+        headers.insert("x-content-type-options", header::HeaderValue::from_static("nosniff"));
+        if tls {
+            // Browsers ignore it on a certificate they had to be told to trust, so a self-signed start is
+            // not locked out; with a real certificate, no later visit falls back to plain HTTP.
+            headers.insert(header::STRICT_TRANSPORT_SECURITY, header::HeaderValue::from_static("max-age=31536000"));
+        }
         tracing::debug!(%method, %path, status = response.status().as_u16(), micros = started.elapsed().as_micros() as u64, "request");
         response
     }

@@ -93,9 +93,9 @@ impl DavError {
 
     pub fn into_response(self, method: &str, path: &str) -> Response<Body> {
         if self.status.is_server_error() {
-            tracing::error!(status = self.status.as_u16(), %method, %path, message = %self.message, "request failed");
+            tracing::error!(status = self.status.as_u16(), %method, %path, message = ?self.message, "request failed");
         } else {
-            tracing::warn!(status = self.status.as_u16(), %method, %path, message = %self.message, "request refused");
+            tracing::warn!(status = self.status.as_u16(), %method, %path, message = ?self.message, "request refused");
         }
         let mut builder = Response::builder().status(self.status);
         for (name, value) in &self.headers {

@@ -51,7 +51,7 @@ pub async fn handle(
     }
     let path = segments.join("/");
     match ctx.method.as_str() {
-        "GET" | "HEAD" => get(&ctx, &path).await,
+        "GET" | "HEAD" => get(&ctx, &path).await.map(served_inert),
         "PUT" => put(&ctx, &path, incoming).await,
         "DELETE" => delete(&ctx, &path).await,
         "MKCOL" => mkcol(&ctx, &path, incoming).await,
@@ -356,4 +356,23 @@ async fn proppatch(ctx: &Ctx, path: &str, incoming: RequestBody) -> DavResult<Re
         Ok(())
     });
     multistatus_response(body, false)
+}
+
+/// A stored document is served as data, never as a page of kartei's origin: the uploader chose its
+/// Content-Type, and an HTML or SVG file from a third party would otherwise run its script with the user's
+/// cached credentials. `sandbox` stops scripts wherever it opens; what a browser would render itself
+/// (anything but plain images, PDF and text) is offered as a download.
+fn served_inert(mut response: Response<Body>) -> Response<Body> {
+    const SHOWN: &[&str] = &["image/png", "image/jpeg", "image/gif", "image/webp", "application/pdf", "text/plain"];
+    let headers = response.headers_mut();
+    let media_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
+        .unwrap_or_default();
+    headers.insert(header::CONTENT_SECURITY_POLICY, header::HeaderValue::from_static("sandbox"));
+    if !SHOWN.contains(&media_type.as_str()) {
+        headers.insert(header::CONTENT_DISPOSITION, header::HeaderValue::from_static("attachment"));
+    }
+    response
 }

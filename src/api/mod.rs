@@ -98,9 +98,9 @@ pub async fn handle(app: Arc<App>, user: AuthUser, segments: Vec<String>, req: R
 /// An API error as `{"error": "...", "status": N}`, logged.
 pub fn error_json(e: DavError, method: &str, path: &str) -> Response<Body> {
     if e.status.is_server_error() {
-        tracing::error!(status = e.status.as_u16(), %method, %path, message = %e.message, "API request failed");
+        tracing::error!(status = e.status.as_u16(), %method, %path, message = ?e.message, "API request failed");
     } else {
-        tracing::warn!(status = e.status.as_u16(), %method, %path, message = %e.message, "API request refused");
+        tracing::warn!(status = e.status.as_u16(), %method, %path, message = ?e.message, "API request refused");
     }
     let mut r = json_response(e.status, &json!({"error": e.message, "status": e.status.as_u16()}));
     for (name, value) in &e.headers {
@@ -182,6 +182,10 @@ async fn dispatch(
         "/api/v1/books/{book}/import" => {
             let book = ctx.book(&params["book"]).await?;
             transfer::import(&ctx, &book, &query, req).await
+        }
+        // Saved views belong to the whole account, which a `user+book` login does not speak for.
+        "/api/v1/views" | "/api/v1/views/{id}" if ctx.user.scope.is_some() => {
+            Err(DavError::forbidden("a book-scoped login cannot use the account's saved views"))
         }
         "/api/v1/views" if req.method() == Method::GET => ctx.list_views().await,
         "/api/v1/views" => {
@@ -536,6 +540,9 @@ impl ApiCtx {
             return Ok(v);
         }
         let id: i64 = view.parse().map_err(|_| bad(format!("view: no view '{view}'")))?;
+        if self.user.scope.is_some() {
+            return Err(DavError::forbidden("a book-scoped login cannot use the account's saved views"));
+        }
         let me = self.user.username.clone();
         let views = store::blocking(self.store(), move |s| s.views(&me)).await?;
         let saved = views.into_iter().find(|v| v.id == id).ok_or_else(|| bad(format!("view: no view '{view}'")))?;
@@ -885,7 +892,7 @@ impl ApiCtx {
         // The files live in the book owner's private file area, which sharing a book does not share: anyone
         // who may write the book could otherwise probe it for names, sizes and types by naming paths in a
         // card. Others get the paths only. (`None`: no such file; `Some(None)`: not looked up.)
-        let mine = self.user.username == book.owner;
+        let mine = self.user.username == book.owner && self.user.scope.is_none();
         let entries = store::blocking(self.store(), move |s| {
             paths
                 .iter()

@@ -46,6 +46,10 @@ pub fn export_request(
     if purpose.chars().count() > 200 {
         return Err(bad("purpose: at most 200 characters"));
     }
+    // It is written to the audit log and the server log as given: one line of text.
+    if purpose.chars().any(char::is_control) {
+        return Err(bad("purpose: no line breaks or other control characters"));
+    }
     let format = params.get("format").map(String::as_str).unwrap_or("csv");
     if !matches!(format, "csv" | "vcf") {
         return Err(bad(format!("format: '{format}' is not csv or vcf")));
@@ -142,7 +146,7 @@ pub fn run_export(
         "count": exported.len(), "contacts": exported,
     });
     store.audit(username, "export", "contacts", &detail.to_string())?;
-    tracing::info!(user = %username, purpose = %request.purpose, format = %request.format, count = exported.len(), "contacts exported");
+    tracing::info!(user = %username, purpose = ?request.purpose, format = %request.format, count = exported.len(), "contacts exported");
     let bytes = if request.format == "csv" {
         let mut bytes =
             csv_out.into_inner().map_err(|e| DavError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;

@@ -81,7 +81,18 @@ fn parse_address_data(e: &Element) -> Result<AddressDataSpec, BadRequest> {
     Ok(AddressDataSpec { version, props })
 }
 
+/// The most properties one PROPFIND or REPORT may name. Real clients name up to ~40; the answer repeats every
+/// name for every resource, so a request naming the XML parser's limit (100,000) would make a 200-card book
+/// answer with well over 100 MB.
+pub const MAX_REQUESTED_PROPS: usize = 200;
+
 fn parse_prop_list(prop: &Element) -> Result<Vec<RequestedProp>, BadRequest> {
+    if prop.children.len() > MAX_REQUESTED_PROPS {
+        return Err(BadRequest::Malformed(format!(
+            "{} properties requested; at most {MAX_REQUESTED_PROPS} may be named in one request",
+            prop.children.len()
+        )));
+    }
     prop.children
         .iter()
         .map(|c| {

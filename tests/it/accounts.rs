@@ -771,6 +771,33 @@ async fn shared_books_listing_privileges_tokens_and_scoped_logins() {
     assert_eq!(scoped.delete(&rw, &[]).await.status, 403);
     assert_eq!(scoped.put(&format!("{rw}scoped.vcf"), &vcard("scoped", "S", ""), &[]).await.status, 201);
     assert_eq!(scoped.sync(&rw, "", "<d:getetag/>", None).await.status, 207);
+    // Account-level data stays within the book too: the account's book list, its saved views, and what the
+    // owner's file area holds (a document a card names).
+    let r = scoped.get("/account/v1/").await;
+    let listed: Vec<String> = serde_json::from_slice::<serde_json::Value>(&r.body).expect("json")["books"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|b| b["book"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(listed, std::slice::from_ref(&w.rw), "{}", r.text());
+    let view = r#"{"name": "Mine", "q": "x"}"#.to_string();
+    let r = a.send("POST", "/api/v1/views", &[("content-type", "application/json")], view.clone()).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(scoped.get("/api/v1/views").await.status, 403);
+    assert_eq!(scoped.send("POST", "/api/v1/views", &[("content-type", "application/json")], view).await.status, 403);
+    assert_eq!(scoped.send("DELETE", "/api/v1/views/1", &[], Vec::new()).await.status, 403);
+    assert_eq!(scoped.get("/api/v1/contacts?view=1").await.status, 403);
+    assert_eq!(a.put("/dav/files/alice/secret.html", "<b>x</b>", &[]).await.status, 201);
+    let own_scoped = dav_as(&w.s, "alice+aaa", &a.password);
+    let body = r#"{"uid": "probe", "fn": "P", "documents": ["secret.html", "nope.pdf"]}"#.to_string();
+    let r = own_scoped.send("POST", "/api/v1/books/aaa/contacts", &[("content-type", "application/json")], body).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let r = own_scoped.get("/api/v1/books/aaa/contacts/probe/documents").await;
+    assert_eq!(r.text().matches("\"exists\":null").count(), 2, "not the scoped login's to know: {}", r.text());
+    assert!(!r.text().contains("text/html"), "{}", r.text());
+    let r = a.get("/api/v1/books/aaa/contacts/probe/documents").await;
+    assert!(r.text().contains("\"exists\":true"), "the account's own login sees the file: {}", r.text());
     let scoped_ro = dav_as(&w.s, &format!("alice+{}", w.ro), &a.password);
     let r = scoped_ro.put(&format!("{ro}scoped.vcf"), &vcard("scoped", "S", ""), &[]).await;
     assert_eq!(r.status, 403, "a scoped login to a read-only share is read-only");

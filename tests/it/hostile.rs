@@ -1272,6 +1272,70 @@ async fn multiget_href_and_filter_term_limits() {
     let r = alice.report(&book, "1", &query(max + 1)).await;
     assert_eq!(r.status.as_u16(), 400, "{}", r.text());
     assert!(r.text().contains("terms"), "{}", r.text());
+    // The properties one request names: each is repeated for every card in the answer.
+    let propfind = |n: usize| {
+        let props: String = (0..n).map(|i| format!("<x:p{i}/>")).collect();
+        format!(r#"<d:propfind xmlns:d="DAV:" xmlns:x="urn:x"><d:prop>{props}</d:prop></d:propfind>"#)
+    };
+    let max = kartei::dav::request::MAX_REQUESTED_PROPS;
+    assert_eq!(alice.propfind(&book, "1", &propfind(max)).await.status.as_u16(), 207);
+    for r in [
+        alice.propfind(&book, "1", &propfind(max + 1)).await,
+        alice.report(&book, "1", &multiget(1).replace("<d:getetag/>", &"<d:getetag/>".repeat(max + 1))).await,
+        alice.propfind("/dav/files/alice/", "1", &propfind(max + 1)).await,
+    ] {
+        assert_eq!(r.status.as_u16(), 400, "{}", r.text());
+        assert!(r.text().contains("at most"), "{}", r.text());
+    }
+    s.stop().await;
+}
+
+/// What a browser may do with an answer: nothing but show it as its Content-Type says, over HTTPS only, and
+/// a stored document (its type chosen by whoever uploaded it) never as a page of kartei's own that runs.
+#[tokio::test]
+async fn answers_carry_headers_that_keep_browsers_safe() {
+    let s = TestServer::start().await;
+    let alice = s.user("alice").await;
+    alice.put_card("a.vcf", "a", "A", "").await;
+    let html = b"<script>alert(document.domain)</script>".to_vec();
+    assert_eq!(alice.send("PUT", "/dav/files/alice/x.html", &[("content-type", "text/html")], html).await.status, 201);
+    assert_eq!(
+        alice.send("PUT", "/dav/files/alice/p.png", &[("content-type", "image/png")], b"png".to_vec()).await.status,
+        201
+    );
+    for path in [format!("{}a.vcf", alice.book()), "/api/v1/books".into(), "/dav/files/alice/x.html".into()] {
+        let r = alice.get(&path).await;
+        assert_eq!(r.header("x-content-type-options").as_deref(), Some("nosniff"), "{path}");
+        assert_eq!(r.header("strict-transport-security").as_deref(), Some("max-age=31536000"), "{path}");
+    }
+    let r = alice.get("/dav/files/alice/x.html").await;
+    assert_eq!(r.header("content-security-policy").as_deref(), Some("sandbox"));
+    assert_eq!(r.header("content-disposition").as_deref(), Some("attachment"), "HTML is downloaded, not shown");
+    let r = alice.get("/dav/files/alice/p.png").await;
+    assert_eq!(
+        (r.header("content-security-policy").as_deref(), r.header("content-disposition")),
+        (Some("sandbox"), None)
+    );
+    s.stop().await;
+    // Plain HTTP (behind a proxy that terminates TLS) does not claim HSTS.
+    let s = TestServer::start_with(|c| c.tls.mode = kartei::config::TlsMode::Off).await;
+    let alice = s.user("alice").await;
+    let r = alice.get("/api/v1/books").await;
+    assert_eq!((r.status.as_u16(), r.header("strict-transport-security")), (200, None));
+    assert_eq!(r.header("x-content-type-options").as_deref(), Some("nosniff"));
+    s.stop().await;
+}
+
+/// Text a client chooses never starts a line of its own in the server log or the audit trail.
+#[tokio::test]
+async fn client_text_cannot_forge_log_lines() {
+    let s = TestServer::start().await;
+    let alice = s.user("alice").await;
+    let forged = "x%0A2026-11-24T00:00:00.000000Z%20%20WARN%20kartei::app:%20authentication%20failed";
+    let r = alice.get(&format!("/api/v1/contacts/export?format=vcf&purpose={forged}")).await;
+    assert_eq!(r.status.as_u16(), 400, "{}", r.text());
+    assert!(r.text().contains("control characters"), "{}", r.text());
+    assert!(!s.audit().await.to_string().contains("authentication failed"), "no export was recorded");
     s.stop().await;
 }
 
