@@ -5,7 +5,7 @@ use super::{empty_response, precondition};
 use crate::app::{App, Ctx, Target};
 use crate::body::Body;
 use crate::error::{DavError, DavResult};
-use crate::store;
+use crate::store::{self, Precondition};
 use hyper::{Response, StatusCode};
 
 pub async fn handle(ctx: Ctx, target: Target) -> DavResult<Response<Body>> {
@@ -20,6 +20,10 @@ pub async fn handle(ctx: Ctx, target: Target) -> DavResult<Response<Body>> {
         Target::Book(book) => {
             if ctx.user.scope.is_some() {
                 return Err(DavError::forbidden("a login scoped to one book cannot delete books"));
+            }
+            // A book exists but has no entity tag: only `If-Match: *` can hold (RFC 9110 §13.1.1, §13.1.2).
+            if !matches!(precondition(&ctx.headers)?, Precondition::None | Precondition::MustExist) {
+                return Err(DavError::new(StatusCode::PRECONDITION_FAILED, "an address book has no entity tag"));
             }
             let me = ctx.user.username.clone();
             if book.shared {
