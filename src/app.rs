@@ -86,15 +86,19 @@ impl Ctx {
             .ok_or_else(|| DavError::bad_request("COPY and MOVE need a Destination header"))?;
         let segments = router::href_segments(destination)
             .ok_or_else(|| DavError::bad_request("the Destination is not a valid URL"))?;
-        if let Some(theirs) = router::href_authority(destination) {
-            let public = router::href_authority(&self.app.public_url);
-            let ours = [self.authority.as_deref(), public];
-            if !ours.into_iter().flatten().any(|o| router::same_authority(o, theirs)) {
-                tracing::info!(%destination, "COPY/MOVE to another server refused");
-                return Err(DavError::new(StatusCode::BAD_GATEWAY, "the Destination is on another server"));
-            }
+        if !self.is_this_server(destination) {
+            tracing::info!(%destination, "COPY/MOVE to another server refused");
+            return Err(DavError::new(StatusCode::BAD_GATEWAY, "the Destination is on another server"));
         }
         Ok(segments)
+    }
+
+    /// Whether an href names this server: a path does, an absolute URL when it names the host the request
+    /// was sent to or the configured public URL's.
+    pub fn is_this_server(&self, href: &str) -> bool {
+        let Some(theirs) = router::href_authority(href) else { return true };
+        let public = router::href_authority(&self.app.public_url);
+        [self.authority.as_deref(), public].into_iter().flatten().any(|o| router::same_authority(o, theirs))
     }
 
     pub fn store(&self) -> &SharedStore {

@@ -1,6 +1,7 @@
 //! One file per HTTP method. `dispatch` is the one `match` that picks the handler; the helpers here are
 //! what several handlers share (body limits, If-Match parsing, the multistatus response).
 
+pub mod conditional;
 mod copymove;
 mod delete;
 mod get;
@@ -15,8 +16,9 @@ use crate::body::RequestBody;
 use crate::body::{self, Body};
 use crate::dav::response::XML_CONTENT_TYPE;
 use crate::error::{DavError, DavResult};
-use crate::store::Precondition;
+use crate::store::{self as store, BookId, Precondition};
 use bytes::Bytes;
+use conditional::{Conditions, State};
 use http_body_util::{BodyExt, Limited};
 use hyper::{HeaderMap, Response, StatusCode, header};
 
@@ -73,31 +75,27 @@ fn clean_etag(tag: &str) -> String {
 
 /// If-Match / If-None-Match (RFC 9110 §13.1) as a store precondition.
 pub fn precondition(headers: &HeaderMap) -> DavResult<Precondition> {
-    // A condition the server cannot read must not be dropped: that would make the write unconditional.
-    for name in [header::IF_MATCH, header::IF_NONE_MATCH] {
-        if headers.get(&name).is_some_and(|v| v.to_str().is_err()) {
-            return Err(DavError::bad_request(format!("{name} is not a list of entity tags in visible ASCII")));
-        }
+    Ok(Conditions::parse_etags(headers)?.precondition())
+}
+
+/// Checks the conditional headers of a write to a card and returns the precondition the store checks with
+/// the write. The card is read first only when a condition needs more than the store's own check.
+pub async fn card_precondition(ctx: &Ctx, book: BookId, name: &str) -> DavResult<Precondition> {
+    let conditions = Conditions::parse(&ctx.headers)?;
+    if !conditions.needs_state() {
+        return Ok(conditions.precondition());
     }
-    let get = |name| headers.get(name).and_then(|v: &header::HeaderValue| v.to_str().ok()).map(str::trim);
-    if let Some(m) = get(header::IF_MATCH) {
-        if m == "*" {
-            return Ok(Precondition::MustExist);
-        }
-        let tags: Vec<String> = m.split(',').map(clean_etag).filter(|t| !t.is_empty()).collect();
-        if tags.is_empty() {
-            return Err(DavError::bad_request("If-Match has no entity tag"));
-        }
-        return Ok(Precondition::EtagIn(tags));
-    }
-    if let Some(m) = get(header::IF_NONE_MATCH) {
-        if m == "*" {
-            return Ok(Precondition::MustNotExist);
-        }
-        // If-None-Match with tags on a write: rarely used; treat "none of these" as unsupported precision.
-        return Err(DavError::new(StatusCode::PRECONDITION_FAILED, "only If-None-Match: * is supported on writes"));
-    }
-    Ok(Precondition::None)
+    let n = name.to_string();
+    let etag = store::point_read(ctx.store(), move |s| s.card_meta(book, &n)).await?.map(|m| m.etag);
+    let current = etag.as_deref().map(|e| State { etag: Some(e) });
+    conditions.check(ctx, current).await?;
+    Ok(Conditions::pin(current))
+}
+
+/// Checks the conditional headers of a request on a collection (which has no entity tag), or on nothing
+/// when `exists` is false.
+pub async fn check_collection(ctx: &Ctx, exists: bool) -> DavResult<()> {
+    Conditions::parse(&ctx.headers)?.check(ctx, exists.then_some(State::default())).await
 }
 
 /// `application/xml`, `text/xml` or a `+xml` type, parameters ignored (RFC 7303).

@@ -3,7 +3,7 @@
 //! set (see shared/clients/ios-macos.md): it is kept with the first book of the home as this login sees it -
 //! the one book an Apple account syncs, which the me-card href points into.
 
-use super::{multistatus_response, read_body};
+use super::{check_collection, multistatus_response, read_body};
 use crate::app::{App, Ctx, Target};
 use crate::body::RequestBody;
 use crate::body::stream_body;
@@ -80,6 +80,7 @@ pub async fn handle(ctx: Ctx, target: Target, body: RequestBody) -> DavResult<Re
         _ => return Err(DavError::forbidden("properties can be changed on address books only")),
     };
     App::require_writable(&book)?;
+    check_collection(&ctx, true).await?;
     let mut patches = Vec::new();
     let mut names = Vec::new();
     let mut refused = Vec::new();
@@ -118,6 +119,7 @@ pub async fn handle(ctx: Ctx, target: Target, body: RequestBody) -> DavResult<Re
 /// macOS's "this is my card" (`PROPPATCH <home>` with `CS:me-card`); anything else on a home is refused
 /// (403, the rest 424), all or nothing as on a book.
 async fn patch_home(ctx: Ctx, user: String, ops: Vec<PatchOp>) -> DavResult<Response<crate::body::Body>> {
+    check_collection(&ctx, true).await?;
     let is_me_card = |name: &PropName| name.is(NS_CALSERVER, "me-card");
     let mut patches = Vec::new();
     let mut names = Vec::new();

@@ -72,3 +72,27 @@ async fn file_size_limit_is_enforced() {
     assert_eq!(alice.get("/dav/files/alice/big.bin").await.status, 404);
     s.stop().await;
 }
+
+/// If-Match, If-None-Match and the If header (RFC 4918 §10.4) guard writes in the file area.
+#[tokio::test]
+async fn conditional_writes_in_the_file_area() {
+    let s = TestServer::start().await;
+    let alice = s.user("alice").await;
+    let doc = "/dav/files/alice/a.txt";
+    let etag = alice.send("PUT", doc, &[], b"one".to_vec()).await.header("etag").expect("etag");
+    let r = alice.send("PUT", doc, &[("if", r#"(["bogus"])"#)], b"two".to_vec()).await;
+    assert_eq!(r.status, 412);
+    assert_eq!(alice.get(doc).await.body, b"one");
+    assert_eq!(alice.delete(doc, &[("if", r#"(["nope"])"#)]).await.status, 412);
+    assert_eq!(alice.delete(doc, &[("if-none-match", "*")]).await.status, 412, "it exists");
+    let patch = r#"<d:propertyupdate xmlns:d="DAV:" xmlns:k="urn:k"><d:set><d:prop><k:x>1</k:x></d:prop></d:set></d:propertyupdate>"#;
+    assert_eq!(alice.send("PROPPATCH", doc, &[("if", r#"(["nope"])"#)], patch).await.status, 412);
+    let copy = [("destination", "/dav/files/alice/b.txt"), ("if", r#"(["nope"])"#)];
+    assert_eq!(alice.send("COPY", doc, &copy, Vec::new()).await.status, 412);
+    assert_eq!(alice.get("/dav/files/alice/b.txt").await.status, 404);
+    assert_eq!(alice.send("MKCOL", "/dav/files/alice/d/", &[("if", "(<DAV:no-lock>)")], Vec::new()).await.status, 412);
+    let r = alice.send("PUT", doc, &[("if", &format!("(Not <DAV:no-lock> [{etag}])"))], b"two".to_vec()).await;
+    assert_eq!(r.status, 204);
+    assert_eq!(alice.delete(doc, &[("if-match", "*")]).await.status, 204);
+    s.stop().await;
+}
