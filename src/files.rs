@@ -9,8 +9,8 @@ use crate::dav::request::{PatchOp, PropFind, RequestedProp, parse_propfind, pars
 use crate::dav::response::{Multistatus, Prop, Value};
 use crate::dav::{Depth, NS_DAV, PropName};
 use crate::error::{Condition, DavError, DavResult};
-use crate::methods::conditional::{Conditions, State};
-use crate::methods::{empty_response, multistatus_response, read_body, wants_minimal};
+use crate::methods::conditional::{Conditions, State, Verdict};
+use crate::methods::{empty_response, multistatus_response, not_modified, read_body, wants_minimal};
 use crate::router::{self, Route};
 use crate::store::{self, BookPatch, DeadProperty, FileEntry, PutOutcome, Transfer};
 use http_body_util::{BodyExt, Limited};
@@ -69,7 +69,7 @@ async fn entry(ctx: &Ctx, path: &str) -> DavResult<FileEntry> {
 }
 
 fn state(file: &FileEntry) -> State<'_> {
-    State { etag: file.etag.as_deref() }
+    State { etag: file.etag.as_deref(), modified: Some(file.modified_at) }
 }
 
 /// Checks the conditional headers (RFC 9110 §13, RFC 4918 §10.4) against the file at `path`, or nothing.
@@ -79,6 +79,9 @@ async fn check_conditions(ctx: &Ctx, file: Option<&FileEntry>) -> DavResult<()> 
 
 async fn get(ctx: &Ctx, path: &str) -> DavResult<Response<Body>> {
     let file = entry(ctx, path).await?;
+    if Conditions::parse(&ctx.headers)?.check_read(ctx, Some(state(&file))).await? == Verdict::NotModified {
+        return Ok(not_modified(file.etag.as_deref(), Some(file.modified_at), None));
+    }
     let head = ctx.method == "HEAD";
     if file.is_collection {
         let (owner, p) = (ctx.user.username.clone(), path.to_string());
@@ -125,7 +128,7 @@ async fn put(ctx: &Ctx, path: &str, incoming: RequestBody) -> DavResult<Response
         conditions.check(ctx, file.as_ref().map(state)).await?;
         Conditions::pin(file.as_ref().map(state))
     } else {
-        conditions.precondition()
+        conditions.precondition()?
     };
     let limit = ctx.app.config.limits.max_file_size;
     let too_large = || DavError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("files may be at most {limit} bytes"));

@@ -18,8 +18,19 @@ type Tagged = HashMap<String, Option<Option<String>>>;
 /// A resource as the conditions see it; `None` in its place means nothing is there.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct State<'a> {
-    /// Collections (address books, folders) have none.
+    /// The entity tag of the representation the response would carry; collections (address books, folders)
+    /// and converted cards have none.
     pub etag: Option<&'a str>,
+    /// Last modification, Unix seconds (what Last-Modified says), if it has one.
+    pub modified: Option<i64>,
+}
+
+/// What a read may answer instead of the representation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Proceed,
+    /// 304: the client's copy is current (RFC 9110 §15.4.5).
+    NotModified,
 }
 
 /// `*` or a list of entity tags (quotes stripped; a weak tag keeps its `W/`, so it never matches strongly).
@@ -41,12 +52,16 @@ impl Tags {
         Ok(Tags::List(tags))
     }
 
-    /// Strong comparison (If-Match, RFC 9110 §13.1.1).
-    fn matches(&self, current: Option<State>) -> bool {
+    /// Strong comparison for If-Match (RFC 9110 §13.1.1), weak for If-None-Match (§13.1.2). kartei's own
+    /// tags are all strong.
+    fn matches(&self, current: Option<State>, weak: bool) -> bool {
+        let opaque = |t: &str| {
+            if weak { t.strip_prefix("W/").unwrap_or(t).trim_matches('"').to_string() } else { t.to_string() }
+        };
         match (self, current) {
             (_, None) => false,
             (Tags::Any, Some(_)) => true,
-            (Tags::List(tags), Some(s)) => s.etag.is_some_and(|e| tags.iter().any(|t| t == e)),
+            (Tags::List(tags), Some(s)) => s.etag.is_some_and(|e| tags.iter().any(|t| opaque(t) == e)),
         }
     }
 }
@@ -56,6 +71,9 @@ impl Tags {
 pub struct Conditions {
     if_match: Option<Tags>,
     if_none_match: Option<Tags>,
+    /// Unix seconds; a date that does not parse is ignored (RFC 9110 §13.1.3, §13.1.4).
+    if_modified_since: Option<i64>,
+    if_unmodified_since: Option<i64>,
     if_header: Option<IfHeader>,
 }
 
@@ -65,10 +83,13 @@ fn failed(why: &'static str) -> DavError {
 }
 
 impl Conditions {
-    /// Reads If-Match, If-None-Match and If; one the server cannot read is a 400, never ignored (ignoring it
-    /// would make a write unconditional).
+    /// Reads the conditional headers; an If-Match, If-None-Match or If the server cannot read is a 400,
+    /// never ignored (ignoring it would make a write unconditional).
     pub fn parse(headers: &HeaderMap) -> DavResult<Conditions> {
         let mut c = Conditions::parse_etags(headers)?;
+        let date = |name| headers.get(name).and_then(|v| v.to_str().ok()).and_then(crate::dates::parse_http_date);
+        c.if_modified_since = date(header::IF_MODIFIED_SINCE);
+        c.if_unmodified_since = date(header::IF_UNMODIFIED_SINCE);
         let values: Vec<&str> = headers
             .get_all("if")
             .iter()
@@ -98,41 +119,48 @@ impl Conditions {
                 c.if_none_match = Some(tags);
             }
         }
-        if c.if_match.is_none() && matches!(c.if_none_match, Some(Tags::List(_))) {
-            // If-None-Match with tags on a write: rarely used; treat "none of these" as unsupported precision.
-            return Err(failed("only If-None-Match: * is supported on writes"));
-        }
         Ok(c)
     }
 
     /// The If-Match / If-None-Match part as a store precondition, which the store checks atomically with the
     /// write.
-    pub fn precondition(&self) -> Precondition {
-        match (&self.if_match, &self.if_none_match) {
+    pub fn precondition(&self) -> DavResult<Precondition> {
+        Ok(match (&self.if_match, &self.if_none_match) {
             (Some(Tags::Any), _) => Precondition::MustExist,
             (Some(Tags::List(tags)), _) => Precondition::EtagIn(tags.clone()),
             (None, Some(Tags::Any)) => Precondition::MustNotExist,
-            (None, _) => Precondition::None,
-        }
+            // If-None-Match with tags on a write: rarely used; treat "none of these" as unsupported precision.
+            (None, Some(Tags::List(_))) => return Err(failed("only If-None-Match: * is supported on writes")),
+            (None, None) => Precondition::None,
+        })
     }
 
-    /// Whether evaluating needs the resource's current state; if not, `precondition` alone decides.
+    /// Whether evaluating a write needs the resource's current state; if not, `precondition` alone decides.
     pub fn needs_state(&self) -> bool {
-        self.if_header.is_some()
+        self.if_header.is_some() || self.if_unmodified_since.is_some()
     }
 
     /// The precondition that keeps a resource in the state the conditions were evaluated against, so that a
     /// write racing with this request between the check and the store's write still fails.
     pub fn pin(current: Option<State>) -> Precondition {
         match current {
-            Some(State { etag: Some(etag) }) => Precondition::EtagIn(vec![etag.to_string()]),
-            Some(State { etag: None }) => Precondition::MustExist,
+            Some(State { etag: Some(etag), .. }) => Precondition::EtagIn(vec![etag.to_string()]),
+            Some(State { etag: None, .. }) => Precondition::MustExist,
             None => Precondition::MustNotExist,
         }
     }
 
-    /// Evaluates every condition against the request target's current state; a failure is a 412.
+    /// Evaluates every condition for a write against the request target's current state: 412 on failure.
     pub async fn check(&self, ctx: &Ctx, current: Option<State<'_>>) -> DavResult<()> {
+        self.check_as(ctx, current, false).await.map(|_| ())
+    }
+
+    /// The same for GET and HEAD, where a failed If-None-Match or If-Modified-Since is a 304.
+    pub async fn check_read(&self, ctx: &Ctx, current: Option<State<'_>>) -> DavResult<Verdict> {
+        self.check_as(ctx, current, true).await
+    }
+
+    async fn check_as(&self, ctx: &Ctx, current: Option<State<'_>>, read: bool) -> DavResult<Verdict> {
         let mut tagged = HashMap::new();
         if let Some(h) = &self.if_header {
             for uri in h.lists.iter().filter_map(|l| l.tag.as_deref()) {
@@ -141,24 +169,36 @@ impl Conditions {
                 }
             }
         }
-        self.evaluate(current, &tagged)
+        self.evaluate(current, &tagged, read)
     }
 
-    fn evaluate(&self, current: Option<State>, tagged: &Tagged) -> DavResult<()> {
+    /// RFC 9110 §13.2.2's order, after the If header (which is a precondition of its own, RFC 4918 §10.4).
+    fn evaluate(&self, current: Option<State>, tagged: &Tagged, read: bool) -> DavResult<Verdict> {
         if let Some(h) = &self.if_header
             && !h.holds(current.and_then(|c| c.etag), tagged)
         {
             return Err(failed("no list of the If header matches the resource's state"));
         }
-        if let Some(m) = &self.if_match
-            && !m.matches(current)
-        {
-            return Err(failed("If-Match does not match the resource's current entity tag"));
+        let modified = current.and_then(|c| c.modified);
+        match (&self.if_match, self.if_unmodified_since) {
+            (Some(m), _) if !m.matches(current, false) => {
+                return Err(failed("If-Match does not match the resource's current entity tag"));
+            }
+            (None, Some(since)) if modified.is_some_and(|m| m > since) => {
+                return Err(failed("the resource was modified after If-Unmodified-Since"));
+            }
+            _ => {}
         }
-        if self.if_match.is_none() && self.if_none_match == Some(Tags::Any) && current.is_some() {
-            return Err(failed("If-None-Match: * but the resource exists"));
+        match (&self.if_none_match, self.if_modified_since) {
+            (Some(m), _) if m.matches(current, true) => {
+                if read {
+                    return Ok(Verdict::NotModified);
+                }
+                return Err(failed("If-None-Match matches the resource's current entity tag"));
+            }
+            (None, Some(since)) if read && modified.is_some_and(|m| m <= since) => Ok(Verdict::NotModified),
+            _ => Ok(Verdict::Proceed),
         }
-        Ok(())
     }
 }
 

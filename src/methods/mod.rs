@@ -75,7 +75,7 @@ fn clean_etag(tag: &str) -> String {
 
 /// If-Match / If-None-Match (RFC 9110 §13.1) as a store precondition.
 pub fn precondition(headers: &HeaderMap) -> DavResult<Precondition> {
-    Ok(Conditions::parse_etags(headers)?.precondition())
+    Conditions::parse_etags(headers)?.precondition()
 }
 
 /// Checks the conditional headers of a write to a card and returns the precondition the store checks with
@@ -83,11 +83,11 @@ pub fn precondition(headers: &HeaderMap) -> DavResult<Precondition> {
 pub async fn card_precondition(ctx: &Ctx, book: BookId, name: &str) -> DavResult<Precondition> {
     let conditions = Conditions::parse(&ctx.headers)?;
     if !conditions.needs_state() {
-        return Ok(conditions.precondition());
+        return conditions.precondition();
     }
     let n = name.to_string();
-    let etag = store::point_read(ctx.store(), move |s| s.card_meta(book, &n)).await?.map(|m| m.etag);
-    let current = etag.as_deref().map(|e| State { etag: Some(e) });
+    let meta = store::point_read(ctx.store(), move |s| s.card_meta(book, &n)).await?;
+    let current = meta.as_ref().map(|m| State { etag: Some(&m.etag), modified: Some(m.modified_at) });
     conditions.check(ctx, current).await?;
     Ok(Conditions::pin(current))
 }
@@ -132,6 +132,20 @@ pub fn wants_minimal(headers: &HeaderMap) -> bool {
         .filter_map(|v| v.to_str().ok())
         .any(|v| v.split(',').any(|p| p.trim().eq_ignore_ascii_case("return=minimal")));
     brief || prefer
+}
+
+/// 304 with the validators a 200 would carry (RFC 9110 §15.4.5): the ETag, else Last-Modified.
+pub fn not_modified(etag: Option<&str>, last_modified: Option<i64>, vary: Option<&'static str>) -> Response<Body> {
+    let mut builder = Response::builder().status(StatusCode::NOT_MODIFIED);
+    if let Some(etag) = etag {
+        builder = builder.header(header::ETAG, format!("\"{etag}\""));
+    } else if let Some(m) = last_modified {
+        builder = builder.header(header::LAST_MODIFIED, crate::dates::format_http_date(m));
+    }
+    if let Some(vary) = vary {
+        builder = builder.header(header::VARY, vary);
+    }
+    builder.body(body::empty()).unwrap_or_else(|_| Response::new(body::empty()))
 }
 
 pub fn empty_response(status: StatusCode) -> Response<Body> {

@@ -91,3 +91,74 @@ async fn tagged_if_lists_name_their_resource() {
     assert_ne!(alice.get(&b).await.header("etag"), Some(dest_etag), "overwritten");
     s.stop().await;
 }
+
+/// An HTTP date `secs` seconds from now.
+fn http_date_in(secs: i64) -> String {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs() as i64;
+    kartei::dates::format_http_date(now + secs)
+}
+
+const LONG_AGO: &str = "Mon, 01 Jan 2001 00:00:00 GMT";
+
+/// GET and HEAD of a card evaluate the preconditions in RFC 9110 §13.2.2's order: a current copy is 304,
+/// a failed If-Match 412.
+#[tokio::test]
+async fn conditional_get_of_a_card() {
+    let s = TestServer::start().await;
+    let alice = s.user("alice").await;
+    let etag = alice.put_card("a.vcf", "a", "Anna", "").await;
+    let path = format!("{}a.vcf", alice.book());
+    let get = |headers: Vec<(&'static str, String)>| {
+        let (alice, path) = (&alice, path.clone());
+        async move {
+            let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            alice.send("GET", &path, &h, Vec::new()).await
+        }
+    };
+    let r = get(vec![("if-none-match", etag.clone())]).await;
+    assert_eq!(r.status, 304);
+    assert!(r.body.is_empty());
+    assert_eq!(r.header("etag").as_deref(), Some(etag.as_str()), "a 304 carries the validator");
+    assert_eq!(get(vec![("if-none-match", format!("\"x\", W/{etag}"))]).await.status, 304, "weak comparison");
+    assert_eq!(get(vec![("if-none-match", "\"other\"".into())]).await.status, 200);
+    assert_eq!(get(vec![("if-none-match", "*".into())]).await.status, 304);
+    assert_eq!(get(vec![("if-match", "\"nope\"".into())]).await.status, 412);
+    assert_eq!(get(vec![("if-match", etag.clone())]).await.status, 200);
+    assert_eq!(get(vec![("if-modified-since", http_date_in(60))]).await.status, 304);
+    assert_eq!(get(vec![("if-modified-since", LONG_AGO.into())]).await.status, 200);
+    assert_eq!(get(vec![("if-modified-since", "not a date".into())]).await.status, 200, "ignored");
+    // If-None-Match decides when present; If-Modified-Since is then ignored (RFC 9110 §13.1.3).
+    let both = vec![("if-none-match", "\"other\"".to_string()), ("if-modified-since", http_date_in(60))];
+    assert_eq!(get(both).await.status, 200);
+    let head = alice.send("HEAD", &path, &[("if-none-match", &etag)], Vec::new()).await;
+    assert_eq!(head.status, 304);
+    // A card converted to another vCard version has no ETag: no tag matches it.
+    let v4 = ("accept", "text/vcard; version=4.0".to_string());
+    let converted = get(vec![v4.clone()]).await;
+    assert_eq!(converted.status, 200);
+    assert!(converted.header("etag").is_none());
+    assert_eq!(get(vec![v4.clone(), ("if-none-match", etag.clone())]).await.status, 200);
+    assert_eq!(get(vec![v4, ("if-match", etag.clone())]).await.status, 412);
+    let missing = format!("{}nope.vcf", alice.book());
+    assert_eq!(alice.send("GET", &missing, &[("if-match", "*")], Vec::new()).await.status, 404);
+    s.stop().await;
+}
+
+/// If-Unmodified-Since guards writes (RFC 9110 §13.1.4).
+#[tokio::test]
+async fn if_unmodified_since_guards_writes() {
+    let s = TestServer::start().await;
+    let alice = s.user("alice").await;
+    let etag = alice.put_card("a.vcf", "a", "Anna", "").await;
+    let path = format!("{}a.vcf", alice.book());
+    let v2 = vcard("a", "Anna Zwei", "");
+    assert_eq!(alice.put(&path, &v2, &[("if-unmodified-since", LONG_AGO)]).await.status, 412);
+    assert_eq!(alice.delete(&path, &[("if-unmodified-since", LONG_AGO)]).await.status, 412);
+    assert_eq!(alice.get(&path).await.header("etag").as_deref(), Some(etag.as_str()), "nothing changed");
+    // If-Match decides when present.
+    let r = alice.put(&path, &v2, &[("if-unmodified-since", LONG_AGO), ("if-match", &etag)]).await;
+    assert_eq!(r.status, 204);
+    let later = http_date_in(60);
+    assert_eq!(alice.delete(&path, &[("if-unmodified-since", &later)]).await.status, 204);
+    s.stop().await;
+}

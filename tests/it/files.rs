@@ -96,3 +96,24 @@ async fn conditional_writes_in_the_file_area() {
     assert_eq!(alice.delete(doc, &[("if-match", "*")]).await.status, 204);
     s.stop().await;
 }
+
+/// GET in the file area answers 304 for a current copy and 412 for a failed If-Match (RFC 9110 §13.2.2).
+#[tokio::test]
+async fn conditional_reads_in_the_file_area() {
+    let s = TestServer::start().await;
+    let alice = s.user("alice").await;
+    let doc = "/dav/files/alice/a.txt";
+    let etag = alice.send("PUT", doc, &[], b"one".to_vec()).await.header("etag").expect("etag");
+    let r = alice.send("GET", doc, &[("if-none-match", &etag)], Vec::new()).await;
+    assert_eq!(r.status, 304);
+    assert_eq!(r.header("etag").as_deref(), Some(etag.as_str()));
+    assert_eq!(alice.send("GET", doc, &[("if-match", "\"nope\"")], Vec::new()).await.status, 412);
+    let future = "Fri, 01 Jan 2100 00:00:00 GMT";
+    assert_eq!(alice.send("HEAD", doc, &[("if-modified-since", future)], Vec::new()).await.status, 304);
+    let past = "Mon, 01 Jan 2001 00:00:00 GMT";
+    assert_eq!(alice.send("GET", doc, &[("if-modified-since", past)], Vec::new()).await.status, 200);
+    assert_eq!(alice.send("PUT", doc, &[("if-unmodified-since", past)], b"two".to_vec()).await.status, 412);
+    assert_eq!(alice.delete(doc, &[("if-unmodified-since", past)]).await.status, 412);
+    assert_eq!(alice.get(doc).await.body, b"one");
+    s.stop().await;
+}
