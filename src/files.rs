@@ -128,7 +128,7 @@ async fn put(ctx: &Ctx, path: &str, incoming: RequestBody) -> DavResult<Response
         conditions.check(ctx, file.as_ref().map(state)).await?;
         Conditions::pin(file.as_ref().map(state))
     } else {
-        conditions.precondition()?
+        conditions.precondition()
     };
     let limit = ctx.app.config.limits.max_file_size;
     let too_large = || DavError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("files may be at most {limit} bytes"));

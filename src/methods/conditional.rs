@@ -66,6 +66,11 @@ impl Tags {
     }
 }
 
+/// A tag without its weakness marker, for weak comparison.
+fn opaque_tag(tag: &str) -> &str {
+    tag.strip_prefix("W/").map_or(tag, |t| t.trim_matches('"'))
+}
+
 /// The conditional headers of one request.
 #[derive(Debug, Default)]
 pub struct Conditions {
@@ -123,21 +128,25 @@ impl Conditions {
     }
 
     /// The If-Match / If-None-Match part as a store precondition, which the store checks atomically with the
-    /// write.
-    pub fn precondition(&self) -> DavResult<Precondition> {
-        Ok(match (&self.if_match, &self.if_none_match) {
+    /// write. (With both headers `needs_state` is true, and `check` evaluates them together.)
+    pub fn precondition(&self) -> Precondition {
+        match (&self.if_match, &self.if_none_match) {
             (Some(Tags::Any), _) => Precondition::MustExist,
             (Some(Tags::List(tags)), _) => Precondition::EtagIn(tags.clone()),
             (None, Some(Tags::Any)) => Precondition::MustNotExist,
-            // If-None-Match with tags on a write: rarely used; treat "none of these" as unsupported precision.
-            (None, Some(Tags::List(_))) => return Err(failed("only If-None-Match: * is supported on writes")),
+            // Weak comparison (RFC 9110 §13.1.2): a `W/` tag stands for the strong tag of the same value.
+            (None, Some(Tags::List(tags))) => {
+                Precondition::EtagNotIn(tags.iter().map(|t| opaque_tag(t).to_string()).collect())
+            }
             (None, None) => Precondition::None,
-        })
+        }
     }
 
     /// Whether evaluating a write needs the resource's current state; if not, `precondition` alone decides.
     pub fn needs_state(&self) -> bool {
-        self.if_header.is_some() || self.if_unmodified_since.is_some()
+        self.if_header.is_some()
+            || self.if_unmodified_since.is_some()
+            || (self.if_match.is_some() && self.if_none_match.is_some())
     }
 
     /// The precondition that keeps a resource in the state the conditions were evaluated against, so that a

@@ -75,7 +75,7 @@ fn clean_etag(tag: &str) -> String {
 
 /// If-Match / If-None-Match (RFC 9110 §13.1) as a store precondition.
 pub fn precondition(headers: &HeaderMap) -> DavResult<Precondition> {
-    Conditions::parse_etags(headers)?.precondition()
+    Ok(Conditions::parse_etags(headers)?.precondition())
 }
 
 /// Checks the conditional headers of a write to a card and returns the precondition the store checks with
@@ -83,7 +83,7 @@ pub fn precondition(headers: &HeaderMap) -> DavResult<Precondition> {
 pub async fn card_precondition(ctx: &Ctx, book: BookId, name: &str) -> DavResult<Precondition> {
     let conditions = Conditions::parse(&ctx.headers)?;
     if !conditions.needs_state() {
-        return conditions.precondition();
+        return Ok(conditions.precondition());
     }
     let n = name.to_string();
     let meta = store::point_read(ctx.store(), move |s| s.card_meta(book, &n)).await?;
@@ -165,5 +165,7 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(header::IF_NONE_MATCH, "*".parse().expect("header"));
         assert_eq!(precondition(&h).ok(), Some(Precondition::MustNotExist));
+        h.insert(header::IF_NONE_MATCH, "\"abc\", W/\"def\"".parse().expect("header"));
+        assert_eq!(precondition(&h).ok(), Some(Precondition::EtagNotIn(vec!["abc".into(), "def".into()])));
     }
 }

@@ -162,3 +162,29 @@ async fn if_unmodified_since_guards_writes() {
     assert_eq!(alice.delete(&path, &[("if-unmodified-since", &later)]).await.status, 204);
     s.stop().await;
 }
+
+/// If-None-Match with entity tags on a write proceeds unless one of them is the current ETag (RFC 9110
+/// §13.1.2, weak comparison); it used to be refused whatever the tags.
+#[tokio::test]
+async fn if_none_match_with_tags_on_writes() {
+    let s = TestServer::start().await;
+    let alice = s.user("alice").await;
+    let etag = alice.put_card("a.vcf", "a", "Anna", "").await;
+    let path = format!("{}a.vcf", alice.book());
+    let v2 = vcard("a", "Anna Zwei", "");
+    assert_eq!(alice.put(&path, &v2, &[("if-none-match", &etag)]).await.status, 412);
+    assert_eq!(alice.put(&path, &v2, &[("if-none-match", &format!("\"x\", W/{etag}"))]).await.status, 412, "weak");
+    assert_eq!(alice.delete(&path, &[("if-none-match", &etag)]).await.status, 412);
+    // If-Match and If-None-Match together: both must hold.
+    assert_eq!(alice.put(&path, &v2, &[("if-match", &etag), ("if-none-match", &etag)]).await.status, 412);
+    assert_eq!(alice.get(&path).await.header("etag").as_deref(), Some(etag.as_str()), "nothing changed");
+    let r = alice.put(&path, &v2, &[("if-none-match", "\"other\"")]).await;
+    assert_eq!(r.status, 204, "{}", r.text());
+    let new = format!("{}new.vcf", alice.book());
+    assert_eq!(alice.put(&new, &vcard("n", "Neu", ""), &[("if-none-match", "\"other\"")]).await.status, 201);
+    let moved = format!("{}moved.vcf", alice.book());
+    let mv = [("destination", moved.as_str()), ("if-none-match", "\"other\"")];
+    assert_eq!(alice.send("MOVE", &new, &mv, Vec::new()).await.status, 201);
+    assert_eq!(alice.delete(&path, &[("if-none-match", "\"other\"")]).await.status, 204);
+    s.stop().await;
+}

@@ -117,3 +117,18 @@ async fn conditional_reads_in_the_file_area() {
     assert_eq!(alice.get(doc).await.body, b"one");
     s.stop().await;
 }
+
+/// If-None-Match with tags in the file area: 412 only when one is the current ETag.
+#[tokio::test]
+async fn if_none_match_with_tags_in_the_file_area() {
+    let s = TestServer::start().await;
+    let alice = s.user("alice").await;
+    let doc = "/dav/files/alice/a.txt";
+    let etag = alice.send("PUT", doc, &[], b"one".to_vec()).await.header("etag").expect("etag");
+    assert_eq!(alice.send("PUT", doc, &[("if-none-match", &etag)], b"two".to_vec()).await.status, 412);
+    assert_eq!(alice.delete(doc, &[("if-none-match", &etag)]).await.status, 412);
+    assert_eq!(alice.get(doc).await.body, b"one");
+    assert_eq!(alice.send("PUT", doc, &[("if-none-match", "\"x\"")], b"two".to_vec()).await.status, 204);
+    assert_eq!(alice.delete(doc, &[("if-none-match", "\"x\"")]).await.status, 204);
+    s.stop().await;
+}
