@@ -841,7 +841,11 @@ fn build_table(auth: &str, alice_password: &str) -> Vec<Case> {
         ("If-Match empty list", "If-Match", b",, ,", Expect::Status(400)),
         ("If-Match unquoted garbage", "If-Match", b"garbage", Expect::Status(412)),
         ("If-None-Match * on an existing card", "If-None-Match", b"*", Expect::Status(412)),
-        ("If-None-Match with a tag", "If-None-Match", b"\"abc\"", Expect::Status(412)),
+        ("If with a wrong tag", "If", b"([\"0000\"])", Expect::Status(412)),
+        ("If with a state token", "If", b"(<DAV:no-lock>)", Expect::Status(412)),
+        ("If with a list left open", "If", b"([\"0000\"]", Expect::Status(400)),
+        ("If with mixed tagged and untagged lists", "If", b"(Not <DAV:no-lock>) </x> ([\"0\"])", Expect::Status(400)),
+        ("If-Unmodified-Since long ago", "If-Unmodified-Since", b"Mon, 01 Jan 2001 00:00:00 GMT", Expect::Status(412)),
     ] {
         t.put(format!("PUT {label}"), "anna.vcf", &[(name, value)], &update, expect);
         let req = request("DELETE", card.as_bytes(), &[(name, value)], b"", Some(auth));
