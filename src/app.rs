@@ -198,7 +198,11 @@ impl App {
                     return Ok(methods::options());
                 }
                 let user = self.authenticate(req.headers(), peer).await?;
-                let target = self.resolve(&user, dav_route).await?;
+                let target = if matches!(req.method().as_str(), "PUT" | "MKCOL") {
+                    self.resolve_for_create(&user, dav_route).await?
+                } else {
+                    self.resolve(&user, dav_route).await?
+                };
                 let (parts, incoming) = req.into_parts();
                 let ctx = Ctx {
                     app: self.clone(),
@@ -317,6 +321,20 @@ impl App {
             Route::WellKnown | Route::Admin(_) | Route::Account(_) | Route::Api(_) | Route::Files { .. } => {
                 Err(DavError::not_found())
             }
+        }
+    }
+
+    /// `resolve` for a request that creates what the route names (PUT, MKCOL, a COPY/MOVE destination): a
+    /// member of one of the user's own books that does not exist is 409 Conflict, not 404 (RFC 4918 §9.7.1,
+    /// §9.3.1, §9.8.5). Other users' paths stay 404, as `resolve` answers them.
+    pub async fn resolve_for_create(&self, me: &AuthUser, route: Route) -> DavResult<Target> {
+        let own_member = matches!(&route, Route::Card { user, book, .. }
+            if *user == me.username && me.scope.as_ref().is_none_or(|s| s == book));
+        match self.resolve(me, route).await {
+            Err(e) if own_member && e.status == StatusCode::NOT_FOUND => {
+                Err(DavError::new(StatusCode::CONFLICT, "the address book does not exist (MKCOL creates it)"))
+            }
+            other => other,
         }
     }
 

@@ -21,7 +21,7 @@ pub async fn handle(ctx: Ctx, target: Target) -> DavResult<Response<Body>> {
     let Route::Card { .. } = route else {
         return Err(DavError::forbidden("the Destination must be a card inside an address book"));
     };
-    let Target::Card { book: to, name: to_name } = ctx.app.resolve(&ctx.user, route).await? else {
+    let Target::Card { book: to, name: to_name } = ctx.app.resolve_for_create(&ctx.user, route).await? else {
         return Err(DavError::not_found());
     };
     App::require_writable(&to)?;

@@ -1,5 +1,6 @@
 //! Conditional requests: If-Match / If-None-Match / If-(Un)Modified-Since (RFC 9110 §13) and the WebDAV If
-//! header (RFC 4918 §10.4), on cards, address books and the file area.
+//! header (RFC 4918 §10.4), on cards, address books and the file area; and the other preconditions of a
+//! request that RFC 4918 and RFC 6352 give a status or a DAV:error condition.
 
 use crate::support::*;
 
@@ -186,5 +187,30 @@ async fn if_none_match_with_tags_on_writes() {
     let mv = [("destination", moved.as_str()), ("if-none-match", "\"other\"")];
     assert_eq!(alice.send("MOVE", &new, &mv, Vec::new()).await.status, 201);
     assert_eq!(alice.delete(&path, &[("if-none-match", "\"other\"")]).await.status, 204);
+    s.stop().await;
+}
+
+/// Creating something inside an address book that does not exist is 409 Conflict (RFC 4918 §9.7.1, §9.3.1,
+/// §9.8.5); reading or deleting it stays 404, and another user's paths stay 404 (their existence is hidden).
+#[tokio::test]
+async fn writes_into_a_missing_book_conflict() {
+    let s = TestServer::start().await;
+    let alice = s.user("alice").await;
+    s.user("bob").await;
+    alice.put_card("a.vcf", "a", "Anna", "").await;
+    let missing = format!("{}nobook/", alice.home());
+    let card = format!("{missing}x.vcf");
+    assert_eq!(alice.put(&card, &vcard("x", "X", ""), &[]).await.status, 409);
+    assert_eq!(alice.send("MKCOL", &format!("{missing}sub/"), &[], Vec::new()).await.status, 409);
+    let src = format!("{}a.vcf", alice.book());
+    for method in ["COPY", "MOVE"] {
+        assert_eq!(alice.send(method, &src, &[("destination", &card)], Vec::new()).await.status, 409, "{method}");
+    }
+    assert_eq!(alice.get(&src).await.status, 200, "nothing moved");
+    assert_eq!(alice.get(&card).await.status, 404);
+    assert_eq!(alice.propfind(&card, "0", "").await.status, 404);
+    assert_eq!(alice.delete(&card, &[]).await.status, 404);
+    assert_eq!(alice.put("/dav/addressbooks/bob/nobook/x.vcf", &vcard("x", "X", ""), &[]).await.status, 404);
+    assert_eq!(alice.put("/dav/addressbooks/bob/contacts/x.vcf", &vcard("x", "X", ""), &[]).await.status, 404);
     s.stop().await;
 }
