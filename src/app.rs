@@ -5,7 +5,7 @@ use crate::auth::{self, AuthState};
 use crate::body::RequestBody;
 use crate::body::{self, Body};
 use crate::config::Config;
-use crate::error::{Condition, DavError, DavResult};
+use crate::error::{DavError, DavResult};
 use crate::router::{self, Route, RouteError};
 use crate::store::{self, BookView, SharedStore};
 use crate::{admin, methods};
@@ -295,7 +295,7 @@ impl App {
             Route::Principal { user } if mine(&user) => {
                 Ok(Target::Principal { user, display_name: me.display_name.clone() })
             }
-            Route::Principal { .. } => Err(DavError::forbidden("this is another user's principal")),
+            Route::Principal { .. } => Err(DavError::no_privilege("this is another user's principal")),
             Route::Home { user } if mine(&user) => Ok(Target::Home { user }),
             Route::AddressBook { user, book } if mine(&user) => {
                 if me.scope.as_ref().is_some_and(|s| *s != book) {
@@ -343,8 +343,7 @@ impl App {
         if book.writable {
             Ok(())
         } else {
-            Err(DavError::new(StatusCode::FORBIDDEN, "this address book is shared with you read-only")
-                .with_condition(Condition::NeedPrivileges))
+            Err(DavError::no_privilege("this address book is shared with you read-only"))
         }
     }
 }

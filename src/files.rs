@@ -202,6 +202,7 @@ async fn transfer(ctx: &Ctx, path: &str) -> DavResult<Response<Body>> {
     let raw = format!("/{}", segments.iter().map(|s| router::encode(s)).collect::<Vec<_>>().join("/"));
     let to = match router::parse(&raw) {
         Ok(Route::Files { user, path }) if user == ctx.user.username => path.join("/"),
+        Ok(Route::Files { .. }) => return Err(DavError::no_privilege("another user's file area is not writable")),
         _ => return Err(DavError::forbidden("the Destination must be inside your own file area")),
     };
     if to.is_empty() {

@@ -19,7 +19,7 @@ pub async fn handle(ctx: Ctx, target: Target) -> DavResult<Response<Body>> {
         }
         Target::Book(book) => {
             if ctx.user.scope.is_some() {
-                return Err(DavError::forbidden("a login scoped to one book cannot delete books"));
+                return Err(DavError::no_privilege("a login scoped to one book cannot delete books"));
             }
             // A book exists but has no entity tag: a tag in If-Match never holds (RFC 9110 §13.1.1).
             check_collection(&ctx, true).await?;

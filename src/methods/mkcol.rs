@@ -31,7 +31,7 @@ pub async fn handle(ctx: Ctx, target: Target, body: RequestBody) -> DavResult<Re
         }
     };
     if ctx.user.scope.is_some() {
-        return Err(DavError::forbidden("a login scoped to one book cannot create books"));
+        return Err(DavError::no_privilege("a login scoped to one book cannot create books"));
     }
     check_collection(&ctx, false).await?;
     let raw = read_body(&ctx.headers, body, ctx.app.config.limits.max_xml_body).await?;

@@ -214,3 +214,31 @@ async fn writes_into_a_missing_book_conflict() {
     assert_eq!(alice.put("/dav/addressbooks/bob/contacts/x.vcf", &vcard("x", "X", ""), &[]).await.status, 404);
     s.stop().await;
 }
+
+/// DAV:need-privileges (RFC 3744 §7.1.1) names a missing privilege; a 403 for what the server never does
+/// (COPY onto itself, a card onto a book, deleting the home) must not send a client asking for access.
+#[tokio::test]
+async fn need_privileges_only_for_missing_privileges() {
+    let s = TestServer::start().await;
+    let alice = s.user("alice").await;
+    alice.put_card("a.vcf", "a", "Anna", "").await;
+    let card = format!("{}a.vcf", alice.book());
+    let book = alice.book();
+    let home = alice.home();
+    let refused = [
+        alice.send("COPY", &card, &[("destination", card.as_str())], Vec::new()).await,
+        alice.send("COPY", &card, &[("destination", book.as_str())], Vec::new()).await,
+        alice.send("MOVE", &book, &[("destination", "/dav/addressbooks/alice/other/")], Vec::new()).await,
+        alice.delete(&home, &[]).await,
+    ];
+    for r in refused {
+        assert_eq!(r.status, 403, "{}", r.text());
+        assert!(!r.text().contains("need-privileges"), "{}", r.text());
+    }
+    // A login scoped to one book lacks the home's unbind privilege.
+    let scoped = Dav { user: "alice+contacts".into(), ..alice };
+    let r = scoped.delete(&book, &[]).await;
+    assert_eq!(r.status, 403);
+    assert_eq!(r.error_condition(), "{DAV:}need-privileges");
+    s.stop().await;
+}
