@@ -242,3 +242,21 @@ async fn need_privileges_only_for_missing_privileges() {
     assert_eq!(r.error_condition(), "{DAV:}need-privileges");
     s.stop().await;
 }
+
+/// A multiget naming one card with two spellings of its href answers it once (RFC 4918 §14.24).
+#[tokio::test]
+async fn multiget_answers_each_card_once() {
+    let s = TestServer::start().await;
+    let alice = s.user("alice").await;
+    let r = alice.put(&format!("{}my%20card%26x.vcf", alice.book()), &vcard("m", "My Card", ""), &[]).await;
+    assert_eq!(r.status, 201);
+    let book = alice.book();
+    let body = format!(
+        r#"<c:addressbook-multiget xmlns:d="DAV:" xmlns:c="urn:ietf:params:xml:ns:carddav"><d:prop><d:getetag/></d:prop><d:href>{book}my%20card%26x.vcf</d:href><d:href>{book}my%20card&amp;x.vcf</d:href><d:href>{book}my card&amp;x.vcf</d:href><d:href>{book}gone.vcf</d:href><d:href>{book}gone.vcf</d:href></c:addressbook-multiget>"#
+    );
+    let ms = alice.report(&book, "1", &body).await.multistatus();
+    let hrefs: Vec<&str> = ms.responses.iter().map(|r| r.href.as_str()).collect();
+    assert_eq!(hrefs.len(), 2, "{hrefs:?}");
+    assert!(hrefs[0].ends_with("card&x.vcf") && hrefs[1].ends_with("gone.vcf"), "{hrefs:?}");
+    s.stop().await;
+}
