@@ -10,7 +10,7 @@ use crate::dav::response::{Multistatus, Prop, Value};
 use crate::dav::{Depth, NS_DAV, PropName};
 use crate::error::{Condition, DavError, DavResult};
 use crate::methods::conditional::{Conditions, State, Verdict};
-use crate::methods::{empty_response, multistatus_response, not_modified, read_body, wants_minimal};
+use crate::methods::{empty_response, multistatus_response, not_modified, proppatch_answer, read_body, wants_minimal};
 use crate::router::{self, Route};
 use crate::store::{self, BookPatch, DeadProperty, FileEntry, PutOutcome, Transfer};
 use http_body_util::{BodyExt, Limited};
@@ -362,21 +362,9 @@ async fn proppatch(ctx: &Ctx, path: &str, incoming: RequestBody) -> DavResult<Re
         });
         names.push(name);
     }
-    let (ok, others) = if refused.is_empty() {
+    if refused.is_empty() {
         let (owner, p) = (ctx.user.username.clone(), path.to_string());
         store::blocking(ctx.store(), move |s| s.patch_file(&owner, &p, &patches)).await?;
-        (names, Vec::new())
-    } else {
-        (Vec::new(), vec![(403u16, refused), (424u16, names)])
-    };
-    let target = href(&ctx.user.username, path, file.is_collection);
-    let slot = ctx.app.streaming.slot(&ctx.user.username).await?;
-    let body = stream_body(&ctx.app.streaming, slot, false, move |out| {
-        let mut ms = Multistatus::begin(out)?;
-        let found: Vec<Prop> = ok.into_iter().map(|name| Prop { name, value: Value::Empty }).collect();
-        ms.response(&target, &found, &others)?;
-        ms.finish()?;
-        Ok(())
-    });
-    multistatus_response(body, false)
+    }
+    proppatch_answer(ctx, href(&ctx.user.username, path, file.is_collection), names, refused).await
 }

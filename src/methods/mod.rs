@@ -14,7 +14,8 @@ mod report;
 use crate::app::{Ctx, DAV_CLASSES, Target};
 use crate::body::RequestBody;
 use crate::body::{self, Body};
-use crate::dav::response::XML_CONTENT_TYPE;
+use crate::dav::PropName;
+use crate::dav::response::{Multistatus, XML_CONTENT_TYPE};
 use crate::error::{DavError, DavResult};
 use crate::store::{self as store, BookId, Precondition};
 use bytes::Bytes;
@@ -113,6 +114,23 @@ pub fn multistatus_response(body: Body, gzip: bool) -> DavResult<Response<Body>>
         builder = builder.header(header::CONTENT_ENCODING, "gzip");
     }
     builder.body(body).map_err(|e| DavError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+}
+
+/// The 207 answer to a PROPPATCH of `href` (see `Multistatus::proppatch_response`).
+pub async fn proppatch_answer(
+    ctx: &Ctx,
+    href: String,
+    changed: Vec<PropName>,
+    refused: Vec<PropName>,
+) -> DavResult<Response<Body>> {
+    let slot = ctx.app.streaming.slot(&ctx.user.username).await?;
+    let body = body::stream_body(&ctx.app.streaming, slot, false, move |out| {
+        let mut ms = Multistatus::begin(out)?;
+        ms.proppatch_response(&href, &changed, &refused)?;
+        ms.finish()?;
+        Ok(())
+    });
+    multistatus_response(body, false)
 }
 
 /// Tells the client its `Prefer: return=minimal` was honoured (RFC 7240 §3).
