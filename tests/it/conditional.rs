@@ -260,3 +260,51 @@ async fn multiget_answers_each_card_once() {
     assert!(hrefs[0].ends_with("card&x.vcf") && hrefs[1].ends_with("gone.vcf"), "{hrefs:?}");
     s.stop().await;
 }
+
+/// The names a PROPFIND propname lists.
+async fn propnames(alice: &Dav, path: &str) -> Vec<(String, String)> {
+    let body = r#"<d:propfind xmlns:d="DAV:"><d:propname/></d:propfind>"#;
+    let ms = alice.propfind(path, "0", body).await.multistatus();
+    ms.responses[0].propstats.iter().flat_map(|(_, p)| p.iter().map(|e| (e.ns.clone(), e.name.clone()))).collect()
+}
+
+/// propname lists exactly the properties a resource has (RFC 4918 §9.1): each of them PROPFIND answers
+/// with 200, and the book's live properties PROPFIND answers are all there.
+#[tokio::test]
+async fn propname_lists_what_propfind_answers() {
+    let s = TestServer::start().await;
+    let alice = s.user("alice").await;
+    alice.put_card("a.vcf", "a", "Anna", "").await;
+    let card = format!("{}a.vcf", alice.book());
+    let principal = format!("/dav/principals/{}/", alice.user);
+    for path in [alice.book(), card, alice.home(), principal] {
+        let names = propnames(&alice, &path).await;
+        assert!(!names.is_empty(), "{path}");
+        let props: String = names.iter().map(|(ns, n)| format!(r#"<x:{n} xmlns:x="{ns}"/>"#)).collect();
+        let body = format!(r#"<d:propfind xmlns:d="DAV:"><d:prop>{props}</d:prop></d:propfind>"#);
+        let ms = alice.propfind(&path, "0", &body).await.multistatus();
+        let missing: Vec<String> = ms.responses[0]
+            .propstats
+            .iter()
+            .filter(|(s, _)| s != "HTTP/1.1 200 OK")
+            .flat_map(|(_, p)| p.iter().map(|e| e.name.clone()))
+            .collect();
+        assert!(missing.is_empty(), "{path}: propname lists {missing:?}, which PROPFIND does not have");
+    }
+    let book = propnames(&alice, &alice.book()).await;
+    let has = |ns: &str, n: &str| book.iter().any(|(a, b)| a == ns && b == n);
+    assert!(!has(CARD, "addressbook-description"), "the book has no description");
+    for (ns, n) in [
+        (CARD, "supported-collation-set"),
+        (CARD, "max-image-size"),
+        (DAV, "quota-available-bytes"),
+        (DAV, "principal-collection-set"),
+    ] {
+        assert!(has(ns, n), "{n} missing from propname");
+    }
+    let patch = r#"<d:propertyupdate xmlns:d="DAV:" xmlns:c="urn:ietf:params:xml:ns:carddav"><d:set><d:prop><c:addressbook-description>Alle</c:addressbook-description></d:prop></d:set></d:propertyupdate>"#;
+    assert_eq!(alice.send("PROPPATCH", &alice.book(), &[], patch).await.status, 207);
+    let book = propnames(&alice, &alice.book()).await;
+    assert!(book.iter().any(|(ns, n)| ns == CARD && n == "addressbook-description"));
+    s.stop().await;
+}
