@@ -201,9 +201,10 @@ impl Conditions {
         match (&self.if_none_match, self.if_modified_since) {
             (Some(m), _) if m.matches(current, true) => {
                 if read {
-                    return Ok(Verdict::NotModified);
+                    Ok(Verdict::NotModified)
+                } else {
+                    Err(failed("If-None-Match matches the resource's current entity tag"))
                 }
-                return Err(failed("If-None-Match matches the resource's current entity tag"));
             }
             (None, Some(since)) if read && modified.is_some_and(|m| m <= since) => Ok(Verdict::NotModified),
             _ => Ok(Verdict::Proceed),

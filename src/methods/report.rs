@@ -175,12 +175,11 @@ impl ReportWriter {
         let mut seen_hrefs = std::collections::HashSet::new();
         for href in hrefs {
             match router::card_name_in_book(href, &self.me, &self.book.segment) {
-                Some(name) => {
-                    if seen_names.insert(name.clone()) {
-                        answered_hrefs.push(router::card_href(&self.me, &self.book.segment, &name));
-                        names.push(name);
-                    }
+                Some(name) if seen_names.insert(name.clone()) => {
+                    answered_hrefs.push(router::card_href(&self.me, &self.book.segment, &name));
+                    names.push(name);
                 }
+                Some(_) => {}
                 // Not a member of this book: answered as missing, under the href the client sent.
                 None if seen_hrefs.insert(href.as_str()) => ms.status_response(href, 404, None)?,
                 None => {}
