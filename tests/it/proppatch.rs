@@ -159,3 +159,29 @@ async fn protected_properties_are_refused_with_their_condition() {
     assert_eq!(propstat_errors(&r, "HTTP/1.1 403 Forbidden"), ["{DAV:}cannot-modify-protected-property"]);
     s.stop().await;
 }
+
+/// A dead property comes back as it was set (RFC 4918 §4.3): mixed content in its order, attributes in a
+/// namespace, and the xml:lang in scope where it was set, also when declared on an ancestor.
+#[tokio::test]
+async fn dead_properties_keep_mixed_content_attributes_and_language() {
+    let s = TestServer::start().await;
+    let alice = s.user("alice").await;
+    let body = r#"<d:propertyupdate xmlns:d="DAV:" xmlns:k="urn:k" xmlns:z="urn:z" xml:lang="de"><d:set><d:prop><k:note z:kind="memo">Anruf <k:b>heute</k:b> um <k:t>10</k:t> Uhr</k:note><k:en xml:lang="en">call</k:en></d:prop></d:set></d:propertyupdate>"#;
+    for path in [alice.book(), "/dav/files/alice/".to_string() + "a.txt"] {
+        if path.contains("/files/") {
+            alice.send("PUT", &path, &[], b"x".to_vec()).await;
+        }
+        assert_eq!(alice.send("PROPPATCH", &path, &[], body).await.status, 207, "{path}");
+        let ask = r#"<d:propfind xmlns:d="DAV:" xmlns:k="urn:k"><d:prop><k:note/><k:en/></d:prop></d:propfind>"#;
+        let answer = alice.propfind(&path, "0", ask).await;
+        let r = answer.multistatus().responses.remove(0);
+        let note = r.prop("urn:k", "note").expect("note").to_xml();
+        assert!(note.contains(">Anruf <b>heute</b> um <t>10</t> Uhr</note>"), "{path}: order lost: {note}");
+        // Attributes: in the answer as written by the server (the parsed element would hide what is missing).
+        let text = answer.text();
+        assert!(text.contains(r#"xml:lang="de""#), "{path}: inherited xml:lang lost: {text}");
+        assert!(text.contains(r#"xml:lang="en""#), "{path}: xml:lang lost: {text}");
+        assert!(text.contains(r#"="urn:z""#) && text.contains(r#":kind="memo""#), "{path}: attribute lost: {text}");
+    }
+    s.stop().await;
+}
