@@ -1,5 +1,7 @@
-//! Conditional requests, evaluated in one place for the address books and the file area: If-Match and
-//! If-None-Match (RFC 9110 §13.1) and the WebDAV If header (RFC 4918 §10.4).
+//! Conditional requests, evaluated in one place for the address books and the file area: If-Match,
+//! If-None-Match, If-Modified-Since and If-Unmodified-Since (RFC 9110 §13) and the WebDAV If header
+//! (RFC 4918 §10.4). Writes check them against the state read before the write and hand the store a
+//! precondition that holds only while that state does.
 //!
 //! kartei has no locks, so every state token in an If header is false (`Not <DAV:no-lock>` is true).
 
