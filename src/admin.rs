@@ -451,7 +451,7 @@ pub async fn handle_account(
     match (req.method(), segments.iter().map(String::as_str).collect::<Vec<_>>().as_slice()) {
         (&Method::POST, ["credentials"]) => {
             if user.scope.is_some() {
-                return Err(DavError::forbidden("a book-scoped login cannot change the account's password"));
+                return Err(DavError::no_privilege("a book-scoped login cannot change the account's password"));
             }
             let name = user.username.clone();
             let password = run(&app, move |s| reset_password(s, &name, &name)).await?;

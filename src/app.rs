@@ -5,7 +5,7 @@ use crate::auth::{self, AuthState};
 use crate::body::RequestBody;
 use crate::body::{self, Body};
 use crate::config::Config;
-use crate::error::{Condition, DavError, DavResult};
+use crate::error::{DavError, DavResult};
 use crate::router::{self, Route, RouteError};
 use crate::store::{self, BookView, SharedStore};
 use crate::{admin, methods};
@@ -86,15 +86,19 @@ impl Ctx {
             .ok_or_else(|| DavError::bad_request("COPY and MOVE need a Destination header"))?;
         let segments = router::href_segments(destination)
             .ok_or_else(|| DavError::bad_request("the Destination is not a valid URL"))?;
-        if let Some(theirs) = router::href_authority(destination) {
-            let public = router::href_authority(&self.app.public_url);
-            let ours = [self.authority.as_deref(), public];
-            if !ours.into_iter().flatten().any(|o| router::same_authority(o, theirs)) {
-                tracing::info!(%destination, "COPY/MOVE to another server refused");
-                return Err(DavError::new(StatusCode::BAD_GATEWAY, "the Destination is on another server"));
-            }
+        if !self.is_this_server(destination) {
+            tracing::info!(%destination, "COPY/MOVE to another server refused");
+            return Err(DavError::new(StatusCode::BAD_GATEWAY, "the Destination is on another server"));
         }
         Ok(segments)
+    }
+
+    /// Whether an href names this server: a path does, an absolute URL when it names the host the request
+    /// was sent to or the configured public URL's.
+    pub fn is_this_server(&self, href: &str) -> bool {
+        let Some(theirs) = router::href_authority(href) else { return true };
+        let public = router::href_authority(&self.app.public_url);
+        [self.authority.as_deref(), public].into_iter().flatten().any(|o| router::same_authority(o, theirs))
     }
 
     pub fn store(&self) -> &SharedStore {
@@ -203,7 +207,11 @@ impl App {
                     return Ok(methods::options());
                 }
                 let user = self.authenticate(req.headers(), peer).await?;
-                let target = self.resolve(&user, dav_route).await?;
+                let target = if matches!(req.method().as_str(), "PUT" | "MKCOL") {
+                    self.resolve_for_create(&user, dav_route).await?
+                } else {
+                    self.resolve(&user, dav_route).await?
+                };
                 let (parts, incoming) = req.into_parts();
                 let ctx = Ctx {
                     app: self.clone(),
@@ -296,7 +304,7 @@ impl App {
             Route::Principal { user } if mine(&user) => {
                 Ok(Target::Principal { user, display_name: me.display_name.clone() })
             }
-            Route::Principal { .. } => Err(DavError::forbidden("this is another user's principal")),
+            Route::Principal { .. } => Err(DavError::no_privilege("this is another user's principal")),
             Route::Home { user } if mine(&user) => Ok(Target::Home { user }),
             Route::AddressBook { user, book } if mine(&user) => {
                 if me.scope.as_ref().is_some_and(|s| *s != book) {
@@ -325,13 +333,26 @@ impl App {
         }
     }
 
+    /// `resolve` for a request that creates what the route names (PUT, MKCOL, a COPY/MOVE destination): a
+    /// member of one of the user's own books that does not exist is 409 Conflict, not 404 (RFC 4918 §9.7.1,
+    /// §9.3.1, §9.8.5). Other users' paths stay 404, as `resolve` answers them.
+    pub async fn resolve_for_create(&self, me: &AuthUser, route: Route) -> DavResult<Target> {
+        let own_member = matches!(&route, Route::Card { user, book, .. }
+            if *user == me.username && me.scope.as_ref().is_none_or(|s| s == book));
+        match self.resolve(me, route).await {
+            Err(e) if own_member && e.status == StatusCode::NOT_FOUND => {
+                Err(DavError::new(StatusCode::CONFLICT, "the address book does not exist (MKCOL creates it)"))
+            }
+            other => other,
+        }
+    }
+
     /// Refuses writes to a book shared read-only with this user.
     pub fn require_writable(book: &BookView) -> DavResult<()> {
         if book.writable {
             Ok(())
         } else {
-            Err(DavError::new(StatusCode::FORBIDDEN, "this address book is shared with you read-only")
-                .with_condition(Condition::NeedPrivileges))
+            Err(DavError::no_privilege("this address book is shared with you read-only"))
         }
     }
 }

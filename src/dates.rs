@@ -69,6 +69,17 @@ pub fn parse_timestamp(s: &str) -> Option<i64> {
     Some(seconds)
 }
 
+/// An HTTP date (RFC 9110 §5.6.7, all three formats) as Unix seconds.
+pub fn parse_http_date(s: &str) -> Option<i64> {
+    let t = httpdate::parse_http_date(s.trim()).ok()?;
+    Some(t.duration_since(std::time::UNIX_EPOCH).ok()?.as_secs() as i64)
+}
+
+/// The IMF-fixdate form of a Unix time (Last-Modified).
+pub fn format_http_date(unix: i64) -> String {
+    httpdate::fmt_http_date(std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix.max(0) as u64))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -79,6 +90,9 @@ mod tests {
         assert_eq!(format_rfc3339(951_782_400), "2000-02-29T00:00:00Z");
         assert_eq!(format_rfc3339(1_795_000_000), "2026-11-18T11:06:40Z");
         assert_eq!(civil_from_days(20_415), (2025, 11, 23));
+        assert_eq!(parse_http_date(&format_http_date(1_795_000_000)), Some(1_795_000_000));
+        assert_eq!(parse_http_date("Sunday, 06-Nov-94 08:49:37 GMT"), Some(784_111_777));
+        assert_eq!(parse_http_date("yesterday"), None);
         for t in [0, 951_782_400, 1_795_000_000, -86_400 * 400] {
             assert_eq!(parse_timestamp(&format_rfc3339(t)), Some(t), "{t}");
         }

@@ -82,7 +82,13 @@ impl DavError {
         DavError::new(StatusCode::NOT_FOUND, "no such resource")
     }
 
+    /// 403 for what the server never does (no privilege could allow it): no DAV:error condition.
     pub fn forbidden(message: impl Into<Cow<'static, str>>) -> Self {
+        DavError::new(StatusCode::FORBIDDEN, message)
+    }
+
+    /// 403 because this login lacks a privilege on the resource (RFC 3744 §7.1.1 need-privileges).
+    pub fn no_privilege(message: impl Into<Cow<'static, str>>) -> Self {
         DavError::new(StatusCode::FORBIDDEN, message).with_condition(Condition::NeedPrivileges)
     }
 

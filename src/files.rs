@@ -9,7 +9,8 @@ use crate::dav::request::{PatchOp, PropFind, RequestedProp, parse_propfind, pars
 use crate::dav::response::{Multistatus, Prop, Value};
 use crate::dav::{Depth, NS_DAV, PropName};
 use crate::error::{Condition, DavError, DavResult};
-use crate::methods::{empty_response, multistatus_response, precondition, read_body, wants_minimal};
+use crate::methods::conditional::{Conditions, State, Verdict};
+use crate::methods::{empty_response, multistatus_response, not_modified, proppatch_answer, read_body, wants_minimal};
 use crate::router::{self, Route};
 use crate::store::{self, BookPatch, DeadProperty, FileEntry, PutOutcome, Transfer};
 use http_body_util::{BodyExt, Limited};
@@ -67,8 +68,20 @@ async fn entry(ctx: &Ctx, path: &str) -> DavResult<FileEntry> {
     store::blocking(ctx.store(), move |s| s.file(&owner, &p)).await?.ok_or_else(DavError::not_found)
 }
 
+fn state(file: &FileEntry) -> State<'_> {
+    State { etag: file.etag.as_deref(), modified: Some(file.modified_at) }
+}
+
+/// Checks the conditional headers (RFC 9110 §13, RFC 4918 §10.4) against the file at `path`, or nothing.
+async fn check_conditions(ctx: &Ctx, file: Option<&FileEntry>) -> DavResult<()> {
+    Conditions::parse(&ctx.headers)?.check(ctx, file.map(state)).await
+}
+
 async fn get(ctx: &Ctx, path: &str) -> DavResult<Response<Body>> {
     let file = entry(ctx, path).await?;
+    if Conditions::parse(&ctx.headers)?.check_read(ctx, Some(state(&file))).await? == Verdict::NotModified {
+        return Ok(not_modified(file.etag.as_deref(), Some(file.modified_at), None));
+    }
     let head = ctx.method == "HEAD";
     if file.is_collection {
         let (owner, p) = (ctx.user.username.clone(), path.to_string());
@@ -108,7 +121,15 @@ async fn put(ctx: &Ctx, path: &str, incoming: RequestBody) -> DavResult<Response
     if path.is_empty() {
         return Err(DavError::method_not_allowed(ALLOW));
     }
-    let pre = precondition(&ctx.headers)?;
+    let conditions = Conditions::parse(&ctx.headers)?;
+    let pre = if conditions.needs_state() {
+        let (owner, p) = (ctx.user.username.clone(), path.to_string());
+        let file = store::point_read(ctx.store(), move |s| s.file(&owner, &p)).await?;
+        conditions.check(ctx, file.as_ref().map(state)).await?;
+        Conditions::pin(file.as_ref().map(state))
+    } else {
+        conditions.precondition()
+    };
     let limit = ctx.app.config.limits.max_file_size;
     let too_large = || DavError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("files may be at most {limit} bytes"));
     let declared =
@@ -144,13 +165,8 @@ async fn delete(ctx: &Ctx, path: &str) -> DavResult<Response<Body>> {
     if path.is_empty() {
         return Err(DavError::forbidden("the top folder of the file area cannot be deleted"));
     }
-    let pre = precondition(&ctx.headers)?;
     let existing = entry(ctx, path).await?;
-    if let store::Precondition::EtagIn(tags) = &pre
-        && !existing.etag.as_ref().is_some_and(|e| tags.contains(e))
-    {
-        return Err(DavError::new(StatusCode::PRECONDITION_FAILED, "If-Match does not match"));
-    }
+    check_conditions(ctx, Some(&existing)).await?;
     let (owner, p) = (ctx.user.username.clone(), path.to_string());
     store::blocking(ctx.store(), move |s| s.delete_file(&owner, &p)).await?;
     Ok(empty_response(StatusCode::NO_CONTENT))
@@ -165,6 +181,9 @@ async fn mkcol(ctx: &Ctx, path: &str, incoming: RequestBody) -> DavResult<Respon
             "MKCOL with a body is not supported in the file area",
         ));
     }
+    let (owner, p) = (ctx.user.username.clone(), path.to_string());
+    let existing = store::point_read(ctx.store(), move |s| s.file(&owner, &p)).await?;
+    check_conditions(ctx, existing.as_ref()).await?;
     let (owner, p) = (ctx.user.username.clone(), path.to_string());
     match store::blocking(ctx.store(), move |s| s.make_folder(&owner, &p)).await {
         Ok(()) => Ok(empty_response(StatusCode::CREATED)),
@@ -183,6 +202,7 @@ async fn transfer(ctx: &Ctx, path: &str) -> DavResult<Response<Body>> {
     let raw = format!("/{}", segments.iter().map(|s| router::encode(s)).collect::<Vec<_>>().join("/"));
     let to = match router::parse(&raw) {
         Ok(Route::Files { user, path }) if user == ctx.user.username => path.join("/"),
+        Ok(Route::Files { .. }) => return Err(DavError::no_privilege("another user's file area is not writable")),
         _ => return Err(DavError::forbidden("the Destination must be inside your own file area")),
     };
     if to.is_empty() {
@@ -197,6 +217,8 @@ async fn transfer(ctx: &Ctx, path: &str) -> DavResult<Response<Body>> {
     };
     let overwrite =
         !ctx.headers.get("overwrite").and_then(|v| v.to_str().ok()).is_some_and(|v| v.trim().eq_ignore_ascii_case("F"));
+    // The conditions are about the source (RFC 4918 §9.8, §10.4); a tagged If list may name the destination.
+    check_conditions(ctx, Some(&entry(ctx, path).await?)).await?;
     let (owner, from) = (ctx.user.username.clone(), path.to_string());
     let outcome = store::blocking(ctx.store(), move |s| s.transfer_file(&owner, &from, &to, how, overwrite)).await?;
     Ok(empty_response(match outcome {
@@ -318,6 +340,7 @@ async fn proppatch(ctx: &Ctx, path: &str, incoming: RequestBody) -> DavResult<Re
     if file.path.is_empty() {
         return Err(DavError::forbidden("properties of the top folder cannot be changed"));
     }
+    check_conditions(ctx, Some(&file)).await?;
     let mut patches = Vec::new();
     let mut names = Vec::new();
     let mut refused = Vec::new();
@@ -339,23 +362,11 @@ async fn proppatch(ctx: &Ctx, path: &str, incoming: RequestBody) -> DavResult<Re
         });
         names.push(name);
     }
-    let (ok, others) = if refused.is_empty() {
+    if refused.is_empty() {
         let (owner, p) = (ctx.user.username.clone(), path.to_string());
         store::blocking(ctx.store(), move |s| s.patch_file(&owner, &p, &patches)).await?;
-        (names, Vec::new())
-    } else {
-        (Vec::new(), vec![(403u16, refused), (424u16, names)])
-    };
-    let target = href(&ctx.user.username, path, file.is_collection);
-    let slot = ctx.app.streaming.slot(&ctx.user.username).await?;
-    let body = stream_body(&ctx.app.streaming, slot, false, move |out| {
-        let mut ms = Multistatus::begin(out)?;
-        let found: Vec<Prop> = ok.into_iter().map(|name| Prop { name, value: Value::Empty }).collect();
-        ms.response(&target, &found, &others)?;
-        ms.finish()?;
-        Ok(())
-    });
-    multistatus_response(body, false)
+    }
+    proppatch_answer(ctx, href(&ctx.user.username, path, file.is_collection), names, refused).await
 }
 
 /// A stored document is served as data, never as a page of kartei's origin: the uploader chose its

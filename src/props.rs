@@ -95,8 +95,60 @@ fn supported_reports(book: bool) -> Value {
     Value::Xml(x)
 }
 
+/// Every live property `value` can answer (address-data aside: it is the card itself, asked for by name).
+const LIVE: &[(&str, &str)] = &[
+    (NS_DAV, "resourcetype"),
+    (NS_DAV, "displayname"),
+    (NS_DAV, "current-user-principal"),
+    (NS_DAV, "principal-collection-set"),
+    (NS_DAV, "principal-URL"),
+    (NS_DAV, "group-membership"),
+    (NS_DAV, "group-member-set"),
+    (NS_DAV, "alternate-URI-set"),
+    (NS_DAV, "owner"),
+    (NS_DAV, "sync-token"),
+    (NS_DAV, "supported-report-set"),
+    (NS_DAV, "current-user-privilege-set"),
+    (NS_DAV, "quota-used-bytes"),
+    (NS_DAV, "quota-available-bytes"),
+    (NS_DAV, "creationdate"),
+    (NS_DAV, "getetag"),
+    (NS_DAV, "getcontenttype"),
+    (NS_DAV, "getcontentlength"),
+    (NS_DAV, "getlastmodified"),
+    (NS_CARDDAV, "addressbook-home-set"),
+    (NS_CARDDAV, "principal-address"),
+    (NS_CARDDAV, "addressbook-description"),
+    (NS_CARDDAV, "supported-address-data"),
+    (NS_CARDDAV, "supported-collation-set"),
+    (NS_CARDDAV, "max-resource-size"),
+    (NS_CARDDAV, "max-image-size"),
+    (NS_CALSERVER, "getctag"),
+    (NS_CALSERVER, "me-card"),
+];
+
 impl Resource<'_> {
-    /// The properties `allprop` returns and `propname` lists (expensive or large ones excluded, RFC 4918 §9.1).
+    /// What `propname` lists (RFC 4918 §9.1: every property the resource has): the live properties that
+    /// have a value here, and the dead ones. Derived from `value`, so the two cannot disagree.
+    pub fn all_names(&self, ctx: &PropContext) -> Vec<PropName> {
+        let mut names: Vec<PropName> = LIVE
+            .iter()
+            .map(|(ns, name)| PropName::new(ns, name))
+            .filter(|name| self.value(ctx, &RequestedProp { name: name.clone(), address_data: None }).is_some())
+            .collect();
+        if let Resource::Book { dead, .. } = self {
+            for d in dead.iter() {
+                // A dead property stored under a live name (before every live name was protected) is hidden.
+                let name = PropName::new(&d.namespace, &d.name);
+                if !names.contains(&name) {
+                    names.push(name);
+                }
+            }
+        }
+        names
+    }
+
+    /// The properties `allprop` returns (expensive or large ones excluded, RFC 4918 §9.1).
     pub fn prop_names(&self) -> Vec<PropName> {
         let mut names = vec![dav("resourcetype"), dav("displayname"), dav("current-user-principal")];
         match self {
@@ -240,7 +292,7 @@ impl Resource<'_> {
         let mut missing = Vec::new();
         match request {
             PropFind::PropName => {
-                for name in self.prop_names() {
+                for name in self.all_names(ctx) {
                     found.push(Prop { name, value: Value::Empty });
                 }
             }

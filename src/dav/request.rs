@@ -149,8 +149,15 @@ pub fn parse_proppatch(body: &[u8]) -> Result<Vec<PatchOp>, BadRequest> {
             continue;
         };
         for prop in instruction.children_named(NS_DAV, "prop") {
+            let lang = prop.lang().or(instruction.lang()).or(root.lang());
             for p in &prop.children {
-                ops.push(if set { PatchOp::Set(p.clone()) } else { PatchOp::Remove(PropName::new(&p.ns, &p.name)) });
+                ops.push(if set {
+                    let mut p = p.clone();
+                    p.inherit_lang(lang);
+                    PatchOp::Set(p)
+                } else {
+                    PatchOp::Remove(PropName::new(&p.ns, &p.name))
+                });
             }
         }
     }
@@ -175,11 +182,14 @@ pub fn parse_mkcol(body: &[u8]) -> Result<MkCol, BadRequest> {
     let mut mkcol = MkCol::default();
     for set in root.children_named(NS_DAV, "set") {
         for prop in set.children_named(NS_DAV, "prop") {
+            let lang = prop.lang().or(set.lang()).or(root.lang());
             for p in &prop.children {
                 if p.is(NS_DAV, "resourcetype") {
                     mkcol.resourcetypes.extend(p.children.iter().map(|t| PropName::new(&t.ns, &t.name)));
                 } else {
-                    mkcol.props.push(p.clone());
+                    let mut p = p.clone();
+                    p.inherit_lang(lang);
+                    mkcol.props.push(p);
                 }
             }
         }

@@ -161,6 +161,27 @@ pub fn write_prop(out: &mut Vec<u8>, prop: &Prop) {
     }
 }
 
+/// A propstat naming properties (without values) with a status and, optionally, the DAV:error condition
+/// that explains it; nothing for no names.
+fn names_propstat(b: &mut Vec<u8>, status: u16, names: &[PropName], error: Option<&str>) {
+    if names.is_empty() {
+        return;
+    }
+    b.extend_from_slice(b"<d:propstat><d:prop>");
+    for n in names {
+        open_tag(b, n, true);
+    }
+    b.extend_from_slice(b"</d:prop><d:status>");
+    b.extend_from_slice(status_line(status).as_bytes());
+    b.extend_from_slice(b"</d:status>");
+    if let Some(e) = error {
+        b.extend_from_slice(b"<d:error>");
+        b.extend_from_slice(e.as_bytes());
+        b.extend_from_slice(b"</d:error>");
+    }
+    b.extend_from_slice(b"</d:propstat>");
+}
+
 /// Builds a multistatus into a buffer that the caller drains (or keeps) as it goes.
 pub struct Multistatus<W: Write> {
     out: W,
@@ -199,16 +220,29 @@ impl<W: Write> Multistatus<W> {
             b.extend_from_slice(b"</d:prop><d:status>HTTP/1.1 200 OK</d:status></d:propstat>");
         }
         for (status, names) in others {
-            if names.is_empty() {
-                continue;
-            }
+            names_propstat(b, *status, names, None);
+        }
+        b.extend_from_slice(b"</d:response>");
+        self.flush_if_large()
+    }
+
+    /// A PROPPATCH answer (RFC 4918 §9.2), all or nothing: the `changed` properties with 200, or, when any
+    /// was refused, the refused ones with 403 and `cannot-modify-protected-property` (§16) and the others
+    /// with 424 (not applied).
+    pub fn proppatch_response(&mut self, href: &str, changed: &[PropName], refused: &[PropName]) -> io::Result<()> {
+        let b = &mut self.buf;
+        b.extend_from_slice(b"<d:response><d:href>");
+        b.extend_from_slice(escape(href).as_bytes());
+        b.extend_from_slice(b"</d:href>");
+        if refused.is_empty() {
             b.extend_from_slice(b"<d:propstat><d:prop>");
-            for n in names {
+            for n in changed {
                 open_tag(b, n, true);
             }
-            b.extend_from_slice(b"</d:prop><d:status>");
-            b.extend_from_slice(status_line(*status).as_bytes());
-            b.extend_from_slice(b"</d:status></d:propstat>");
+            b.extend_from_slice(b"</d:prop><d:status>HTTP/1.1 200 OK</d:status></d:propstat>");
+        } else {
+            names_propstat(b, 403, refused, Some("<d:cannot-modify-protected-property/>"));
+            names_propstat(b, 424, changed, None);
         }
         b.extend_from_slice(b"</d:response>");
         self.flush_if_large()

@@ -8,7 +8,7 @@
 
 use quick_xml::escape::resolve_predefined_entity;
 use quick_xml::events::{BytesStart, Event};
-use quick_xml::name::ResolveResult;
+use quick_xml::name::{NamespaceResolver, ResolveResult};
 use quick_xml::reader::NsReader;
 
 pub const MAX_DEPTH: usize = 64;
@@ -16,14 +16,24 @@ pub const MAX_ELEMENTS: usize = 100_000;
 /// Attributes on one element (DAV elements have at most three; the duplicate check is quadratic).
 pub const MAX_ATTRIBUTES: usize = 32;
 
+/// The namespace the `xml:` prefix is bound to (`xml:lang`).
+pub const NS_XML: &str = "http://www.w3.org/XML/1998/namespace";
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Element {
     pub ns: String,
     pub name: String,
     /// Attributes without a namespace prefix, by local name (DAV and CardDAV use only these).
     pub attrs: Vec<(String, String)>,
+    /// Attributes in a namespace (`xml:lang`, `x:a`) as (namespace, local name, value): DAV does not read
+    /// them, but a dead property keeps them (RFC 4918 §4.3).
+    pub ns_attrs: Vec<(String, String, String)>,
     pub children: Vec<Element>,
+    /// All the element's own character data, concatenated.
     pub text: String,
+    /// Where in `text` each child stands (a byte offset per child), so that mixed content is written back
+    /// in its order (RFC 4918 §4.3).
+    pub child_at: Vec<usize>,
 }
 
 impl Element {
@@ -43,11 +53,31 @@ impl Element {
         self.attrs.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
     }
 
+    /// The element's own `xml:lang`, if it has one.
+    pub fn lang(&self) -> Option<&str> {
+        self.ns_attrs.iter().find(|(ns, name, _)| ns == NS_XML && name == "lang").map(|(_, _, v)| v.as_str())
+    }
+
+    /// Gives the element the `xml:lang` in scope where it stood, unless it has its own: a dead property keeps
+    /// its language also when the client declared it on an ancestor (RFC 4918 §4.3).
+    pub fn inherit_lang(&mut self, in_scope: Option<&str>) {
+        if let Some(lang) = in_scope
+            && self.lang().is_none()
+        {
+            self.ns_attrs.push((NS_XML.into(), "lang".into(), lang.into()));
+        }
+    }
+
     /// Serializes the element back to XML with its namespace declared on it, to store a dead property.
     pub fn to_xml(&self) -> String {
         let mut out = String::new();
         self.write_xml(&mut out, None);
         out
+    }
+
+    fn push_child(&mut self, child: Element) {
+        self.child_at.push(self.text.len());
+        self.children.push(child);
     }
 
     fn write_xml(&self, out: &mut String, parent_ns: Option<&str>) {
@@ -65,15 +95,31 @@ impl Element {
             escape_into(out, v, true);
             out.push('"');
         }
+        for (i, (ns, name, v)) in self.ns_attrs.iter().enumerate() {
+            // `xml:` is bound everywhere; any other namespace gets a prefix of its own, declared right here.
+            if ns == NS_XML {
+                out.push_str(" xml:");
+            } else {
+                out.push_str(&format!(" xmlns:a{i}=\"{ns}\" a{i}:"));
+            }
+            out.push_str(name);
+            out.push_str("=\"");
+            escape_into(out, v, true);
+            out.push('"');
+        }
         if self.children.is_empty() && self.text.is_empty() {
             out.push_str("/>");
             return;
         }
         out.push('>');
-        escape_into(out, &self.text, false);
-        for c in &self.children {
+        let mut at = 0;
+        for (i, c) in self.children.iter().enumerate() {
+            let start = self.child_at.get(i).copied().unwrap_or(at).clamp(at, self.text.len());
+            escape_into(out, self.text.get(at..start).unwrap_or_default(), false);
+            at = start;
             c.write_xml(out, Some(&self.ns));
         }
+        escape_into(out, self.text.get(at..).unwrap_or_default(), false);
         out.push_str("</");
         out.push_str(&self.name);
         out.push('>');
@@ -139,7 +185,7 @@ fn check_name(name: &str) -> Result<(), XmlError> {
     if valid { Ok(()) } else { Err(XmlError(format!("'{}' is not an XML name", name.escape_debug()))) }
 }
 
-fn start_element(e: &BytesStart, ns: ResolveResult) -> Result<Element, XmlError> {
+fn namespace(ns: ResolveResult) -> Result<String, XmlError> {
     let ns = match ns {
         ResolveResult::Bound(ns) => ns.as_ref().to_string(),
         ResolveResult::Unbound => String::new(),
@@ -152,9 +198,14 @@ fn start_element(e: &BytesStart, ns: ResolveResult) -> Result<Element, XmlError>
     if ns.chars().any(|c| matches!(c, '<' | '>' | '&' | '"' | '\'') || c.is_whitespace() || c.is_control()) {
         return Err(XmlError(format!("namespace '{}' is not a URI", ns.escape_debug())));
     }
+    Ok(ns)
+}
+
+fn start_element(e: &BytesStart, ns: String, resolver: &NamespaceResolver) -> Result<Element, XmlError> {
     let name = e.local_name().as_ref().to_string();
     check_name(&name)?;
     let mut attrs = Vec::new();
+    let mut ns_attrs = Vec::new();
     for (i, attr) in e.attributes().enumerate() {
         if i >= MAX_ATTRIBUTES {
             return Err(XmlError(format!("an element has more than {MAX_ATTRIBUTES} attributes")));
@@ -165,13 +216,20 @@ fn start_element(e: &BytesStart, ns: ResolveResult) -> Result<Element, XmlError>
             .normalized_value(quick_xml::XmlVersion::Implicit1_0)
             .map_err(|err| XmlError(format!("malformed attribute value: {err}")))?;
         check_chars(&value)?;
-        if key.prefix().is_some() || key.as_ref() == "xmlns" {
+        if key.as_namespace_binding().is_some() {
+            continue;
+        }
+        if key.prefix().is_some() {
+            let (attr_ns, local) = resolver.resolve_attribute(key);
+            let local = local.as_ref().to_string();
+            check_name(&local)?;
+            ns_attrs.push((namespace(attr_ns)?, local, value.into_owned()));
             continue;
         }
         check_name(key.as_ref())?;
         attrs.push((key.as_ref().to_string(), value.into_owned()));
     }
-    Ok(Element { ns, name, attrs, children: Vec::new(), text: String::new() })
+    Ok(Element { ns, name, attrs, ns_attrs, children: Vec::new(), text: String::new(), child_at: Vec::new() })
 }
 
 /// Parses a request body into its root element.
@@ -200,16 +258,18 @@ pub fn parse(body: &[u8]) -> Result<Element, XmlError> {
                 if stack.len() >= MAX_DEPTH || count > MAX_ELEMENTS {
                     return Err(XmlError("the XML body is nested too deeply or has too many elements".into()));
                 }
-                stack.push(start_element(&e, ns)?);
+                let ns = namespace(ns)?;
+                stack.push(start_element(&e, ns, reader.resolver())?);
             }
             Event::Empty(e) => {
                 count += 1;
                 if count > MAX_ELEMENTS {
                     return Err(XmlError("the XML body has too many elements".into()));
                 }
-                let element = start_element(&e, ns)?;
+                let ns = namespace(ns)?;
+                let element = start_element(&e, ns, reader.resolver())?;
                 match stack.last_mut() {
-                    Some(parent) => parent.children.push(element),
+                    Some(parent) => parent.push_child(element),
                     None => root = Some(element),
                 }
             }
@@ -218,7 +278,7 @@ pub fn parse(body: &[u8]) -> Result<Element, XmlError> {
                     return Err(XmlError("unbalanced end tag".into()));
                 };
                 match stack.last_mut() {
-                    Some(parent) => parent.children.push(element),
+                    Some(parent) => parent.push_child(element),
                     None => root = Some(element),
                 }
             }
@@ -321,5 +381,20 @@ mod tests {
         assert_eq!(e.attrs[0].1, "\t\n\r\"'<");
         assert_eq!(e.text, "a\rb\n&");
         assert_eq!(parse(e.to_xml().as_bytes()).expect("reparses"), e);
+    }
+
+    /// RFC 4918 §4.3: mixed content keeps its order, and attributes in a namespace (xml:lang too) stay.
+    #[test]
+    fn round_trips_mixed_content_and_namespaced_attributes() {
+        let body =
+            r#"<p xmlns="urn:x" xmlns:z="urn:z" xml:lang="de" z:a="1" b="2">eins <i>zwei</i> drei<i z:c="3"/>vier</p>"#;
+        let e = parse(body.as_bytes()).expect("parses");
+        assert_eq!(e.text, "eins  dreivier");
+        assert_eq!(e.lang(), Some("de"));
+        assert_eq!(e.ns_attrs[1], ("urn:z".to_string(), "a".to_string(), "1".to_string()));
+        let xml = e.to_xml();
+        assert!(xml.contains("eins <i>zwei</i> drei<i "), "{xml}");
+        assert!(xml.contains("</i>") && xml.ends_with("vier</p>"), "{xml}");
+        assert_eq!(parse(xml.as_bytes()).expect("reparses"), e);
     }
 }

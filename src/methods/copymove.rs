@@ -1,6 +1,6 @@
 //! COPY and MOVE of cards between the user's own (or writable shared) books (RFC 4918 §9.8, §9.9).
 
-use super::{empty_response, precondition};
+use super::{card_precondition, empty_response};
 use crate::app::{App, Ctx, Target};
 use crate::body::Body;
 use crate::error::{Condition, DavError, DavResult};
@@ -21,7 +21,7 @@ pub async fn handle(ctx: Ctx, target: Target) -> DavResult<Response<Body>> {
     let Route::Card { .. } = route else {
         return Err(DavError::forbidden("the Destination must be a card inside an address book"));
     };
-    let Target::Card { book: to, name: to_name } = ctx.app.resolve(&ctx.user, route).await? else {
+    let Target::Card { book: to, name: to_name } = ctx.app.resolve_for_create(&ctx.user, route).await? else {
         return Err(DavError::not_found());
     };
     App::require_writable(&to)?;
@@ -33,9 +33,10 @@ pub async fn handle(ctx: Ctx, target: Target) -> DavResult<Response<Body>> {
     }
     let overwrite =
         !ctx.headers.get("overwrite").and_then(|v| v.to_str().ok()).is_some_and(|v| v.trim().eq_ignore_ascii_case("F"));
-    // If-Match / If-None-Match are about the request's resource, the source (RFC 4918 §9.8, RFC 9110 §13):
-    // a MOVE by a client that has not seen the card's latest version must not carry it away.
-    let source_pre = precondition(&ctx.headers)?;
+    // If-Match / If-None-Match and the If header's untagged lists are about the request's resource, the
+    // source (RFC 4918 §9.8, §10.4, RFC 9110 §13): a MOVE by a client that has not seen the card's latest
+    // version must not carry it away.
+    let source_pre = card_precondition(&ctx, from.id, &from_name).await?;
     let me = ctx.user.username.clone();
     let to_segment = to.segment.clone();
     let result = if ctx.method == "MOVE" {

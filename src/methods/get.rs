@@ -1,12 +1,17 @@
 //! GET and HEAD: a card (stored bytes, or converted when the client asks for the other vCard version), or a
 //! whole address book as one text/vcard stream (a browser download works).
 
+use super::conditional::{Conditions, State, Verdict};
+use super::not_modified;
 use crate::app::{Ctx, Target};
 use crate::body::{self, Body, stream_body};
 use crate::error::{DavError, DavResult};
 use crate::store;
 use crate::vcard::{self, Version};
 use hyper::{Response, StatusCode, header};
+
+/// A card's representation depends on these (see `wanted_version`).
+const VARY: &str = "Accept, User-Agent";
 
 /// `Accept: text/vcard; version=4.0` picks a version; Apple clients get 3.0 (they read nothing else).
 fn wanted_version(ctx: &Ctx) -> Option<Version> {
@@ -30,6 +35,12 @@ pub async fn handle(ctx: Ctx, target: Target) -> DavResult<Response<Body>> {
             let card =
                 store::point_read(ctx.store(), move |s| s.card(id, &name)).await?.ok_or_else(DavError::not_found)?;
             let (bytes, converted) = vcard::render(&card.vcard, &card.meta.version, wanted_version(&ctx), None);
+            // A converted card is another representation: the stored ETag does not describe these bytes.
+            let etag = (!converted).then_some(card.meta.etag.as_str());
+            let current = State { etag, modified: Some(card.meta.modified_at) };
+            if Conditions::parse(&ctx.headers)?.check_read(&ctx, Some(current)).await? == Verdict::NotModified {
+                return Ok(not_modified(etag, Some(card.meta.modified_at), Some(VARY)));
+            }
             let version = if converted {
                 wanted_version(&ctx).map(Version::as_str).unwrap_or("4.0")
             } else {
@@ -39,21 +50,20 @@ pub async fn handle(ctx: Ctx, target: Target) -> DavResult<Response<Body>> {
                 .status(StatusCode::OK)
                 .header(header::CONTENT_TYPE, format!("text/vcard; charset=utf-8; version={version}"))
                 .header(header::CONTENT_LENGTH, bytes.len())
-                .header(
-                    header::LAST_MODIFIED,
-                    httpdate::fmt_http_date(
-                        std::time::UNIX_EPOCH + std::time::Duration::from_secs(card.meta.modified_at.max(0) as u64),
-                    ),
-                )
-                .header(header::VARY, "Accept, User-Agent");
-            // A converted card is another representation: the stored ETag does not describe these bytes.
-            if !converted {
-                builder = builder.header(header::ETAG, format!("\"{}\"", card.meta.etag));
+                .header(header::LAST_MODIFIED, crate::dates::format_http_date(card.meta.modified_at))
+                .header(header::VARY, VARY);
+            if let Some(etag) = etag {
+                builder = builder.header(header::ETAG, format!("\"{etag}\""));
             }
             let body = if head { body::empty() } else { body::full(bytes) };
             builder.body(body).map_err(|e| DavError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
         }
         Target::Book(book) => {
+            // A book has neither an ETag nor a modification date; only `*` can match it.
+            if Conditions::parse(&ctx.headers)?.check_read(&ctx, Some(State::default())).await? == Verdict::NotModified
+            {
+                return Ok(not_modified(None, None, None));
+            }
             let store = ctx.store().clone();
             let want = wanted_version(&ctx);
             let disposition = attachment(&format!("{}.vcf", book.segment));

@@ -1,6 +1,6 @@
 //! MKCOL and extended MKCOL (RFC 5689): creates an address book in the user's own home.
 
-use super::{empty_response, read_body};
+use super::{check_collection, empty_response, read_body};
 use crate::app::{Ctx, Target};
 use crate::body::Body;
 use crate::body::RequestBody;
@@ -31,8 +31,9 @@ pub async fn handle(ctx: Ctx, target: Target, body: RequestBody) -> DavResult<Re
         }
     };
     if ctx.user.scope.is_some() {
-        return Err(DavError::forbidden("a login scoped to one book cannot create books"));
+        return Err(DavError::no_privilege("a login scoped to one book cannot create books"));
     }
+    check_collection(&ctx, false).await?;
     let raw = read_body(&ctx.headers, body, ctx.app.config.limits.max_xml_body).await?;
     let mut display_name = None;
     let mut description = None;

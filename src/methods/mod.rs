@@ -1,6 +1,7 @@
 //! One file per HTTP method. `dispatch` is the one `match` that picks the handler; the helpers here are
 //! what several handlers share (body limits, If-Match parsing, the multistatus response).
 
+pub mod conditional;
 mod copymove;
 mod delete;
 mod get;
@@ -13,10 +14,12 @@ mod report;
 use crate::app::{Ctx, DAV_CLASSES, Target};
 use crate::body::RequestBody;
 use crate::body::{self, Body};
-use crate::dav::response::XML_CONTENT_TYPE;
+use crate::dav::PropName;
+use crate::dav::response::{Multistatus, XML_CONTENT_TYPE};
 use crate::error::{DavError, DavResult};
-use crate::store::Precondition;
+use crate::store::{self as store, BookId, Precondition};
 use bytes::Bytes;
+use conditional::{Conditions, State};
 use http_body_util::{BodyExt, Limited};
 use hyper::{HeaderMap, Response, StatusCode, header};
 
@@ -73,31 +76,27 @@ fn clean_etag(tag: &str) -> String {
 
 /// If-Match / If-None-Match (RFC 9110 §13.1) as a store precondition.
 pub fn precondition(headers: &HeaderMap) -> DavResult<Precondition> {
-    // A condition the server cannot read must not be dropped: that would make the write unconditional.
-    for name in [header::IF_MATCH, header::IF_NONE_MATCH] {
-        if headers.get(&name).is_some_and(|v| v.to_str().is_err()) {
-            return Err(DavError::bad_request(format!("{name} is not a list of entity tags in visible ASCII")));
-        }
+    Ok(Conditions::parse_etags(headers)?.precondition())
+}
+
+/// Checks the conditional headers of a write to a card and returns the precondition the store checks with
+/// the write. The card is read first only when a condition needs more than the store's own check.
+pub async fn card_precondition(ctx: &Ctx, book: BookId, name: &str) -> DavResult<Precondition> {
+    let conditions = Conditions::parse(&ctx.headers)?;
+    if !conditions.needs_state() {
+        return Ok(conditions.precondition());
     }
-    let get = |name| headers.get(name).and_then(|v: &header::HeaderValue| v.to_str().ok()).map(str::trim);
-    if let Some(m) = get(header::IF_MATCH) {
-        if m == "*" {
-            return Ok(Precondition::MustExist);
-        }
-        let tags: Vec<String> = m.split(',').map(clean_etag).filter(|t| !t.is_empty()).collect();
-        if tags.is_empty() {
-            return Err(DavError::bad_request("If-Match has no entity tag"));
-        }
-        return Ok(Precondition::EtagIn(tags));
-    }
-    if let Some(m) = get(header::IF_NONE_MATCH) {
-        if m == "*" {
-            return Ok(Precondition::MustNotExist);
-        }
-        // If-None-Match with tags on a write: rarely used; treat "none of these" as unsupported precision.
-        return Err(DavError::new(StatusCode::PRECONDITION_FAILED, "only If-None-Match: * is supported on writes"));
-    }
-    Ok(Precondition::None)
+    let n = name.to_string();
+    let meta = store::point_read(ctx.store(), move |s| s.card_meta(book, &n)).await?;
+    let current = meta.as_ref().map(|m| State { etag: Some(&m.etag), modified: Some(m.modified_at) });
+    conditions.check(ctx, current).await?;
+    Ok(Conditions::pin(current))
+}
+
+/// Checks the conditional headers of a request on a collection (which has no entity tag), or on nothing
+/// when `exists` is false.
+pub async fn check_collection(ctx: &Ctx, exists: bool) -> DavResult<()> {
+    Conditions::parse(&ctx.headers)?.check(ctx, exists.then_some(State::default())).await
 }
 
 /// `application/xml`, `text/xml` or a `+xml` type, parameters ignored (RFC 7303).
@@ -115,6 +114,23 @@ pub fn multistatus_response(body: Body, gzip: bool) -> DavResult<Response<Body>>
         builder = builder.header(header::CONTENT_ENCODING, "gzip");
     }
     builder.body(body).map_err(|e| DavError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+}
+
+/// The 207 answer to a PROPPATCH of `href` (see `Multistatus::proppatch_response`).
+pub async fn proppatch_answer(
+    ctx: &Ctx,
+    href: String,
+    changed: Vec<PropName>,
+    refused: Vec<PropName>,
+) -> DavResult<Response<Body>> {
+    let slot = ctx.app.streaming.slot(&ctx.user.username).await?;
+    let body = body::stream_body(&ctx.app.streaming, slot, false, move |out| {
+        let mut ms = Multistatus::begin(out)?;
+        ms.proppatch_response(&href, &changed, &refused)?;
+        ms.finish()?;
+        Ok(())
+    });
+    multistatus_response(body, false)
 }
 
 /// Tells the client its `Prefer: return=minimal` was honoured (RFC 7240 §3).
@@ -136,6 +152,20 @@ pub fn wants_minimal(headers: &HeaderMap) -> bool {
     brief || prefer
 }
 
+/// 304 with the validators a 200 would carry (RFC 9110 §15.4.5): the ETag, else Last-Modified.
+pub fn not_modified(etag: Option<&str>, last_modified: Option<i64>, vary: Option<&'static str>) -> Response<Body> {
+    let mut builder = Response::builder().status(StatusCode::NOT_MODIFIED);
+    if let Some(etag) = etag {
+        builder = builder.header(header::ETAG, format!("\"{etag}\""));
+    } else if let Some(m) = last_modified {
+        builder = builder.header(header::LAST_MODIFIED, crate::dates::format_http_date(m));
+    }
+    if let Some(vary) = vary {
+        builder = builder.header(header::VARY, vary);
+    }
+    builder.body(body::empty()).unwrap_or_else(|_| Response::new(body::empty()))
+}
+
 pub fn empty_response(status: StatusCode) -> Response<Body> {
     Response::builder().status(status).body(body::empty()).unwrap_or_else(|_| Response::new(body::empty()))
 }
@@ -153,5 +183,7 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(header::IF_NONE_MATCH, "*".parse().expect("header"));
         assert_eq!(precondition(&h).ok(), Some(Precondition::MustNotExist));
+        h.insert(header::IF_NONE_MATCH, "\"abc\", W/\"def\"".parse().expect("header"));
+        assert_eq!(precondition(&h).ok(), Some(Precondition::EtagNotIn(vec!["abc".into(), "def".into()])));
     }
 }

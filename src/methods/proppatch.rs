@@ -3,41 +3,23 @@
 //! set (see shared/clients/ios-macos.md): it is kept with the first book of the home as this login sees it -
 //! the one book an Apple account syncs, which the me-card href points into.
 
-use super::{multistatus_response, read_body};
+use super::{check_collection, proppatch_answer, read_body};
 use crate::app::{App, Ctx, Target};
 use crate::body::RequestBody;
-use crate::body::stream_body;
 use crate::dav::request::{PatchOp, parse_proppatch};
-use crate::dav::response::{Multistatus, Prop, Value};
 use crate::dav::{NS_CALSERVER, NS_CARDDAV, NS_DAV, PropName};
 use crate::error::{DavError, DavResult};
 use crate::router;
 use crate::store::{self, BookPatch, DeadProperty};
 use hyper::Response;
 
-/// Live properties a client may not set.
+/// Live properties a client may not set. Every DAV: and CARDDAV: property is defined by an RFC, and those
+/// namespaces are not for dead properties (RFC 4918 §21.1), so of them only the two a book stores are
+/// writable; a list of protected names would miss some (it missed supported-collation-set and
+/// principal-collection-set, which were then stored as dead properties that PROPFIND never showed).
 fn is_protected(name: &PropName) -> bool {
-    (name.ns == NS_DAV
-        && matches!(
-            name.name.as_str(),
-            "resourcetype"
-                | "getetag"
-                | "getcontenttype"
-                | "getcontentlength"
-                | "getlastmodified"
-                | "creationdate"
-                | "sync-token"
-                | "supported-report-set"
-                | "current-user-privilege-set"
-                | "owner"
-                | "current-user-principal"
-                | "quota-used-bytes"
-                | "quota-available-bytes"
-                | "lockdiscovery"
-                | "supportedlock"
-        ))
-        || (name.ns == NS_CARDDAV
-            && matches!(name.name.as_str(), "supported-address-data" | "max-resource-size" | "max-image-size"))
+    (name.ns == NS_DAV && name.name != "displayname")
+        || (name.ns == NS_CARDDAV && name.name != "addressbook-description")
         || name.is(NS_CALSERVER, "getctag")
 }
 
@@ -80,6 +62,7 @@ pub async fn handle(ctx: Ctx, target: Target, body: RequestBody) -> DavResult<Re
         _ => return Err(DavError::forbidden("properties can be changed on address books only")),
     };
     App::require_writable(&book)?;
+    check_collection(&ctx, true).await?;
     let mut patches = Vec::new();
     let mut names = Vec::new();
     let mut refused = Vec::new();
@@ -96,28 +79,17 @@ pub async fn handle(ctx: Ctx, target: Target, body: RequestBody) -> DavResult<Re
         }
     }
     // All or nothing: one protected property fails the whole request (424 for the rest).
-    let (ok, others) = if refused.is_empty() {
+    if refused.is_empty() {
         let id = book.id;
         store::blocking(ctx.store(), move |s| s.patch_book(id, &patches)).await?;
-        (names, Vec::new())
-    } else {
-        (Vec::new(), vec![(403u16, refused), (424u16, names)])
-    };
-    let href = router::book_href(&ctx.user.username, &book.segment);
-    let slot = ctx.app.streaming.slot(&ctx.user.username).await?;
-    let body = stream_body(&ctx.app.streaming, slot, false, move |out| {
-        let mut ms = Multistatus::begin(out)?;
-        let found: Vec<Prop> = ok.into_iter().map(|name| Prop { name, value: Value::Empty }).collect();
-        ms.response(&href, &found, &others)?;
-        ms.finish()?;
-        Ok(())
-    });
-    multistatus_response(body, false)
+    }
+    proppatch_answer(&ctx, router::book_href(&ctx.user.username, &book.segment), names, refused).await
 }
 
 /// macOS's "this is my card" (`PROPPATCH <home>` with `CS:me-card`); anything else on a home is refused
 /// (403, the rest 424), all or nothing as on a book.
 async fn patch_home(ctx: Ctx, user: String, ops: Vec<PatchOp>) -> DavResult<Response<crate::body::Body>> {
+    check_collection(&ctx, true).await?;
     let is_me_card = |name: &PropName| name.is(NS_CALSERVER, "me-card");
     let mut patches = Vec::new();
     let mut names = Vec::new();
@@ -143,7 +115,7 @@ async fn patch_home(ctx: Ctx, user: String, ops: Vec<PatchOp>) -> DavResult<Resp
             PatchOp::Remove(name) => refused.push(name.clone()),
         }
     }
-    let (ok, others) = if refused.is_empty() {
+    if refused.is_empty() {
         let (owner, scope) = (user.clone(), ctx.user.scope.clone());
         let books = store::blocking(ctx.store(), move |s| s.books_in_home(&owner)).await?;
         let Some(first) = books.into_iter().find(|b| scope.as_ref().is_none_or(|s| *s == b.segment)) else {
@@ -155,18 +127,6 @@ async fn patch_home(ctx: Ctx, user: String, ops: Vec<PatchOp>) -> DavResult<Resp
         }
         let id = first.id;
         store::blocking(ctx.store(), move |s| s.patch_book(id, &patches)).await?;
-        (names, Vec::new())
-    } else {
-        (Vec::new(), vec![(403u16, refused), (424u16, names)])
-    };
-    let href = router::home_href(&user);
-    let slot = ctx.app.streaming.slot(&ctx.user.username).await?;
-    let body = stream_body(&ctx.app.streaming, slot, false, move |out| {
-        let mut ms = Multistatus::begin(out)?;
-        let found: Vec<Prop> = ok.into_iter().map(|name| Prop { name, value: Value::Empty }).collect();
-        ms.response(&href, &found, &others)?;
-        ms.finish()?;
-        Ok(())
-    });
-    multistatus_response(body, false)
+    }
+    proppatch_answer(&ctx, router::home_href(&user), names, refused).await
 }

@@ -1,6 +1,6 @@
 //! PUT of a card (RFC 6352 §6.3.2): validated, stored byte-exact, ETag over the stored bytes.
 
-use super::{empty_response, precondition};
+use super::{card_precondition, empty_response};
 use crate::app::{App, Ctx, Target};
 use crate::body::Body;
 use crate::body::RequestBody;
@@ -20,7 +20,7 @@ pub async fn handle(ctx: Ctx, target: Target, body: RequestBody) -> DavResult<Re
         _ => return Err(DavError::not_found()),
     };
     App::require_writable(&book)?;
-    let pre = precondition(&ctx.headers)?;
+    let pre = card_precondition(&ctx, book.id, &name).await?;
     let limit = ctx.app.config.limits.max_resource_size;
     let too_large = || {
         DavError::new(StatusCode::FORBIDDEN, format!("the card exceeds the maximum resource size of {limit} bytes"))

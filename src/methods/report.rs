@@ -169,18 +169,20 @@ impl ReportWriter {
     fn multiget<W: Write>(&self, ms: &mut Multistatus<W>, props: &PropFind, hrefs: &[String]) -> io::Result<()> {
         let mut names = Vec::new();
         let mut answered_hrefs = Vec::new();
-        let mut seen = std::collections::HashSet::new();
+        // An href must not appear twice in a multistatus (RFC 4918 §14.24): a card named twice, also in two
+        // spellings (`a%26b.vcf`, `a&amp;b.vcf`), is answered once.
+        let mut seen_names = std::collections::HashSet::new();
+        let mut seen_hrefs = std::collections::HashSet::new();
         for href in hrefs {
-            if !seen.insert(href.as_str()) {
-                continue;
-            }
             match router::card_name_in_book(href, &self.me, &self.book.segment) {
-                Some(name) => {
-                    names.push(name.clone());
+                Some(name) if seen_names.insert(name.clone()) => {
                     answered_hrefs.push(router::card_href(&self.me, &self.book.segment, &name));
+                    names.push(name);
                 }
+                Some(_) => {}
                 // Not a member of this book: answered as missing, under the href the client sent.
-                None => ms.status_response(href, 404, None)?,
+                None if seen_hrefs.insert(href.as_str()) => ms.status_response(href, 404, None)?,
+                None => {}
             }
         }
         self.named_cards(ms, props, &names, &answered_hrefs)

@@ -112,6 +112,8 @@ pub enum Precondition {
     MustExist,
     /// `If-Match: "etag"` (one or more): only overwrite that version.
     EtagIn(Vec<String>),
+    /// `If-None-Match: "etag"` (one or more): not over any of these versions (creating is fine).
+    EtagNotIn(Vec<String>),
 }
 
 impl Precondition {
@@ -123,6 +125,8 @@ impl Precondition {
             (Precondition::MustExist, existing) => existing.is_some(),
             (Precondition::EtagIn(tags), Some(etag)) => tags.iter().any(|t| t == etag),
             (Precondition::EtagIn(_), None) => false,
+            (Precondition::EtagNotIn(tags), Some(etag)) => !tags.iter().any(|t| t == etag),
+            (Precondition::EtagNotIn(_), None) => true,
         }
     }
 }

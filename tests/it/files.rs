@@ -72,3 +72,63 @@ async fn file_size_limit_is_enforced() {
     assert_eq!(alice.get("/dav/files/alice/big.bin").await.status, 404);
     s.stop().await;
 }
+
+/// If-Match, If-None-Match and the If header (RFC 4918 §10.4) guard writes in the file area.
+#[tokio::test]
+async fn conditional_writes_in_the_file_area() {
+    let s = TestServer::start().await;
+    let alice = s.user("alice").await;
+    let doc = "/dav/files/alice/a.txt";
+    let etag = alice.send("PUT", doc, &[], b"one".to_vec()).await.header("etag").expect("etag");
+    let r = alice.send("PUT", doc, &[("if", r#"(["bogus"])"#)], b"two".to_vec()).await;
+    assert_eq!(r.status, 412);
+    assert_eq!(alice.get(doc).await.body, b"one");
+    assert_eq!(alice.delete(doc, &[("if", r#"(["nope"])"#)]).await.status, 412);
+    assert_eq!(alice.delete(doc, &[("if-none-match", "*")]).await.status, 412, "it exists");
+    let patch = r#"<d:propertyupdate xmlns:d="DAV:" xmlns:k="urn:k"><d:set><d:prop><k:x>1</k:x></d:prop></d:set></d:propertyupdate>"#;
+    assert_eq!(alice.send("PROPPATCH", doc, &[("if", r#"(["nope"])"#)], patch).await.status, 412);
+    let copy = [("destination", "/dav/files/alice/b.txt"), ("if", r#"(["nope"])"#)];
+    assert_eq!(alice.send("COPY", doc, &copy, Vec::new()).await.status, 412);
+    assert_eq!(alice.get("/dav/files/alice/b.txt").await.status, 404);
+    assert_eq!(alice.send("MKCOL", "/dav/files/alice/d/", &[("if", "(<DAV:no-lock>)")], Vec::new()).await.status, 412);
+    let r = alice.send("PUT", doc, &[("if", &format!("(Not <DAV:no-lock> [{etag}])"))], b"two".to_vec()).await;
+    assert_eq!(r.status, 204);
+    assert_eq!(alice.delete(doc, &[("if-match", "*")]).await.status, 204);
+    s.stop().await;
+}
+
+/// GET in the file area answers 304 for a current copy and 412 for a failed If-Match (RFC 9110 §13.2.2).
+#[tokio::test]
+async fn conditional_reads_in_the_file_area() {
+    let s = TestServer::start().await;
+    let alice = s.user("alice").await;
+    let doc = "/dav/files/alice/a.txt";
+    let etag = alice.send("PUT", doc, &[], b"one".to_vec()).await.header("etag").expect("etag");
+    let r = alice.send("GET", doc, &[("if-none-match", &etag)], Vec::new()).await;
+    assert_eq!(r.status, 304);
+    assert_eq!(r.header("etag").as_deref(), Some(etag.as_str()));
+    assert_eq!(alice.send("GET", doc, &[("if-match", "\"nope\"")], Vec::new()).await.status, 412);
+    let future = "Fri, 01 Jan 2100 00:00:00 GMT";
+    assert_eq!(alice.send("HEAD", doc, &[("if-modified-since", future)], Vec::new()).await.status, 304);
+    let past = "Mon, 01 Jan 2001 00:00:00 GMT";
+    assert_eq!(alice.send("GET", doc, &[("if-modified-since", past)], Vec::new()).await.status, 200);
+    assert_eq!(alice.send("PUT", doc, &[("if-unmodified-since", past)], b"two".to_vec()).await.status, 412);
+    assert_eq!(alice.delete(doc, &[("if-unmodified-since", past)]).await.status, 412);
+    assert_eq!(alice.get(doc).await.body, b"one");
+    s.stop().await;
+}
+
+/// If-None-Match with tags in the file area: 412 only when one is the current ETag.
+#[tokio::test]
+async fn if_none_match_with_tags_in_the_file_area() {
+    let s = TestServer::start().await;
+    let alice = s.user("alice").await;
+    let doc = "/dav/files/alice/a.txt";
+    let etag = alice.send("PUT", doc, &[], b"one".to_vec()).await.header("etag").expect("etag");
+    assert_eq!(alice.send("PUT", doc, &[("if-none-match", &etag)], b"two".to_vec()).await.status, 412);
+    assert_eq!(alice.delete(doc, &[("if-none-match", &etag)]).await.status, 412);
+    assert_eq!(alice.get(doc).await.body, b"one");
+    assert_eq!(alice.send("PUT", doc, &[("if-none-match", "\"x\"")], b"two".to_vec()).await.status, 204);
+    assert_eq!(alice.delete(doc, &[("if-none-match", "\"x\"")]).await.status, 204);
+    s.stop().await;
+}

@@ -7,6 +7,7 @@ mod accounts;
 mod api;
 mod cards;
 mod clients;
+mod conditional;
 mod corpus;
 mod crash;
 mod discovery;
