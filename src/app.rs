@@ -137,6 +137,7 @@ impl App {
         let path = req.uri().path().to_string();
         let started = Instant::now();
         let tls = self.config.tls.mode != crate::config::TlsMode::Off;
+        let peer = self.client_address(req.headers(), peer);
         let mut response = match self.dispatch(req, peer).await {
             Ok(r) => r,
             // The JSON APIs answer errors in JSON too, also those raised before their handlers (a path that
@@ -154,6 +155,24 @@ impl App {
         }
         tracing::debug!(%method, %path, status = response.status().as_u16(), micros = started.elapsed().as_micros() as u64, "request");
         response
+    }
+
+    /// Who sent the request: the TCP peer, or behind a trusted proxy the address that proxy saw. The entries
+    /// of `X-Forwarded-For` are read from the right (each proxy appends the address it got the request from);
+    /// the first that is not a trusted proxy is the client, and what lies left of it the client could forge.
+    fn client_address(&self, headers: &HeaderMap, peer: SocketAddr) -> SocketAddr {
+        let trusted = &self.config.server.trusted_proxies;
+        if !trusted.contains(&peer.ip()) {
+            return peer;
+        }
+        let forwarded = headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok()).collect::<Vec<_>>();
+        let client = forwarded
+            .iter()
+            .rev()
+            .flat_map(|v| v.rsplit(','))
+            .map_while(|entry| entry.trim().parse::<std::net::IpAddr>().ok())
+            .find(|ip| !trusted.contains(ip));
+        client.map_or(peer, |ip| SocketAddr::new(ip, 0))
     }
 
     async fn dispatch(self: Arc<Self>, req: Request<RequestBody>, peer: SocketAddr) -> DavResult<Response<Body>> {

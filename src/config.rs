@@ -27,11 +27,19 @@ pub struct ServerConfig {
     pub public_url: Option<String>,
     /// Plain HTTP on a non-loopback address is refused unless this is set (for a TLS-terminating proxy).
     pub allow_insecure_public: bool,
+    /// Reverse proxies whose `X-Forwarded-For` names the client: login throttling and logs then see the
+    /// client's address instead of the proxy's, and the proxy's connections are not capped per address.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        ServerConfig { listen: "127.0.0.1:8443".into(), public_url: None, allow_insecure_public: false }
+        ServerConfig {
+            listen: "127.0.0.1:8443".into(),
+            public_url: None,
+            allow_insecure_public: false,
+            trusted_proxies: Vec::new(),
+        }
     }
 }
 

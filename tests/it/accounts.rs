@@ -1540,3 +1540,38 @@ async fn sighup_reloads_the_certificate_of_a_running_server() {
     assert!(matches!(child.0.try_wait(), Ok(None)), "still running: {}", log());
     assert!(log().contains("reloaded the TLS certificate"), "{}", log());
 }
+
+/// Behind a trusted reverse proxy every request arrives from the proxy's address: the throttle must count
+/// failures per client (the proxy's `X-Forwarded-For`), or one guesser would keep every new device of every
+/// person out. A client that is not a trusted proxy cannot pick its address with the header.
+#[tokio::test]
+async fn a_trusted_proxy_throttles_per_forwarded_client() {
+    let throttled = |trusted: bool| async move {
+        let s = TestServer::start_with(|c| {
+            c.auth.throttle_failures = 3;
+            c.auth.throttle_window_secs = 60;
+            if trusted {
+                c.server.trusted_proxies = vec!["127.0.0.1".parse().expect("ip")];
+            }
+        })
+        .await;
+        let victim = s.user("victim").await;
+        let other = s.user("other").await;
+        let get = |who: &Dav, password: &str, client: &str| {
+            let (path, user) = (format!("/dav/addressbooks/{}/contacts/", who.user), who.user.clone());
+            let request = s.http().get(format!("{}{path}", s.base)).basic_auth(user, Some(password.to_string()));
+            let request = request.header("x-forwarded-for", format!("203.0.113.9, {client}"));
+            async move { request.send().await.expect("send").status().as_u16() }
+        };
+        for _ in 0..3 {
+            assert_eq!(get(&victim, "guess", "198.51.100.1").await, 401);
+        }
+        assert_eq!(get(&victim, "guess", "198.51.100.1").await, 429, "the guesser is throttled");
+        // A first login of someone else, from another client behind the same proxy.
+        let status = get(&other, &other.password, "198.51.100.2").await;
+        s.stop().await;
+        status
+    };
+    assert_eq!(throttled(true).await, 200, "another client behind the proxy gets in");
+    assert_eq!(throttled(false).await, 429, "without a trusted proxy the header is the client's word, ignored");
+}
