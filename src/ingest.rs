@@ -145,6 +145,7 @@ pub fn free_mail_domains(config: &Config) -> HashSet<String> {
 
 /// `mail.acme-bau.co.uk` → `Acme-Bau`: the registrable label, capitalized per part.
 pub fn company_from_domain(domain: &str) -> String {
+    let domain = crate::vcard::contact::unicode_domain(domain);
     let labels: Vec<&str> = domain.split('.').filter(|l| !l.is_empty()).collect();
     let second_level = ["co", "com", "org", "net", "ac", "gov", "edu", "or", "ne"];
     let idx = match labels.len() {
@@ -348,7 +349,9 @@ fn org_from_domain(
         return Ok(None);
     }
     let mut counts: Vec<(String, usize)> = Vec::new();
-    for card in store.org_cards_at_domain(book, domain, 50)? {
+    // The Unicode form: the `emails` column holds it for every address, however the card wrote the domain.
+    let unicode = vcard::contact::unicode_domain(domain);
+    for card in store.org_cards_at_domain(book, &unicode, 50)? {
         if let Some(parsed) = vcard::parse_stored(&card.vcard) {
             let org = project(&parsed).org.trim().to_string();
             if org.is_empty() {
@@ -447,6 +450,7 @@ mod tests {
         assert_eq!(company_from_domain("acme-bau.de"), "Acme-Bau");
         assert_eq!(company_from_domain("mail.example.co.uk"), "Example");
         assert_eq!(company_from_domain("sub.firma.com"), "Firma");
+        assert_eq!(company_from_domain("xn--mller-bau-q9a.de"), "Müller-Bau", "punycode is decoded");
         assert!(free_mail_domains(&Config::default()).contains("gmail.com"));
     }
 }

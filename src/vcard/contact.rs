@@ -857,14 +857,26 @@ pub enum Scalars {
     KeepExisting,
 }
 
-/// The same e-mail address: trimmed, case-insensitive and without a `mailto:` (how vCard 4.0 writers give
-/// `EMAIL;VALUE=uri`), in the `vcard::unicode_casemap` form that the stored `emails` column also holds for
+/// The same e-mail address: trimmed, case-insensitive, without a `mailto:` (how vCard 4.0 writers give
+/// `EMAIL;VALUE=uri`) and with an internationalized domain in Unicode (`xn--mller-bau-q9a.de` is
+/// `müller-bau.de`), in the `vcard::unicode_casemap` form that the stored `emails` column also holds for
 /// every address (see `SearchIndex`), so that keys made here and read from the column compare.
 pub fn email_key(raw: &str) -> String {
     let folded = super::unicode_casemap(raw.trim());
-    match folded.strip_prefix("mailto:") {
-        Some(address) => address.trim().to_string(),
-        None => folded,
+    let address = folded.strip_prefix("mailto:").map_or(folded.as_str(), str::trim);
+    match address.rsplit_once('@') {
+        Some((local, domain)) if domain.contains("xn--") => {
+            format!("{local}@{}", super::unicode_casemap(&unicode_domain(domain)))
+        }
+        _ => address.to_string(),
+    }
+}
+
+/// A domain with its punycode labels (`xn--…`) decoded; as written when it does not decode.
+pub fn unicode_domain(domain: &str) -> String {
+    match idna::domain_to_unicode(domain) {
+        (unicode, Ok(())) => unicode,
+        _ => domain.to_string(),
     }
 }
 
@@ -1005,6 +1017,21 @@ pub fn merge(existing: &Contact, incoming: &Contact, scalars: Scalars) -> (Conta
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn email_keys_name_the_mailbox_however_it_is_written() {
+        let key = email_key("jörg@müller-bau.de");
+        for written in [
+            " Jörg@MÜLLER-BAU.DE ",
+            "mailto:jörg@müller-bau.de",
+            "MAILTO: jörg@xn--mller-bau-q9a.de",
+            "jo\u{308}rg@xn--MLLER-BAU-Q9A.de",
+        ] {
+            assert_eq!(email_key(written), key, "{written}");
+        }
+        assert_ne!(email_key("ba@x.de"), email_key("a@x.de"));
+        assert_eq!(email_key("odd@xn--"), "odd@xn--", "a domain that does not decode stays as written");
+    }
 
     #[test]
     fn phone_keys_ignore_formatting_and_country_codes() {

@@ -476,6 +476,11 @@ async fn a_non_ascii_address_is_found_by_erasure_ingest_and_import() {
     let token = admin.integration("alice/contacts", "Booking").await;
     let booked = ok_ingest(&s, &token, json!({"email": "Jürgen@Müller.de", "name": "Jürgen Müller"})).await;
     assert_eq!(booked["created"], false, "ingest matched the card: {booked}");
+    // The same mailbox with its domain in punycode (as some systems send it) is the same person.
+    let booked = ok_ingest(&s, &token, json!({"email": "jürgen@xn--mller-kva.de"})).await;
+    assert_eq!(booked["created"], false, "punycode domain matched the card: {booked}");
+    let (_, report, _) = admin.call("GET", "/admin/v1/subject-access?email=j%C3%BCrgen@xn--mller-kva.de", None).await;
+    assert_eq!(report["contacts"].as_array().map(Vec::len), Some(1), "{report}");
     let (status, erased, text) =
         admin.call("POST", "/admin/v1/erase", Some(json!({"email": "jürgen@müller.de"}))).await;
     assert_eq!(status, 200, "{text}");
