@@ -164,7 +164,8 @@ pub fn vcard(data: &[u8]) {
         if converted && let Err(e) = vcard::validate(&bytes) {
             panic!("a converted card does not validate ({e:?}):\n{}", String::from_utf8_lossy(&bytes));
         }
-        let _ = vcard::render(data, stored, want, Some(&["FN".to_string(), "EMAIL".to_string()]));
+        let _ =
+            vcard::render(data, stored, want, Some((&["FN".to_string(), "EMAIL".to_string()], &["EMAIL".to_string()])));
     }
     if let Some(card) = vcard::parse_stored(data) {
         let _ = vcard::to_jscontact(&card);

@@ -275,7 +275,12 @@ impl Resource<'_> {
             ("address-data", Resource::Card { meta, body: Some(body), .. }) => {
                 let spec = req.address_data.clone().unwrap_or_default();
                 let want = spec.version.or(if ctx.prefer_v3 { Some(Version::V3) } else { None });
-                let (bytes, _) = vcard::render(body, &meta.version, want, spec.props.as_deref());
+                let (bytes, _) = vcard::render(
+                    body,
+                    &meta.version,
+                    want,
+                    spec.props.as_deref().map(|p| (p, spec.without_value.as_slice())),
+                );
                 // Stored cards are UTF-8 (validated on PUT), so this moves the bytes without a copy.
                 Value::Text(
                     String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),

@@ -42,6 +42,8 @@ fn malformed(msg: impl Into<String>) -> BadRequest {
 pub struct AddressDataSpec {
     pub version: Option<Version>,
     pub props: Option<Vec<String>>,
+    /// Properties asked for with `novalue="yes"`: present, with an empty value (RFC 6352 §10.4.2).
+    pub without_value: Vec<String>,
 }
 
 /// One property asked for in a `<prop>`; `address_data` is set for `CARD:address-data`.
@@ -71,14 +73,18 @@ fn parse_address_data(e: &Element) -> Result<AddressDataSpec, BadRequest> {
                 .ok_or_else(|| BadRequest::UnsupportedAddressData(format!("vCard version '{v}' is not supported")))?,
         ),
     };
+    let named = || e.children_named(NS_CARDDAV, "prop").filter_map(|p| Some((p.attr("name")?.trim(), p)));
     let props = if e.children.iter().any(|c| c.is(NS_CARDDAV, "allprop")) {
         None
     } else {
-        let names: Vec<String> =
-            e.children_named(NS_CARDDAV, "prop").filter_map(|p| p.attr("name").map(|n| n.trim().to_string())).collect();
+        let names: Vec<String> = named().map(|(n, _)| n.to_string()).collect();
         if names.is_empty() { None } else { Some(names) }
     };
-    Ok(AddressDataSpec { version, props })
+    let without_value = named()
+        .filter(|(_, p)| p.attr("novalue").is_some_and(|v| v.trim().eq_ignore_ascii_case("yes")))
+        .map(|(n, _)| n.to_string())
+        .collect();
+    Ok(AddressDataSpec { version, props, without_value })
 }
 
 /// The most properties one PROPFIND or REPORT may name. Real clients name up to ~40; the answer repeats every

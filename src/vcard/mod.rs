@@ -620,7 +620,9 @@ pub fn to_jscontact(card: &VCard) -> String {
 }
 
 /// Keeps only the named properties (plus BEGIN, END, VERSION, UID), for `address-data` subsets.
-pub fn subset(card: &VCard, names: &[String]) -> VCard {
+/// The card with only the named properties (and those every card needs); `without_value` ones keep their
+/// name and parameters with an empty value (`novalue="yes"`, RFC 6352 §10.4.2).
+pub fn subset(card: &VCard, names: &[String], without_value: &[String]) -> VCard {
     let entries = card
         .entries
         .iter()
@@ -628,14 +630,26 @@ pub fn subset(card: &VCard, names: &[String]) -> VCard {
             matches!(e.name, VCardProperty::Begin | VCardProperty::End | VCardProperty::Version | VCardProperty::Uid)
                 || names.iter().any(|n| entry_is(e, n))
         })
-        .cloned()
+        .map(|e| {
+            let mut e = e.clone();
+            if without_value.iter().any(|n| entry_is(&e, n)) {
+                e.values = vec![VCardValue::Text(String::new())];
+            }
+            e
+        })
         .collect();
     VCard { entries }
 }
 
-/// The bytes a client gets for a stored card: the stored bytes when no other version (or subset) is wanted,
-/// otherwise a conversion. Returns `(bytes, converted)`.
-pub fn render(stored: &[u8], stored_version: &str, want: Option<Version>, props: Option<&[String]>) -> (Vec<u8>, bool) {
+/// The bytes a client gets for a stored card: the stored bytes when no other version (or subset: the names
+/// to keep, and of those the ones to keep without value) is wanted, otherwise a conversion. Returns
+/// `(bytes, converted)`.
+pub fn render(
+    stored: &[u8],
+    stored_version: &str,
+    want: Option<Version>,
+    props: Option<(&[String], &[String])>,
+) -> (Vec<u8>, bool) {
     let same_version = want.is_none_or(|w| w.as_str() == stored_version);
     if same_version && props.is_none() {
         return (stored.to_vec(), false);
@@ -645,7 +659,7 @@ pub fn render(stored: &[u8], stored_version: &str, want: Option<Version>, props:
     };
     let target = want.or_else(|| Version::parse(stored_version)).unwrap_or(Version::V4);
     let card = match props {
-        Some(names) => subset(&card, names),
+        Some((names, without_value)) => subset(&card, names, without_value),
         None => card,
     };
     let out = write_as(&card, target);

@@ -220,6 +220,17 @@ async fn address_data_subsets_and_versions() {
     let data = ms.get(&format!("{book}anna.vcf")).text(CARD, "address-data").expect("data");
     assert!(data.contains("VERSION:4.0") && data.contains("anna@firma.de") && data.contains("UID:anna"), "{data}");
     assert!(!data.contains("FN:") && !data.contains("TEL"), "subset keeps only EMAIL: {data}");
+    // novalue="yes": the property is there, its value is not (RFC 6352 §10.4.2).
+    let body = format!(
+        r#"<c:addressbook-multiget {NS}><d:prop><c:address-data><c:prop name="FN"/><c:prop name="EMAIL" novalue="yes"/></c:address-data></d:prop><d:href>{book}anna.vcf</d:href></c:addressbook-multiget>"#
+    );
+    let ms = alice.report(&book, "0", &body).await.multistatus();
+    let data = ms.get(&format!("{book}anna.vcf")).text(CARD, "address-data").expect("data");
+    let email = data.lines().find(|l| l.starts_with("EMAIL")).unwrap_or_default();
+    assert!(
+        data.contains("Anna Müller") && email.trim_end().ends_with(':') && !data.contains("anna@firma.de"),
+        "{data}"
+    );
     let bad = alice
         .report(&book, "0", &format!(r#"<c:addressbook-multiget {NS}><d:prop><c:address-data content-type="application/json"/></d:prop><d:href>{book}anna.vcf</d:href></c:addressbook-multiget>"#))
         .await;
