@@ -280,6 +280,20 @@ impl<W: Write> Multistatus<W> {
     }
 }
 
+/// The body of a failed extended MKCOL (RFC 5689 §3): each refused property with 403 and the precondition it
+/// failed (`(condition element, properties)`), every other one with 424, since none was applied.
+pub fn mkcol_failure_body(refused: &[(&str, Vec<PropName>)], not_applied: &[PropName]) -> Vec<u8> {
+    let mut b = br#"<?xml version="1.0" encoding="utf-8"?>
+<d:mkcol-response xmlns:d="DAV:" xmlns:card="urn:ietf:params:xml:ns:carddav">"#
+        .to_vec();
+    for (condition, names) in refused {
+        names_propstat(&mut b, 403, names, Some(condition));
+    }
+    names_propstat(&mut b, 424, not_applied, None);
+    b.extend_from_slice(b"</d:mkcol-response>\n");
+    b
+}
+
 /// A `DAV:error` body naming one precondition element (e.g. `<card:no-uid-conflict>...`), RFC 4918 §16.
 pub fn error_body(condition_xml: &str, message: &str) -> Vec<u8> {
     let mut out = Vec::new();

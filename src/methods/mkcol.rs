@@ -5,7 +5,8 @@ use crate::app::{Ctx, Target};
 use crate::body::Body;
 use crate::body::RequestBody;
 use crate::dav::request::{PatchOp, parse_mkcol};
-use crate::dav::{NS_CARDDAV, NS_DAV};
+use crate::dav::response::mkcol_failure_body;
+use crate::dav::{NS_CARDDAV, NS_DAV, PropName};
 use crate::error::{Condition, DavError, DavResult};
 use crate::store::{self, BookPatch, DeadProperty};
 use hyper::{Response, StatusCode};
@@ -53,17 +54,38 @@ pub async fn handle(ctx: Ctx, target: Target, body: RequestBody) -> DavResult<Re
         let is_book = mkcol.resourcetypes.iter().any(|t| t.is(NS_CARDDAV, "addressbook"));
         let only_known =
             mkcol.resourcetypes.iter().all(|t| t.is(NS_CARDDAV, "addressbook") || t.is(NS_DAV, "collection"));
-        if !is_book || !only_known {
-            return Err(DavError::forbidden("only address books (CARD:addressbook) can be created here")
-                .with_condition(Condition::ValidResourceType));
+        let resourcetype = PropName::new(NS_DAV, "resourcetype");
+        let (mut applied, mut protected) = (Vec::new(), Vec::new());
+        if is_book && only_known {
+            applied.push(resourcetype.clone());
         }
         for p in mkcol.props {
+            let name = PropName::new(&p.ns, &p.name);
             match super::proppatch::to_patch(&PatchOp::Set(p)) {
                 Some((_, BookPatch::DisplayName(v))) => display_name = v,
                 Some((_, BookPatch::Description(v))) => description = v,
                 Some((_, BookPatch::SetDead(d))) => dead.push(d),
-                _ => return Err(DavError::forbidden("a protected property cannot be set by MKCOL")),
+                _ => {
+                    protected.push(name);
+                    continue;
+                }
             }
+            applied.push(name);
+        }
+        let mut refused = Vec::new();
+        if !(is_book && only_known) {
+            refused.push(("<d:valid-resourcetype/>", vec![resourcetype]));
+        }
+        if !protected.is_empty() {
+            refused.push(("<d:cannot-modify-protected-property/>", protected));
+        }
+        if !refused.is_empty() {
+            tracing::warn!(path = %ctx.path, "extended MKCOL refused: only address books with writable properties");
+            return Response::builder()
+                .status(StatusCode::FORBIDDEN)
+                .header(hyper::header::CONTENT_TYPE, "application/xml; charset=utf-8")
+                .body(crate::body::full(mkcol_failure_body(&refused, &applied)))
+                .map_err(|e| DavError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()));
         }
     }
     // A plain MKCOL (no body) also makes an address book: a home holds nothing else.

@@ -345,6 +345,42 @@ async fn mkcol_refusals_follow_rfc_4918() {
     let control = alice.send("MKCOL", "/dav/addressbooks/alice/ctl%01book/", &[], Vec::new()).await;
     assert_eq!(control.status, 400, "a control character in a name: {}", control.text());
     assert_eq!(alice.get("/dav/addressbooks/alice/notes/").await.status, 404, "nothing was made");
+    // A refused extended MKCOL says, property by property, what failed and what was therefore not applied
+    // (RFC 5689 §3).
+    let mkcol = |types: &str, extra: &str| {
+        format!(
+            r#"<d:mkcol xmlns:d="DAV:" xmlns:c="urn:ietf:params:xml:ns:carddav"><d:set><d:prop><d:resourcetype>{types}</d:resourcetype><d:displayname>N</d:displayname>{extra}</d:prop></d:set></d:mkcol>"#
+        )
+    };
+    for (body, failed, condition) in [
+        (mkcol("<d:collection/>", ""), "resourcetype", "valid-resourcetype"),
+        (
+            mkcol("<d:collection/><c:addressbook/>", "<d:getetag>x</d:getetag>"),
+            "getetag",
+            "cannot-modify-protected-property",
+        ),
+    ] {
+        let r =
+            alice.send("MKCOL", "/dav/addressbooks/alice/notes/", &[("content-type", "application/xml")], body).await;
+        assert_eq!(r.status, 403, "{}", r.text());
+        let answer = kartei::dav::xml::parse(&r.body).expect("an XML answer");
+        assert!(answer.is("DAV:", "mkcol-response"), "{}", r.text());
+        let propstats: Vec<_> = answer.children_named("DAV:", "propstat").collect();
+        let status_of = |prop: &str| {
+            propstats
+                .iter()
+                .find(|ps| ps.child("DAV:", "prop").is_some_and(|p| p.child("DAV:", prop).is_some()))
+                .and_then(|ps| {
+                    Some((
+                        ps.child("DAV:", "status")?.text.clone(),
+                        ps.child("DAV:", "error").is_some_and(|e| e.child("DAV:", condition).is_some()),
+                    ))
+                })
+        };
+        assert_eq!(status_of(failed), Some(("HTTP/1.1 403 Forbidden".to_string(), true)), "{}", r.text());
+        assert_eq!(status_of("displayname").map(|s| s.0), Some("HTTP/1.1 424 Failed Dependency".to_string()));
+    }
+    assert_eq!(alice.get("/dav/addressbooks/alice/notes/").await.status, 404, "nothing was made");
     s.stop().await;
 }
 
