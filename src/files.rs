@@ -69,7 +69,9 @@ async fn entry(ctx: &Ctx, path: &str) -> DavResult<FileEntry> {
 }
 
 fn state(file: &FileEntry) -> State<'_> {
-    State { etag: file.etag.as_deref(), modified: Some(file.modified_at) }
+    // A folder's own time does not move when what is in it changes, so it cannot vouch for its listing.
+    let modified = if file.is_collection { None } else { Some(file.modified_at) };
+    State { etag: file.etag.as_deref(), modified }
 }
 
 /// Checks the conditional headers (RFC 9110 §13, RFC 4918 §10.4) against the file at `path`, or nothing.

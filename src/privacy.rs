@@ -211,10 +211,12 @@ impl Subject {
         for card in self.cards.iter().filter(|c| c.book == record.target && !c.uid.is_empty()) {
             if out.detail == card.uid {
                 out.detail = ERASED.to_string();
-            } else {
-                // Imports and ingests list UIDs in JSON: the quoted string is the whole UID.
-                let quoted = Value::String(card.uid.clone()).to_string();
-                out.detail = out.detail.replace(&quoted, &Value::String(ERASED.into()).to_string());
+            } else if let Ok(mut detail) = serde_json::from_str::<Value>(&out.detail) {
+                // Imports and ingests list UIDs in JSON: a string value that is the whole UID (never a key:
+                // a UID may well be `created`).
+                if erase_string_values(&mut detail, &card.uid) {
+                    out.detail = detail.to_string();
+                }
             }
         }
         // An export of this person's card: its query may have named them (`q=hilde`).
@@ -230,13 +232,30 @@ impl Subject {
     }
 }
 
+/// Replaces every string value equal to `uid` in `value` (not keys); whether there was one.
+fn erase_string_values(value: &mut Value, uid: &str) -> bool {
+    match value {
+        Value::String(s) if s == uid => {
+            *s = ERASED.to_string();
+            true
+        }
+        Value::Array(items) => items.iter_mut().fold(false, |hit, v| erase_string_values(v, uid) | hit),
+        Value::Object(fields) => fields.values_mut().fold(false, |hit, v| erase_string_values(v, uid) | hit),
+        _ => false,
+    }
+}
+
 /// `text` with each whole-token occurrence of `needle` (letter case ignored) replaced: one that no letter,
 /// digit or address/path character (`._%+-@/`) touches on either side, so `a@x.de` is not found inside
 /// `ba@x.de` nor `/c.vcf` inside `/c.vcf2`.
 fn replace_tokens(text: &str, needle: &str, with: &str) -> String {
-    let lower_needle: Vec<char> = needle.chars().flat_map(char::to_lowercase).collect();
+    // Lower case char by char, and a final sigma as any sigma (the address may have been lower-cased as a
+    // whole, `ΟΔΟΣ` → `οδος`, the text not).
+    let fold = |c: char| c.to_lowercase().map(|l| if l == 'ς' { 'σ' } else { l });
+    let lower_needle: Vec<char> = needle.chars().flat_map(fold).collect();
     // Most records mention nobody: a plain search decides that before the char-by-char walk.
-    if lower_needle.is_empty() || !text.to_lowercase().contains(&lower_needle.iter().collect::<String>()) {
+    let lower_text: String = text.chars().flat_map(fold).collect();
+    if lower_needle.is_empty() || !lower_text.contains(&lower_needle.iter().collect::<String>()) {
         return text.to_string();
     }
     let in_token = |c: char| c.is_alphanumeric() || "._%+-@/".contains(c);
@@ -246,7 +265,7 @@ fn replace_tokens(text: &str, needle: &str, with: &str) -> String {
         // Match the needle's lower-case chars against those of text from char i on.
         let (mut j, mut k) = (i, 0);
         while k < lower_needle.len() && j < chars.len() {
-            let lower: Vec<char> = chars[j].1.to_lowercase().collect();
+            let lower: Vec<char> = fold(chars[j].1).collect();
             if !lower_needle[k..].starts_with(&lower) {
                 break;
             }
@@ -534,6 +553,9 @@ mod tests {
         assert_eq!(replace_tokens("/b/c.vcf2 /b/c.vcf", "/b/c.vcf", "[e]"), "/b/c.vcf2 [e]");
         assert_eq!(replace_tokens("JÜRGEN@MÜLLER.DE!", "jürgen@müller.de", "[e]"), "[e]!");
         assert_eq!(replace_tokens("nothing here", "", "[e]"), "nothing here");
+        for needle in ["οδοσ@x.gr", "οδος@x.gr"] {
+            assert_eq!(replace_tokens(r#"{"q":"ΟΔΟΣ@X.GR"}"#, needle, "[e]"), r#"{"q":"[e]"}"#, "final sigma");
+        }
     }
 
     #[test]
@@ -548,6 +570,12 @@ mod tests {
             .redacted(&record("import", "anna/contacts", r#"{"uids":["contact12","contact1"]}"#))
             .expect("an import of the card");
         assert_eq!(import.detail, r#"{"uids":["contact12","[erased]"]}"#);
+        let keyed =
+            Subject { cards: vec![SubjectCard { uid: "created".into(), ..subject().cards.remove(0) }], ..subject() };
+        let ingest = keyed
+            .redacted(&record("ingest", "anna/contacts", r#"{"created":true,"uid":"created"}"#))
+            .expect("an ingest of the card");
+        assert_eq!(ingest.detail, r#"{"created":true,"uid":"[erased]"}"#, "keys stay keys");
     }
 
     #[test]

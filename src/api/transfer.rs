@@ -125,7 +125,7 @@ pub fn run_export(
                 let row: Vec<String> = request
                     .columns
                     .iter()
-                    .map(|c| if c == "uid" { found.meta.uid.clone() } else { guard_formula(contact.column(c)) })
+                    .map(|c| guard_formula(if c == "uid" { found.meta.uid.clone() } else { contact.column(c) }))
                     .collect();
                 csv_out.write_record(&row).map_err(internal)?;
             } else {
@@ -222,16 +222,20 @@ fn guard_formula(cell: String) -> String {
     match cell.chars().next() {
         Some('=' | '@' | '\t' | '\r') => format!("'{cell}"),
         Some('+' | '-') if !cell.chars().all(harmless) => format!("'{cell}"),
+        // A value that already looks guarded would lose its own `'` on the way back in.
+        Some('\'') if looks_guarded(&cell) => format!("'{cell}"),
         _ => cell,
     }
 }
 
+/// A `'` in front of a formula's first character, or in front of such a value.
+fn looks_guarded(cell: &str) -> bool {
+    cell.starts_with('\'') && cell.trim_start_matches('\'').starts_with(['=', '@', '+', '-', '\t', '\r'])
+}
+
 /// A cell as it was before [`guard_formula`].
 fn unguard_formula(cell: &str) -> &str {
-    match cell.strip_prefix('\'') {
-        Some(rest) if rest.starts_with(['=', '@', '+', '-', '\t', '\r']) => rest,
-        _ => cell,
-    }
+    if looks_guarded(cell) { &cell[1..] } else { cell }
 }
 
 /// Puts one CSV value into the contact field behind `column` (addresses are put together by
@@ -332,6 +336,16 @@ struct ImportRow {
     card: Option<vcard::ValidCard>,
 }
 
+impl ImportRow {
+    /// What the row would store, to tell a repeated row from another contact with the same UID.
+    fn fingerprint(&self) -> String {
+        match &self.card {
+            Some(card) => String::from_utf8_lossy(&card.new_card.bytes).into_owned(),
+            None => serde_json::to_string(&self.contact).unwrap_or_default(),
+        }
+    }
+}
+
 fn parse_csv(text: &str, mapping: Option<&Value>) -> DavResult<Vec<Result<ImportRow, (usize, String)>>> {
     let text = text.trim_start_matches('\u{feff}');
     let header_line = text.lines().next().unwrap_or("");
@@ -377,7 +391,8 @@ fn parse_csv(text: &str, mapping: Option<&Value>) -> DavResult<Vec<Result<Import
                 }
                 contact.addresses = csv_addresses(&address_cells);
                 if let Some(i) = headers.iter().position(|h| h.trim().eq_ignore_ascii_case("uid")) {
-                    uid = record.get(i).map(str::trim).filter(|u| !u.is_empty()).map(str::to_string);
+                    uid =
+                        record.get(i).map(|u| unguard_formula(u).trim()).filter(|u| !u.is_empty()).map(str::to_string);
                 }
                 let uid_from_content = uid.is_none();
                 if uid_from_content {
@@ -754,7 +769,7 @@ pub fn run_import(
     // Existing cards this import updates, and UIDs it creates: the row that did, for a second row that would.
     let mut touched: HashMap<String, usize> = HashMap::new();
     let mut created_uids: HashMap<String, usize> = HashMap::new();
-    let mut same_text: HashMap<String, usize> = HashMap::new();
+    let mut same_text: HashMap<String, (usize, String)> = HashMap::new();
     let (mut created, mut updated, mut unchanged, mut rejected) = (0, 0, 0, 0);
     for (done, row) in rows.into_iter().enumerate() {
         if done % 500 == 0 {
@@ -781,17 +796,23 @@ pub fn run_import(
             }
         };
         let (row_number, row_fn) = (incoming.row, incoming.contact.formatted_name.clone());
-        if incoming.uid_from_content
-            && let Some(uid) = &incoming.uid
-        {
-            // The same text as an earlier row (an export that holds a contact twice): nothing more to store.
-            if let Some(first) = same_text.get(uid) {
-                unchanged += 1;
-                report.push(json!({"row": row_number, "action": "unchanged", "uid": uid, "fn": row_fn,
-                    "same_as_row": first}));
-                continue;
+        if let Some(uid) = &incoming.uid {
+            // The same contact as an earlier row (an export of several books holds a card copied between them
+            // twice, UID and all): nothing more to store. A UID made from the text says so by itself; a UID
+            // from the file only with the same content.
+            let content = if incoming.uid_from_content { String::new() } else { incoming.fingerprint() };
+            match same_text.get(uid) {
+                Some((first, earlier)) if *earlier == content => {
+                    unchanged += 1;
+                    report.push(json!({"row": row_number, "action": "unchanged", "uid": uid, "fn": row_fn,
+                        "same_as_row": first}));
+                    continue;
+                }
+                Some(_) => {}
+                None => {
+                    same_text.insert(uid.clone(), (row_number, content));
+                }
             }
-            same_text.insert(uid.clone(), row_number);
         }
         let outcome = match matched {
             Some((i, how)) => plan_update(store, book, &index[i], how, incoming)?,
@@ -1108,6 +1129,19 @@ async fn read_upload(body: crate::body::RequestBody) -> DavResult<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn formula_guards_round_trip() {
+        for value in
+            ["=HYPERLINK(1)", "@SUM(1)", "+cmd|x", "'=x", "''+49 30", "'hello", "+49 30 1234", "-5", "plain", "'"]
+        {
+            let guarded = guard_formula(value.to_string());
+            assert_eq!(unguard_formula(&guarded), value, "{value} -> {guarded}");
+            assert!(!guarded.starts_with(['=', '@']) && !guarded.starts_with("+c"), "{guarded}");
+        }
+        assert_eq!(guard_formula("+49 30 1234".into()), "+49 30 1234", "a phone number stays a number");
+        assert_eq!(unguard_formula(&"'".repeat(100_000)), "'".repeat(100_000));
+    }
 
     #[test]
     fn cards_are_split_with_their_bytes() {

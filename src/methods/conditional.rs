@@ -238,6 +238,9 @@ async fn tagged_etag(ctx: &Ctx, uri: &str) -> Option<Option<String>> {
             let file = store::point_read(ctx.store(), move |s| s.file(&owner, &p)).await.ok()?;
             Some(file.and_then(|f| f.etag))
         }
+        // The collections above the books, and this user's own home and principal: there, with no tag.
+        Route::Root | Route::WellKnown | Route::PrincipalCollection | Route::HomeCollection => Some(None),
+        Route::Home { user } | Route::Principal { user } if user == ctx.user.username => Some(None),
         _ => None,
     }
 }

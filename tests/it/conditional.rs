@@ -88,6 +88,10 @@ async fn tagged_if_lists_name_their_resource() {
     assert_eq!(mv(format!(r#"<{dest_url}> (["wrong"])"#)).await, 412, "the destination's tag does not match");
     assert_eq!(mv(format!(r#"<{b}> (["wrong"])"#)).await, 412, "a path names it too");
     assert_eq!(alice.get(&a).await.status, 200, "nothing moved");
+    // This server's home and principal exist and have no entity tag, so a tag on them never matches.
+    for own in [alice.home(), format!("/dav/principals/{}/", alice.user)] {
+        assert_eq!(mv(format!(r#"<{own}> (["bogus"])"#)).await, 412, "{own}");
+    }
     assert_eq!(mv(r#"<https://elsewhere.example/x.vcf> (["x"])"#.to_string()).await, 204, "not about us");
     assert_ne!(alice.get(&b).await.header("etag"), Some(dest_etag), "overwritten");
     s.stop().await;

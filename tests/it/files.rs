@@ -115,6 +115,12 @@ async fn conditional_reads_in_the_file_area() {
     assert_eq!(alice.send("PUT", doc, &[("if-unmodified-since", past)], b"two".to_vec()).await.status, 412);
     assert_eq!(alice.delete(doc, &[("if-unmodified-since", past)]).await.status, 412);
     assert_eq!(alice.get(doc).await.body, b"one");
+    // A folder's listing changes with what is put in it, which its own time does not show: never 304.
+    assert_eq!(alice.send("MKCOL", "/dav/files/alice/docs/", &[], Vec::new()).await.status, 201);
+    assert_eq!(alice.send("PUT", "/dav/files/alice/docs/new.txt", &[], b"x".to_vec()).await.status, 201);
+    let r = alice.send("GET", "/dav/files/alice/docs/", &[("if-modified-since", future)], Vec::new()).await;
+    assert_eq!(r.status, 200);
+    assert!(r.text().contains("new.txt"), "{}", r.text());
     s.stop().await;
 }
 

@@ -536,6 +536,20 @@ async fn csv_export_round_trips_by_uid_and_defuses_formulas() {
     assert!(stored.contains("FN:Paul Phone\r\n"), "{stored}");
     assert!(stored.contains(&format!("TITLE:{}", formula.replace(',', "\\,"))), "{stored}");
     assert_eq!(count(&alice).await, 1);
+
+    // A UID is text from outside too; and a card copied into a second book comes out twice with one UID: the
+    // file still imports, the copy counted as the same contact.
+    let uid = "=cmd|x";
+    let card = vcard(uid, "Formula Uid", "EMAIL:f@example.org\r\n");
+    assert!(alice.put(&format!("{}f.vcf", alice.book()), &card, &[]).await.status.is_success());
+    assert_eq!(alice.send("MKCOL", &format!("{}second/", alice.home()), &[], Vec::new()).await.status, 201);
+    assert!(alice.put(&format!("{}second/f.vcf", alice.home()), &card, &[]).await.status.is_success());
+    let exported = alice.get("/api/v1/contacts/export?format=csv&purpose=Backup&bom=false").await.text();
+    assert!(exported.contains(",'=cmd|x\r\n") && !exported.contains(",=cmd"), "{exported}");
+    let (status, v) = import(&alice, "csv", &exported, "").await;
+    assert_eq!((status, &v["rejected"], &v["created"]), (200, &Value::from(0), &Value::from(0)), "{v}");
+    let again = rows(&v).iter().filter(|r| r["uid"] == uid).map(|r| r["action"].clone()).collect::<Vec<_>>();
+    assert_eq!(again, [Value::from("unchanged"), Value::from("unchanged")], "{v}");
 }
 
 /// Google Contacts puts several e-mails or phones in one cell, joined by ` ::: `.
