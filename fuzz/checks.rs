@@ -85,6 +85,36 @@ pub fn basic_auth(data: &[u8]) {
     let _ = kartei::auth::parse_bearer(&header);
 }
 
+/// The conditional headers (If, If-Match, If-None-Match, If-Modified-Since, If-Unmodified-Since), one per
+/// line of the input: reading them never panics, and evaluating what was read against any state (a card, a
+/// collection, nothing) for a read and a write never panics either; a 304 is only ever a read's answer.
+pub fn conditional(data: &[u8]) {
+    use kartei::methods::conditional::{Conditions, State, Verdict};
+    let names = ["if", "if-match", "if-none-match", "if-modified-since", "if-unmodified-since"];
+    let mut headers = hyper::HeaderMap::new();
+    for (name, line) in names.iter().zip(data.split(|&b| b == b'\n')) {
+        if let Ok(value) = hyper::header::HeaderValue::from_bytes(line) {
+            headers.append(*name, value);
+        }
+    }
+    let Ok(conditions) = Conditions::parse(&headers) else { return };
+    let _ = conditions.precondition();
+    let states = [
+        None,
+        Some(State { etag: Some("abc"), modified: Some(1_700_000_000) }),
+        Some(State { etag: None, modified: None }),
+        Some(State { etag: Some("W/x"), modified: Some(i64::MAX) }),
+    ];
+    for state in states {
+        let _ = Conditions::pin(state);
+        for read in [false, true] {
+            if let Ok(Verdict::NotModified) = conditions.evaluate_untagged(state, read) {
+                assert!(read, "a write answered 304");
+            }
+        }
+    }
+}
+
 /// The WebDAV XML request parser: every body a client can send to PROPFIND, PROPPATCH, MKCOL and REPORT.
 /// Never panics; a parsed element tree survives the round trip through `to_xml` (how dead properties are
 /// stored and served back).

@@ -183,6 +183,18 @@ impl Conditions {
         self.evaluate(current, &tagged, read)
     }
 
+    /// The conditions against `current` with every tagged If list naming a resource elsewhere (so it does
+    /// not apply): what `check` and `check_read` decide without a request context (the fuzz target's way in).
+    pub fn evaluate_untagged(&self, current: Option<State>, read: bool) -> DavResult<Verdict> {
+        let tagged = self
+            .if_header
+            .iter()
+            .flat_map(|h| h.lists.iter().filter_map(|l| l.tag.clone()))
+            .map(|tag| (tag, None))
+            .collect();
+        self.evaluate(current, &tagged, read)
+    }
+
     /// RFC 9110 §13.2.2's order, after the If header (which is a precondition of its own, RFC 4918 §10.4).
     fn evaluate(&self, current: Option<State>, tagged: &Tagged, read: bool) -> DavResult<Verdict> {
         if let Some(h) = &self.if_header

@@ -13,6 +13,7 @@ type Check = fn(&[u8]);
 
 const TARGETS: &[(&str, Check)] = &[
     ("basic_auth", checks::basic_auth),
+    ("conditional", checks::conditional),
     ("dav_request", checks::dav_request),
     ("query_filter", checks::query_filter),
     ("router", checks::router),
