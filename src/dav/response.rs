@@ -171,7 +171,14 @@ fn names_propstat(b: &mut Vec<u8>, status: u16, names: &[PropName], error: Optio
     for n in names {
         open_tag(b, n, true);
     }
-    b.extend_from_slice(b"</d:prop><d:status>");
+    b.extend_from_slice(b"</d:prop>");
+    status_and_error(b, status, error);
+    b.extend_from_slice(b"</d:propstat>");
+}
+
+/// `<d:status>` and, when given, the `<d:error>` condition that explains it (a response's or a propstat's).
+fn status_and_error(b: &mut Vec<u8>, status: u16, error: Option<&str>) {
+    b.extend_from_slice(b"<d:status>");
     b.extend_from_slice(status_line(status).as_bytes());
     b.extend_from_slice(b"</d:status>");
     if let Some(e) = error {
@@ -179,7 +186,6 @@ fn names_propstat(b: &mut Vec<u8>, status: u16, names: &[PropName], error: Optio
         b.extend_from_slice(e.as_bytes());
         b.extend_from_slice(b"</d:error>");
     }
-    b.extend_from_slice(b"</d:propstat>");
 }
 
 /// Builds a multistatus into a buffer that the caller drains (or keeps) as it goes.
@@ -253,14 +259,8 @@ impl<W: Write> Multistatus<W> {
         let b = &mut self.buf;
         b.extend_from_slice(b"<d:response><d:href>");
         b.extend_from_slice(escape(href).as_bytes());
-        b.extend_from_slice(b"</d:href><d:status>");
-        b.extend_from_slice(status_line(status).as_bytes());
-        b.extend_from_slice(b"</d:status>");
-        if let Some(e) = error {
-            b.extend_from_slice(b"<d:error>");
-            b.extend_from_slice(e.as_bytes());
-            b.extend_from_slice(b"</d:error>");
-        }
+        b.extend_from_slice(b"</d:href>");
+        status_and_error(b, status, error);
         b.extend_from_slice(b"</d:response>");
         self.flush_if_large()
     }

@@ -444,13 +444,7 @@ async fn openapi_lists_every_route_and_read_only_books_stay_read_only() {
     let import = doc["paths"]["/api/v1/books/{book}/import"]["post"]["description"].as_str().unwrap_or_default();
     assert!(import.contains("Same e-mail only"), "the import rules are documented: {import}");
     // Share alice's book read-only with bob: he finds her contacts but cannot change them.
-    let store = s.store();
-    let segment = tokio::task::spawn_blocking(move || {
-        let book = store.book_in_home("alice", "contacts").expect("lookup").expect("book");
-        store.share_book(book.id, "bob", false).expect("share")
-    })
-    .await
-    .expect("join");
+    let segment = s.share("alice", "contacts", "bob", false).await;
     assert_eq!(search(&bob, "q=muller").await, ["Jürgen Müller"]);
     let (status, _, _) =
         api(&bob, "PATCH", &format!("/api/v1/books/{segment}/contacts/mueller"), Some(json!({"title": "x"})), &[])

@@ -516,13 +516,7 @@ async fn subject_requests_match_whole_addresses_and_only_this_persons_records() 
     let uri = vcard4("uri", "Ann Uri", "EMAIL;VALUE=uri:mailto:one@uid.example\r\n");
     assert!(alice.put(&format!("{}uri.vcf", alice.book()), &uri, &[]).await.status.is_success());
     // Bob sees alice's book through a share and exports her from it.
-    let store = s.store();
-    let segment = tokio::task::spawn_blocking(move || {
-        let book = store.book_in_home("alice", "contacts").expect("lookup").expect("book");
-        store.share_book(book.id, "bob", false).expect("share")
-    })
-    .await
-    .expect("join");
+    let segment = s.share("alice", "contacts", "bob", false).await;
     let r = bob.get(&format!("/api/v1/contacts/export?format=csv&purpose=BobCampaign&book={segment}&q=Ann")).await;
     assert_eq!(r.status.as_u16(), 200, "{}", r.text());
     let r = bob.get("/api/v1/contacts/export?format=csv&purpose=BobOwn&book=contacts").await;

@@ -52,6 +52,17 @@ impl TestServer {
         self.server.as_ref().expect("running").store.clone()
     }
 
+    /// Shares `owner`'s book `book` with `sharee` straight in the store; the segment the sharee sees it under.
+    pub async fn share(&self, owner: &str, book: &str, sharee: &str, writable: bool) -> String {
+        let (store, owner, book, sharee) = (self.store(), owner.to_string(), book.to_string(), sharee.to_string());
+        tokio::task::spawn_blocking(move || {
+            let book = store.book_in_home(&owner, &book).expect("lookup").expect("book");
+            store.share_book(book.id, &sharee, writable).expect("share")
+        })
+        .await
+        .expect("join")
+    }
+
     pub fn app(&self) -> Arc<kartei::App> {
         self.server.as_ref().expect("running").app.clone()
     }
