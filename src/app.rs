@@ -161,17 +161,23 @@ impl App {
     /// of `X-Forwarded-For` are read from the right (each proxy appends the address it got the request from);
     /// the first that is not a trusted proxy is the client, and what lies left of it the client could forge.
     fn client_address(&self, headers: &HeaderMap, peer: SocketAddr) -> SocketAddr {
-        let trusted = &self.config.server.trusted_proxies;
-        if !trusted.contains(&peer.ip()) {
+        // An IPv4 proxy reaches a dual-stack listener as `::ffff:a.b.c.d`.
+        let trusted = |ip: &std::net::IpAddr| {
+            self.config.server.trusted_proxies.iter().any(|t| t.to_canonical() == ip.to_canonical())
+        };
+        if !trusted(&peer.ip()) {
             return peer;
         }
-        let forwarded = headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok()).collect::<Vec<_>>();
-        let client = forwarded
+        // Entry by entry as bytes: a byte the client put in its own part of the line must not hide the part
+        // the proxy appended.
+        let lines: Vec<&[u8]> = headers.get_all("x-forwarded-for").iter().map(|v| v.as_bytes()).collect();
+        let client = lines
             .iter()
             .rev()
-            .flat_map(|v| v.rsplit(','))
-            .map_while(|entry| entry.trim().parse::<std::net::IpAddr>().ok())
-            .find(|ip| !trusted.contains(ip));
+            .flat_map(|line| line.rsplit(|&b| b == b','))
+            .map_while(|entry| std::str::from_utf8(entry).ok()?.trim().parse::<std::net::IpAddr>().ok())
+            .map(|ip| ip.to_canonical())
+            .find(|ip| !trusted(ip));
         client.map_or(peer, |ip| SocketAddr::new(ip, 0))
     }
 

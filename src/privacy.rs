@@ -170,7 +170,8 @@ fn event_json(e: &ContactEvent) -> Value {
 /// and a UID only in a record about its own book: UIDs are unique per book only, and a short one (`7`,
 /// `contact1`) is part of many unrelated strings that an erasure must not touch.
 struct Subject {
-    email: String,
+    /// The address as asked for, and with its domain in the other form (punycode or Unicode) if it has one.
+    emails: Vec<String>,
     cards: Vec<SubjectCard>,
 }
 
@@ -193,7 +194,7 @@ impl Subject {
                 href: router::card_href(&c.owner, &c.segment, &c.card.meta.name),
             })
             .collect();
-        Subject { email: email.to_string(), cards }
+        Subject { emails: spellings(email), cards }
     }
 
     /// The record with every mention of this person replaced by `[erased]`, or None when it has none.
@@ -201,7 +202,9 @@ impl Subject {
         let mut out = record.clone();
         let mut exported = false;
         for text in [&mut out.target, &mut out.detail] {
-            *text = replace_tokens(text, &self.email, ERASED);
+            for email in &self.emails {
+                *text = replace_tokens(text, email, ERASED);
+            }
             for card in &self.cards {
                 let replaced = replace_tokens(text, &card.href, ERASED);
                 exported |= replaced != *text;
@@ -230,6 +233,24 @@ impl Subject {
         }
         (out.target != record.target || out.detail != record.detail).then_some(out)
     }
+}
+
+/// An address as given and, when its domain is internationalized, with the domain in its other form: event
+/// history and audit records keep an address as it was written (`jürgen@xn--mller-kva.de` or
+/// `jürgen@müller.de`), cards are found either way (`contact::email_key`).
+fn spellings(email: &str) -> Vec<String> {
+    let mut out = vec![email.to_string()];
+    if let Some((local, domain)) = email.rsplit_once('@') {
+        let unicode = vcard::contact::unicode_domain(domain);
+        let ascii = idna::domain_to_ascii(&unicode).unwrap_or_default();
+        for other in [unicode, ascii] {
+            let spelled = format!("{local}@{other}");
+            if !other.is_empty() && !out.contains(&spelled) {
+                out.push(spelled);
+            }
+        }
+    }
+    out
 }
 
 /// Replaces every string value equal to `uid` in `value` (not keys); whether there was one.
@@ -325,8 +346,15 @@ pub fn access_report(store: &dyn Store, email: &str) -> Result<Value, DavError> 
             "vcard": String::from_utf8_lossy(&card.vcard),
         }));
     }
-    let orphan_events: Vec<Value> =
-        store.events_for_email(email)?.iter().filter(|e| !seen_events.contains(&e.id)).map(event_json).collect();
+    let orphan_events: Vec<Value> = spellings(email)
+        .iter()
+        .map(|e| store.events_for_email(e))
+        .collect::<Result<Vec<_>, _>>()?
+        .iter()
+        .flatten()
+        .filter(|e| seen_events.insert(e.id))
+        .map(event_json)
+        .collect();
     let audit: Vec<Value> = store
         .audit_matching(&|r| subject.redacted(r).is_some())?
         .iter()
@@ -439,13 +467,17 @@ pub fn erase_subject(store: &dyn Store, email: &str) -> Result<Value, DavError> 
             Ok(()) | Err(store::Error::NotFound) => {}
             Err(e) => return Err(e.into()),
         }
-        events += store.forget_contact(found.book, &found.card.meta.uid, email)?;
+        for spelling in &subject.emails {
+            events += store.forget_contact(found.book, &found.card.meta.uid, spelling)?;
+        }
         if !books.contains(&found.book) {
             books.push(found.book);
         }
     }
     // Events whose card was already gone.
-    events += store.forget_contact(-1, "", email)?;
+    for spelling in &subject.emails {
+        events += store.forget_contact(-1, "", spelling)?;
+    }
     let redacted: Vec<AuditRecord> =
         store.audit_matching(&|r| subject.redacted(r).is_some())?.iter().filter_map(|r| subject.redacted(r)).collect();
     store.rewrite_audit(&redacted)?;
@@ -537,7 +569,7 @@ mod tests {
 
     fn subject() -> Subject {
         Subject {
-            email: "one@uid.example".into(),
+            emails: vec!["one@uid.example".into()],
             cards: vec![SubjectCard {
                 book: "anna/contacts".into(),
                 uid: "contact1".into(),

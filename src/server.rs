@@ -68,11 +68,8 @@ pub async fn serve(
             },
         };
         // A trusted proxy carries many clients' connections: only the overall limit applies to it.
-        let per_address_max = if app.config.server.trusted_proxies.contains(&peer.ip()) {
-            usize::MAX
-        } else {
-            limits.max_connections_per_ip
-        };
+        let proxy = app.config.server.trusted_proxies.iter().any(|t| t.to_canonical() == peer.ip().to_canonical());
+        let per_address_max = if proxy { usize::MAX } else { limits.max_connections_per_ip };
         let Some(per_address) = PerAddress::claim(&addresses, peer.ip(), per_address_max) else {
             tracing::warn!(client = %peer.ip(), "refused a connection: the address holds its maximum already");
             continue; // dropping the stream closes it, and the permit goes back

@@ -284,7 +284,7 @@ impl<W: Write> Multistatus<W> {
 /// failed (`(condition element, properties)`), every other one with 424, since none was applied.
 pub fn mkcol_failure_body(refused: &[(&str, Vec<PropName>)], not_applied: &[PropName]) -> Vec<u8> {
     let mut b = br#"<?xml version="1.0" encoding="utf-8"?>
-<d:mkcol-response xmlns:d="DAV:" xmlns:card="urn:ietf:params:xml:ns:carddav">"#
+<d:mkcol-response xmlns:d="DAV:" xmlns:card="urn:ietf:params:xml:ns:carddav" xmlns:cs="http://calendarserver.org/ns/">"#
         .to_vec();
     for (condition, names) in refused {
         names_propstat(&mut b, 403, names, Some(condition));

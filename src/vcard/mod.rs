@@ -246,7 +246,7 @@ fn ends_with_ignore_case(s: &str, suffix: &str) -> bool {
 /// The version of the folding that the stored search columns hold (`unicode_casemap` for CardDAV queries,
 /// `contact::fold` for the quick search and the API's filters). Raise it when either changes: the columns
 /// are made again at the next start (see `open_store`).
-pub const SEARCH_COLUMNS_VERSION: &str = "4";
+pub const SEARCH_COLUMNS_VERSION: &str = "5";
 
 /// The `i;unicode-casemap` collation's form of a text (RFC 4790 §9.3, RFC 5051): compatibility-decomposed
 /// (NFKD), then lower-cased letter by letter, with final sigma as sigma. So `José` written precomposed or

@@ -1560,7 +1560,10 @@ async fn a_trusted_proxy_throttles_per_forwarded_client() {
         let get = |who: &Dav, password: &str, client: &str| {
             let (path, user) = (format!("/dav/addressbooks/{}/contacts/", who.user), who.user.clone());
             let request = s.http().get(format!("{}{path}", s.base)).basic_auth(user, Some(password.to_string()));
-            let request = request.header("x-forwarded-for", format!("203.0.113.9, {client}"));
+            // Bytes that are not visible ASCII in the client's own part must not hide the proxy's part.
+            let forwarded = [b"\xff203.0.113.9, ".as_slice(), client.as_bytes()].concat();
+            let forwarded = reqwest::header::HeaderValue::from_bytes(&forwarded).expect("obs-text is allowed");
+            let request = request.header("x-forwarded-for", forwarded);
             async move { request.send().await.expect("send").status().as_u16() }
         };
         for _ in 0..3 {

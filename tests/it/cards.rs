@@ -380,6 +380,14 @@ async fn mkcol_refusals_follow_rfc_4918() {
         assert_eq!(status_of(failed), Some(("HTTP/1.1 403 Forbidden".to_string(), true)), "{}", r.text());
         assert_eq!(status_of("displayname").map(|s| s.0), Some("HTTP/1.1 424 Failed Dependency".to_string()));
     }
+    // A refused property in another namespace is still well-formed XML.
+    let cs = mkcol(
+        "<d:collection/><c:addressbook/>",
+        r#"<cs:getctag xmlns:cs="http://calendarserver.org/ns/">1</cs:getctag>"#,
+    );
+    let r = alice.send("MKCOL", "/dav/addressbooks/alice/notes/", &[("content-type", "application/xml")], cs).await;
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert!(kartei::dav::xml::parse(&r.body).is_ok_and(|a| a.is("DAV:", "mkcol-response")), "{}", r.text());
     assert_eq!(alice.get("/dav/addressbooks/alice/notes/").await.status, 404, "nothing was made");
     s.stop().await;
 }

@@ -572,3 +572,30 @@ async fn subject_requests_match_whole_addresses_and_only_this_persons_records() 
     assert!(exports.iter().any(|d| d.contains("BobOwn") && !d.contains("[erased]")), "{exports:?}");
     s.stop().await;
 }
+
+/// Event history and audit records keep an address as it was written; erasure and subject access find them
+/// under the other spelling of an internationalized domain too (a booking tool that sent punycode).
+#[tokio::test]
+async fn erasure_reaches_history_written_with_the_other_spelling_of_the_domain() {
+    let s = TestServer::start().await;
+    let alice = s.user("alice").await;
+    let admin = Admin::new(&s);
+    let token = admin.integration("alice/contacts", "Booking").await;
+    let booked =
+        ok_ingest(&s, &token, json!({"email": "jürgen@xn--mller-kva.de", "event": {"start": "2026-10-01T09:00:00Z"}}))
+            .await;
+    let uid = booked["uid"].as_str().expect("uid").to_string();
+    // The card goes over CardDAV; its event history stays, under the punycode address.
+    assert_eq!(alice.delete(&format!("{}{uid}.vcf", alice.book()), &[]).await.status, 204);
+    let (_, report, _) = admin.call("GET", "/admin/v1/subject-access?email=j%C3%BCrgen@m%C3%BCller.de", None).await;
+    assert_eq!(report["events_without_contact"].as_array().map(Vec::len), Some(1), "{report}");
+    let (status, erased, text) =
+        admin.call("POST", "/admin/v1/erase", Some(json!({"email": "jürgen@müller.de"}))).await;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(erased["erased"]["events"], 1, "{erased}");
+    let (_, _, audit) = admin.call("GET", "/admin/v1/audit", None).await;
+    assert!(!audit.contains("xn--mller-kva") && !audit.contains("müller.de"), "{audit}");
+    let (_, report, _) = admin.call("GET", "/admin/v1/subject-access?email=j%C3%BCrgen@xn--mller-kva.de", None).await;
+    assert_eq!(report["events_without_contact"].as_array().map(Vec::len), Some(0), "{report}");
+    s.stop().await;
+}
