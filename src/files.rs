@@ -106,17 +106,13 @@ async fn get(ctx: &Ctx, path: &str) -> DavResult<Response<Body>> {
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, file.content_type.clone().unwrap_or_else(|| "application/octet-stream".into()))
         .header(header::CONTENT_LENGTH, content.len())
-        .header(header::LAST_MODIFIED, http_date(file.modified_at));
+        .header(header::LAST_MODIFIED, crate::dates::format_http_date(file.modified_at));
     if let Some(etag) = &file.etag {
         response = response.header(header::ETAG, format!("\"{etag}\""));
     }
     response
         .body(if head { body::empty() } else { body::full(content) })
         .map_err(|e| DavError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
-}
-
-fn http_date(unix: i64) -> String {
-    httpdate::fmt_http_date(std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix.max(0) as u64))
 }
 
 async fn put(ctx: &Ctx, path: &str, incoming: RequestBody) -> DavResult<Response<Body>> {
@@ -240,7 +236,7 @@ fn live_value(user: &AuthUser, file: &FileEntry, name: &PropName) -> Option<Valu
         "getcontentlength" if !file.is_collection => Value::Text(file.size.to_string()),
         "getcontenttype" if !file.is_collection => Value::Text(file.content_type.clone()?),
         "getetag" if !file.is_collection => Value::Text(format!("\"{}\"", file.etag.clone()?)),
-        "getlastmodified" => Value::Text(http_date(file.modified_at)),
+        "getlastmodified" => Value::Text(crate::dates::format_http_date(file.modified_at)),
         "current-user-principal" => Value::Hrefs(vec![router::principal_href(&user.username)]),
         "supportedlock" | "lockdiscovery" => Value::Empty,
         _ => return None,

@@ -81,10 +81,6 @@ fn privileges(writable: bool, collection: bool) -> Value {
     Value::Xml(x)
 }
 
-fn http_date(unix: i64) -> String {
-    httpdate::fmt_http_date(std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix.max(0) as u64))
-}
-
 fn supported_reports(book: bool) -> Value {
     let mut x = String::new();
     if book {
@@ -247,7 +243,9 @@ impl Resource<'_> {
                 Value::Text(format!("text/vcard; charset=utf-8; version={}", meta.version))
             }
             ("getcontentlength", Resource::Card { meta, .. }) => Value::Text(meta.size.to_string()),
-            ("getlastmodified", Resource::Card { meta, .. }) => Value::Text(http_date(meta.modified_at)),
+            ("getlastmodified", Resource::Card { meta, .. }) => {
+                Value::Text(crate::dates::format_http_date(meta.modified_at))
+            }
             ("creationdate", Resource::Card { meta, .. }) => Value::Text(crate::dates::format_rfc3339(meta.created_at)),
             _ => return None,
         };
