@@ -153,7 +153,9 @@ impl App {
             // not locked out; with a real certificate, no later visit falls back to plain HTTP.
             headers.insert(header::STRICT_TRANSPORT_SECURITY, header::HeaderValue::from_static("max-age=31536000"));
         }
-        tracing::debug!(%method, %path, status = response.status().as_u16(), micros = started.elapsed().as_micros() as u64, "request");
+        let encoding =
+            response.headers().get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()).unwrap_or("identity");
+        tracing::debug!(%method, %path, status = response.status().as_u16(), %encoding, micros = started.elapsed().as_micros() as u64, "request");
         response
     }
 

@@ -308,7 +308,7 @@ async fn propfind(ctx: &Ctx, path: &str, incoming: RequestBody) -> DavResult<Res
     let user = ctx.user.clone();
     let minimal = wants_minimal(&ctx.headers);
     let slot = ctx.app.streaming.slot(&ctx.user.username).await?;
-    let body = stream_body(&ctx.app.streaming, slot, false, move |out| {
+    let body = stream_body(&ctx.app.streaming, slot, body::Coding::Identity, move |out| {
         let err = |e: store::Error| std::io::Error::other(e.to_string());
         let mut ms = Multistatus::begin(out)?;
         let mut entries = vec![root.clone()];
@@ -328,7 +328,7 @@ async fn propfind(ctx: &Ctx, path: &str, incoming: RequestBody) -> DavResult<Res
         ms.finish()?;
         Ok(())
     });
-    multistatus_response(body, false)
+    multistatus_response(body, body::Coding::Identity)
 }
 
 async fn proppatch(ctx: &Ctx, path: &str, incoming: RequestBody) -> DavResult<Response<Body>> {

@@ -714,7 +714,7 @@ fn streamed_import(
     Response::builder()
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, "application/x-ndjson")
-        .body(body::stream_body(streaming, slot, false, produce))
+        .body(body::stream_body(streaming, slot, body::Coding::Identity, produce))
         .unwrap_or_else(|_| Response::new(body::empty()))
 }
 

@@ -68,8 +68,12 @@ struct Args {
     /// Speak HTTP/1.1 only (no HTTP/2 over TLS).
     #[arg(long)]
     http1: bool,
-    /// Do not send `Accept-Encoding: gzip` on PROPFIND/REPORT (Thunderbird and Apple clients send it).
-    #[arg(long)]
+    /// The `Accept-Encoding` sent on PROPFIND/REPORT. The default is Thunderbird's (see the traces in the
+    /// clients' notes); `gzip` is what Apple clients and DAVx5 get answered in.
+    #[arg(long, default_value = THUNDERBIRD_ACCEPT_ENCODING)]
+    accept_encoding: String,
+    /// Send no `Accept-Encoding` on PROPFIND/REPORT: answers come uncompressed.
+    #[arg(long, alias = "no-compression")]
     no_gzip: bool,
     /// GETs in phase 6 (the phase uses 1,000; more for profiling).
     #[arg(long, default_value_t = 1000)]
@@ -626,19 +630,42 @@ fn href_name(href: &str) -> Cow<'_, str> {
 // ---------------------------------------------------------------------------------------------------------
 // HTTP
 
+/// What Thunderbird sends on every request (recorded on the wire).
+const THUNDERBIRD_ACCEPT_ENCODING: &str = "gzip, deflate, br, zstd";
+
 struct Http {
     client: Client,
     auth: HeaderValue,
     base: reqwest::Url,
-    gzip: bool,
+    /// `Accept-Encoding` for PROPFIND/REPORT, if any.
+    accept_encoding: Option<String>,
 }
 
 struct Reply {
     status: StatusCode,
     etag: Option<String>,
     body: Bytes,
-    /// Bytes on the wire (before gunzip).
+    /// Bytes on the wire (before decompression).
     wire: usize,
+}
+
+/// A streaming decoder of a compressed body.
+trait Decoder: std::io::Write {
+    /// The decoded body, once the stream is known to be whole.
+    fn finish(self: Box<Self>) -> std::io::Result<Vec<u8>>;
+}
+
+impl Decoder for flate2::write::GzDecoder<Vec<u8>> {
+    fn finish(self: Box<Self>) -> std::io::Result<Vec<u8>> {
+        (*self).finish()
+    }
+}
+
+impl Decoder for zstd::stream::write::Decoder<'static, Vec<u8>> {
+    fn finish(self: Box<Self>) -> std::io::Result<Vec<u8>> {
+        // Fails with "incomplete frame" on a body cut short.
+        (*self).finish()
+    }
 }
 
 impl Http {
@@ -664,7 +691,8 @@ impl Http {
         let credentials =
             base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", args.user, args.password).as_bytes());
         let auth = HeaderValue::from_str(&format!("Basic {credentials}")).map_err(|e| e.to_string())?;
-        Ok(Http { client, auth, base: base.clone(), gzip: !args.no_gzip })
+        let accept_encoding = (!args.no_gzip).then(|| args.accept_encoding.clone());
+        Ok(Http { client, auth, base: base.clone(), accept_encoding })
     }
 
     fn card_url(&self, name: &str) -> reqwest::Url {
@@ -697,26 +725,28 @@ impl Http {
         let mut resp = req.send().await.map_err(|e| format!("request failed: {e}"))?;
         let status = resp.status();
         let etag = resp.headers().get(header::ETAG).and_then(|v| v.to_str().ok()).map(str::to_string);
-        let gz = resp
-            .headers()
-            .get(header::CONTENT_ENCODING)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.eq_ignore_ascii_case("gzip"));
+        let coding =
+            resp.headers().get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()).map(str::to_ascii_lowercase);
         let read_failed = |e: reqwest::Error| format!("reading the body failed: {e}");
-        let bad_gzip = |e: std::io::Error| format!("bad gzip: {e}");
-        if !gz {
-            let body = resp.bytes().await.map_err(read_failed)?;
-            return Ok(Reply { status, etag, wire: body.len(), body });
-        }
-        // Inflated chunk by chunk as the chunks arrive, while the server is still sending the rest.
-        let mut inflater = flate2::write::GzDecoder::new(Vec::new());
+        let mut decoder: Box<dyn Decoder + Send> = match coding.as_deref() {
+            None | Some("identity") => {
+                let body = resp.bytes().await.map_err(read_failed)?;
+                return Ok(Reply { status, etag, wire: body.len(), body });
+            }
+            Some("gzip") => Box::new(flate2::write::GzDecoder::new(Vec::new())),
+            Some("zstd") => Box::new(zstd::stream::write::Decoder::new(Vec::new()).map_err(|e| format!("zstd: {e}"))?),
+            Some(other) => return Err(format!("unsupported Content-Encoding {other:?}")),
+        };
+        let bad_body = |e: std::io::Error| format!("bad {} body: {e}", coding.as_deref().unwrap_or_default());
+        // Decoded chunk by chunk as the chunks arrive, while the server is still sending the rest.
         let mut wire = 0;
         while let Some(chunk) = resp.chunk().await.map_err(read_failed)? {
             wire += chunk.len();
-            inflater.write_all(&chunk).map_err(bad_gzip)?;
+            decoder.write_all(&chunk).map_err(bad_body)?;
         }
-        // finish() checks the trailer's CRC and length, so a cut-off body is an error.
-        let body = Bytes::from(inflater.finish().map_err(bad_gzip)?);
+        // Finishing checks gzip's trailer (CRC and length) or that the zstd frame ended (and its checksum),
+        // so a cut-off body is an error.
+        let body = Bytes::from(decoder.finish().map_err(bad_body)?);
         Ok(Reply { status, etag, body, wire })
     }
 
@@ -724,8 +754,8 @@ impl Http {
     async fn dav(&self, method: &str, depth: &str, xml: String) -> Result<Reply, String> {
         let method = Method::from_bytes(method.as_bytes()).map_err(|e| e.to_string())?;
         let mut headers = vec![("Content-Type", "application/xml; charset=utf-8".to_string()), ("Depth", depth.into())];
-        if self.gzip {
-            headers.push(("Accept-Encoding", "gzip".into()));
+        if let Some(accept) = &self.accept_encoding {
+            headers.push(("Accept-Encoding", accept.clone()));
         }
         self.send(method, self.base.clone(), &headers, Some(Bytes::from(xml))).await
     }
@@ -1589,7 +1619,7 @@ async fn run(args: Args) -> Result<Value, String> {
         "n": args.n,
         "c": args.c,
         "seed": args.seed,
-        "gzip": !args.no_gzip,
+        "accept_encoding": (!args.no_gzip).then_some(&args.accept_encoding),
         "http1_only": args.http1,
         "generated_bytes": cards_bytes,
         "generator_ms": gen_ms,

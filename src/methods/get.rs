@@ -71,7 +71,7 @@ pub async fn handle(ctx: Ctx, target: Target) -> DavResult<Response<Body>> {
                 body::empty()
             } else {
                 let slot = ctx.app.streaming.slot(&ctx.user.username).await?;
-                stream_body(&ctx.app.streaming, slot, false, move |out| {
+                stream_body(&ctx.app.streaming, slot, body::Coding::Identity, move |out| {
                     let mut failure = None;
                     store
                         .for_each_card(book.id, true, &mut |meta, bytes| {

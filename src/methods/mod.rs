@@ -13,7 +13,7 @@ mod report;
 
 use crate::app::{Ctx, DAV_CLASSES, Target};
 use crate::body::RequestBody;
-use crate::body::{self, Body};
+use crate::body::{self, Body, Coding};
 use crate::dav::PropName;
 use crate::dav::response::{Multistatus, XML_CONTENT_TYPE};
 use crate::error::{DavError, DavResult};
@@ -105,13 +105,13 @@ pub fn is_xml_media_type(content_type: &str) -> bool {
     essence == "application/xml" || essence == "text/xml" || essence.ends_with("+xml")
 }
 
-pub fn multistatus_response(body: Body, gzip: bool) -> DavResult<Response<Body>> {
+pub fn multistatus_response(body: Body, coding: Coding) -> DavResult<Response<Body>> {
     let mut builder = Response::builder()
         .status(StatusCode::MULTI_STATUS)
         .header(header::CONTENT_TYPE, XML_CONTENT_TYPE)
         .header(header::VARY, "Accept-Encoding, Brief, Prefer");
-    if gzip {
-        builder = builder.header(header::CONTENT_ENCODING, "gzip");
+    if let Some(encoding) = coding.header_value() {
+        builder = builder.header(header::CONTENT_ENCODING, encoding);
     }
     builder.body(body).map_err(|e| DavError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
 }
@@ -124,13 +124,13 @@ pub async fn proppatch_answer(
     refused: Vec<PropName>,
 ) -> DavResult<Response<Body>> {
     let slot = ctx.app.streaming.slot(&ctx.user.username).await?;
-    let body = body::stream_body(&ctx.app.streaming, slot, false, move |out| {
+    let body = body::stream_body(&ctx.app.streaming, slot, Coding::Identity, move |out| {
         let mut ms = Multistatus::begin(out)?;
         ms.proppatch_response(&href, &changed, &refused)?;
         ms.finish()?;
         Ok(())
     });
-    multistatus_response(body, false)
+    multistatus_response(body, Coding::Identity)
 }
 
 /// Tells the client its `Prefer: return=minimal` was honoured (RFC 7240 §3).

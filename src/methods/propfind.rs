@@ -4,7 +4,7 @@
 use super::{multistatus_response, preference_applied, read_body, wants_minimal};
 use crate::app::{Ctx, Target};
 use crate::body::RequestBody;
-use crate::body::{accepts_gzip, stream_body};
+use crate::body::{Coding, stream_body};
 use crate::dav::request::{PropFind, parse_propfind};
 use crate::dav::response::Multistatus;
 use crate::dav::{Depth, NS_CALSERVER, NS_DAV, PropName};
@@ -40,14 +40,14 @@ pub async fn handle(ctx: Ctx, target: Target, body: RequestBody) -> DavResult<Re
         }
     }
     let minimal = wants_minimal(&ctx.headers);
-    let gzip = accepts_gzip(&ctx.headers);
+    let coding = Coding::negotiate(&ctx.headers);
     let store = ctx.store().clone();
     let me = ctx.user.clone();
     let max_resource_size = ctx.app.config.limits.max_resource_size;
     let prefer_v3 = ctx.is_apple();
     let request_path = ctx.path.clone();
     let slot = ctx.app.streaming.slot(&ctx.user.username).await?;
-    let body = stream_body(&ctx.app.streaming, slot, gzip, move |out| {
+    let body = stream_body(&ctx.app.streaming, slot, coding, move |out| {
         let pctx = PropContext { me: &me.username, max_resource_size, prefer_v3, scoped: me.scope.is_some() };
         let mut ms = Multistatus::begin(out)?;
         let listing =
@@ -56,7 +56,7 @@ pub async fn handle(ctx: Ctx, target: Target, body: RequestBody) -> DavResult<Re
         ms.finish()?;
         Ok(())
     });
-    Ok(preference_applied(multistatus_response(body, gzip)?, minimal))
+    Ok(preference_applied(multistatus_response(body, coding)?, minimal))
 }
 
 fn store_err(e: store::Error) -> io::Error {

@@ -4,7 +4,7 @@
 use super::{multistatus_response, preference_applied, read_body, wants_minimal};
 use crate::app::{Ctx, Target};
 use crate::body::RequestBody;
-use crate::body::{accepts_gzip, stream_body};
+use crate::body::{Coding, stream_body};
 use crate::carddav::filter::Filter;
 use crate::dav::PropName;
 use crate::dav::request::{PropFind, Report, parse_report_limited};
@@ -23,11 +23,11 @@ pub async fn handle(ctx: Ctx, target: Target, body: RequestBody) -> DavResult<Re
     let limits = &ctx.app.config.limits;
     let raw = read_body(&ctx.headers, body, limits.max_xml_body).await?;
     let report = parse_report_limited(&raw, limits.max_multiget_hrefs, limits.max_filter_terms)?;
-    let gzip = accepts_gzip(&ctx.headers);
+    let coding = Coding::negotiate(&ctx.headers);
     if let Report::EmptyAnswer = report {
         let slot = ctx.app.streaming.slot(&ctx.user.username).await?;
-        let body = stream_body(&ctx.app.streaming, slot, gzip, |out| Multistatus::begin(out)?.finish().map(|_| ()));
-        return multistatus_response(body, gzip);
+        let body = stream_body(&ctx.app.streaming, slot, coding, |out| Multistatus::begin(out)?.finish().map(|_| ()));
+        return multistatus_response(body, coding);
     }
     let book = match target {
         Target::Book(book) => book,
@@ -54,7 +54,7 @@ pub async fn handle(ctx: Ctx, target: Target, body: RequestBody) -> DavResult<Re
         book,
     };
     let slot = ctx.app.streaming.slot(&ctx.user.username).await?;
-    let body = stream_body(&ctx.app.streaming, slot, gzip, move |out| {
+    let body = stream_body(&ctx.app.streaming, slot, coding, move |out| {
         let mut ms = Multistatus::begin(out)?;
         match report {
             Report::Multiget { props, hrefs } => writer.multiget(&mut ms, &props, &hrefs)?,
@@ -65,7 +65,7 @@ pub async fn handle(ctx: Ctx, target: Target, body: RequestBody) -> DavResult<Re
         ms.finish()?;
         Ok(())
     });
-    Ok(preference_applied(multistatus_response(body, gzip)?, minimal))
+    Ok(preference_applied(multistatus_response(body, coding)?, minimal))
 }
 
 /// The revision a client's token stands for; RFC 6578 §3.2: 403 + valid-sync-token for a token that is not

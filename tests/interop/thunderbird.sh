@@ -32,6 +32,9 @@ mode = "self-signed"
 hostnames = ["127.0.0.1", "localhost"]
 [storage]
 data_dir = "$work/data"
+[log]
+# One line per request, with the Content-Encoding of the answer (checked at the end).
+level = "kartei=debug,info"
 CONF
 server=
 cleanup() {
@@ -73,5 +76,12 @@ timeout 300 python3 -B tests/interop/thunderbird/drive.py \
 # kartei must not have failed on anything Thunderbird sent.
 if grep -E 'status=5[0-9][0-9]|ERROR|panicked' "$work/server.log"; then
   echo "thunderbird: kartei logged server errors (above)"; exit 1
+fi
+# Thunderbird asks for zstd (`Accept-Encoding: gzip, deflate, br, zstd`), so its multistatus answers came
+# zstd-compressed, and the steps above show it read them right.
+zstd_answers=$(grep -cE 'status=207 encoding=zstd' "$work/server.log" || true)
+echo "thunderbird: $zstd_answers multistatus answers were zstd-compressed"
+if [ "$zstd_answers" -eq 0 ]; then
+  echo "thunderbird: no answer was zstd-compressed; did Thunderbird stop asking for it?"; exit 1
 fi
 echo "thunderbird interop: $(( $(date +%s) - started ))s"

@@ -159,25 +159,83 @@ async fn propfind_variants_and_depth_rules() {
     s.stop().await;
 }
 
+/// The body of a 207 as the client decodes it, by its Content-Encoding.
+fn decoded(r: &Resp) -> Vec<u8> {
+    let mut out = Vec::new();
+    match r.header("content-encoding").as_deref() {
+        None => out.extend_from_slice(&r.body),
+        Some("gzip") => {
+            std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&r.body[..]), &mut out).expect("valid gzip");
+        }
+        // A zstd decoder that refuses any window above RFC 9659's 8 MB, as HTTP clients may.
+        Some("zstd") => {
+            let mut decoder = zstd::stream::read::Decoder::new(&r.body[..]).expect("zstd decoder");
+            decoder.window_log_max(23).expect("window limit");
+            std::io::Read::read_to_end(&mut decoder, &mut out).expect("valid zstd");
+        }
+        Some(other) => panic!("unexpected content-encoding {other}"),
+    }
+    out
+}
+
 #[tokio::test]
-async fn large_listings_are_gzipped_when_accepted() {
+async fn large_answers_are_compressed_as_the_client_accepts() {
     let s = TestServer::start().await;
     let alice = s.user("alice").await;
-    alice.put_card("a.vcf", "a", "Anna", "").await;
-    let r = alice
-        .send(
-            "PROPFIND",
-            &alice.book(),
-            &[("depth", "1"), ("accept-encoding", "gzip")],
-            r#"<d:propfind xmlns:d="DAV:"><d:prop><d:getetag/></d:prop></d:propfind>"#.to_string(),
-        )
-        .await;
-    assert_eq!(r.status, 207);
-    assert_eq!(r.header("content-encoding").as_deref(), Some("gzip"));
-    let mut decoded = Vec::new();
-    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&r.body[..]), &mut decoded).expect("valid gzip");
-    let ms = Multistatus::parse(&decoded);
-    assert_eq!(ms.responses.len(), 2);
+    for i in 0..40 {
+        alice.put_card(&format!("c{i}.vcf"), &format!("c{i}"), &format!("Person {i}"), "").await;
+    }
+    let listing = r#"<d:propfind xmlns:d="DAV:"><d:prop><d:getetag/></d:prop></d:propfind>"#;
+    let hrefs: String = (0..40).map(|i| format!("<d:href>{}c{i}.vcf</d:href>", alice.book())).collect();
+    let multiget = format!(
+        r#"<c:addressbook-multiget xmlns:d="DAV:" xmlns:c="urn:ietf:params:xml:ns:carddav"><d:prop><d:getetag/><c:address-data/></d:prop>{hrefs}</c:addressbook-multiget>"#
+    );
+    let ask = |method: &'static str, body: String, accept: Option<&'static str>| {
+        let alice = &alice;
+        async move {
+            let mut headers = vec![("depth", "1"), ("content-type", "application/xml")];
+            headers.extend(accept.map(|a| ("accept-encoding", a)));
+            let r = alice.send(method, &alice.book(), &headers, body).await;
+            assert_eq!(r.status, 207, "{method} with {accept:?}");
+            assert!(r.header("vary").unwrap_or_default().contains("Accept-Encoding"), "caches must key on it");
+            r
+        }
+    };
+    let plain_listing = ask("PROPFIND", listing.to_string(), None).await;
+    let plain_multiget = ask("REPORT", multiget.clone(), None).await;
+    assert_eq!(plain_listing.header("content-encoding"), None);
+    assert_eq!(Multistatus::parse(&plain_multiget.body).responses.len(), 40);
+
+    // (Accept-Encoding, the coding chosen)
+    let cases: &[(&str, Option<&str>)] = &[
+        ("gzip, deflate, br, zstd", Some("zstd")), // Thunderbird
+        ("gzip, deflate, br", Some("gzip")),       // Apple clients
+        ("gzip", Some("gzip")),
+        ("x-gzip", Some("gzip")),
+        ("ZSTD", Some("zstd")),
+        ("zstd;q=0.5, gzip", Some("gzip")),
+        ("gzip;q=0.5, zstd;q=0.8", Some("zstd")),
+        ("zstd;q=0, gzip", Some("gzip")),
+        ("zstd;q=0.000, gzip;q=0.001", Some("gzip")),
+        ("*", Some("gzip")),
+        ("*;q=0.5, zstd;q=0.4", Some("gzip")),
+        ("gzip;q=0, zstd;q=0", None),
+        ("br, deflate", None),
+        ("identity", None),
+        // A weight that is not a qvalue makes the entry void, never a guess.
+        ("zstd;q=2, gzip;q=abc", None),
+        ("zstd;q=0.5.1, gzip", Some("gzip")),
+    ];
+    for &(accept, expected) in cases {
+        let r = ask("PROPFIND", listing.to_string(), Some(accept)).await;
+        assert_eq!(r.header("content-encoding").as_deref(), expected, "PROPFIND with Accept-Encoding: {accept}");
+        assert_eq!(decoded(&r), plain_listing.body.to_vec(), "the same listing under {accept}");
+    }
+    for accept in ["gzip, deflate, br, zstd", "gzip"] {
+        let r = ask("REPORT", multiget.clone(), Some(accept)).await;
+        assert!(r.body.len() < plain_multiget.body.len() / 2, "{accept}: {} bytes on the wire", r.body.len());
+        assert_eq!(decoded(&r), plain_multiget.body.to_vec(), "the same multiget under {accept}");
+    }
     s.stop().await;
 }
 
