@@ -109,6 +109,7 @@ impl ReportWriter {
         &self,
         ms: &mut Multistatus<W>,
         props: &PropFind,
+        href: &str,
         meta: &CardMeta,
         body: Option<&[u8]>,
     ) -> io::Result<()> {
@@ -121,14 +122,19 @@ impl ReportWriter {
         let resource = Resource::Card { book: &self.book, meta, body };
         let (found, missing) = resource.answer(&pctx, props);
         let others: Vec<(u16, Vec<PropName>)> = if self.minimal { Vec::new() } else { vec![(404, missing)] };
-        ms.response(&router::card_href(&self.me, &self.book.segment, &meta.name), &found, &others)
+        ms.response(href, &found, &others)
+    }
+
+    fn card_href(&self, meta: &CardMeta) -> String {
+        router::card_href(&self.me, &self.book.segment, &meta.name)
     }
 
     fn book_href(&self) -> String {
         router::book_href(&self.me, &self.book.segment)
     }
 
-    /// Streams the named cards in the order asked; names that do not exist get a 404 response.
+    /// Streams the named cards in the order asked, each under its href in `hrefs`; names that do not exist get
+    /// a 404 response.
     fn named_cards<W: Write>(
         &self,
         ms: &mut Multistatus<W>,
@@ -145,8 +151,13 @@ impl ReportWriter {
                         ms.status_response(&hrefs[next], 404, None)?;
                         next += 1;
                     }
+                    let result = match hrefs.get(next) {
+                        Some(href) => self.card_response(ms, props, href, meta, body),
+                        // The store answers in the order asked; should it not, the card still gets its href.
+                        None => self.card_response(ms, props, &self.card_href(meta), meta, body),
+                    };
                     next += 1;
-                    self.card_response(ms, props, meta, body)
+                    result
                 };
                 match step() {
                     Ok(()) => true,
@@ -211,7 +222,7 @@ impl ReportWriter {
                     return false;
                 }
                 matched += 1;
-                match self.card_response(ms, props, meta, Some(bytes)) {
+                match self.card_response(ms, props, &self.card_href(meta), meta, Some(bytes)) {
                     Ok(()) => true,
                     Err(e) => {
                         failure = Some(e);
@@ -245,9 +256,13 @@ impl ReportWriter {
             let with_body = props::wants_body(props);
             let mut failure = None;
             store
-                .for_each_card(self.book.id, with_body, &mut |meta, body| match self
-                    .card_response(ms, props, meta, body)
-                {
+                .for_each_card(self.book.id, with_body, &mut |meta, body| match self.card_response(
+                    ms,
+                    props,
+                    &self.card_href(meta),
+                    meta,
+                    body,
+                ) {
                     Ok(()) => true,
                     Err(e) => {
                         failure = Some(e);
