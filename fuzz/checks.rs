@@ -88,14 +88,29 @@ pub fn basic_auth(data: &[u8]) {
 /// The conditional headers (If, If-Match, If-None-Match, If-Modified-Since, If-Unmodified-Since), one per
 /// line of the input: reading them never panics, and evaluating what was read against any state (a card, a
 /// collection, nothing) for a read and a write never panics either; a 304 is only ever a read's answer.
+/// Every line is also an Accept-Encoding value: negotiating never panics, and never picks a coding that no
+/// line names (zstd must be named; gzip may come from `*`).
 pub fn conditional(data: &[u8]) {
+    use kartei::body::Coding;
     use kartei::methods::conditional::{Conditions, State, Verdict};
     let names = ["if", "if-match", "if-none-match", "if-modified-since", "if-unmodified-since"];
     let mut headers = hyper::HeaderMap::new();
+    let mut accept = hyper::HeaderMap::new();
     for (name, line) in names.iter().zip(data.split(|&b| b == b'\n')) {
         if let Ok(value) = hyper::header::HeaderValue::from_bytes(line) {
-            headers.append(*name, value);
+            headers.append(*name, value.clone());
+            accept.append(hyper::header::ACCEPT_ENCODING, value);
         }
+    }
+    let named = |word: &[u8]| {
+        accept.get_all(hyper::header::ACCEPT_ENCODING).iter().any(|v| {
+            v.as_bytes().windows(word.len()).any(|w| w.eq_ignore_ascii_case(word))
+        })
+    };
+    match Coding::negotiate(&accept) {
+        Coding::Zstd => assert!(named(b"zstd"), "zstd chosen but not named"),
+        Coding::Gzip => assert!(named(b"gzip") || named(b"*"), "gzip chosen but not accepted"),
+        Coding::Identity => {}
     }
     let Ok(conditions) = Conditions::parse(&headers) else { return };
     let _ = conditions.precondition();
