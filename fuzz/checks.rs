@@ -103,9 +103,10 @@ pub fn conditional(data: &[u8]) {
         }
     }
     let named = |word: &[u8]| {
-        accept.get_all(hyper::header::ACCEPT_ENCODING).iter().any(|v| {
-            v.as_bytes().windows(word.len()).any(|w| w.eq_ignore_ascii_case(word))
-        })
+        accept
+            .get_all(hyper::header::ACCEPT_ENCODING)
+            .iter()
+            .any(|v| v.as_bytes().windows(word.len()).any(|w| w.eq_ignore_ascii_case(word)))
     };
     match Coding::negotiate(&accept) {
         Coding::Zstd => assert!(named(b"zstd"), "zstd chosen but not named"),

@@ -1,5 +1,6 @@
-//! Response bodies: small ones in one piece, large multistatus answers streamed (compressed when the client
-//! accepts it: zstd or gzip) from a blocking task through a bounded channel, so memory stays flat however big the address book is.
+//! Response bodies: small ones in one piece, large multistatus answers streamed from a blocking task through
+//! a bounded channel (compressed with zstd or gzip when the client accepts it), so memory stays flat however
+//! big the address book is.
 
 use crate::error::{DavError, DavResult};
 use bytes::Bytes;
@@ -208,7 +209,8 @@ pub enum Coding {
     Identity,
     Gzip,
     /// RFC 8878. Thunderbird (like Firefox) asks for it over HTTPS. At level 1 it compresses a multistatus
-    /// about twice as fast as gzip's fastest level, to a third less, and decompresses four times as fast.
+    /// about twice as fast as gzip's fastest level, to about 40 % fewer bytes, and decompresses four times as
+    /// fast (BENCHMARKS.md, optimization 13).
     Zstd,
 }
 
@@ -343,8 +345,8 @@ where
 }
 
 /// The blocking half of `stream_body`. `complete` is set only after the whole answer (with its gzip trailer
-/// or zstd epilogue) was handed over, and before the channel's sender is dropped: an error or a panic leaves
-/// it unset, so the body ends in an error. Neither encoder finishes its stream on drop.
+/// or zstd epilogue) was handed over, and before the channel's sender is dropped: an error, a panic or an
+/// encoder finishing its stream on drop (flate2's does) all leave it unset, so the body ends in an error.
 fn produce_into<F>(writer: ChunkWriter, complete: Arc<AtomicBool>, coding: Coding, produce: F)
 where
     F: FnOnce(&mut dyn Write) -> io::Result<()>,
