@@ -292,7 +292,14 @@ const ZSTD_CONTEXTS_KEPT: usize = 8;
 impl ZstdContext {
     fn take() -> io::Result<ZstdContext> {
         let kept = ZSTD_CONTEXTS.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).pop();
-        kept.map_or_else(ZstdContext::new, Ok)
+        let Some(mut context) = kept else { return ZstdContext::new() };
+        // A frame left unfinished by an answer cut short must not become the start of this one. The zstd
+        // crate's `with_context` resets the session too; this does not rely on it. Parameters are kept.
+        context
+            .0
+            .reset(zstd::zstd_safe::ResetDirective::SessionOnly)
+            .map_err(|code| io::Error::other(format!("zstd reset: {}", zstd::zstd_safe::get_error_name(code))))?;
+        Ok(context)
     }
 
     fn new() -> io::Result<ZstdContext> {
@@ -314,8 +321,7 @@ impl ZstdContext {
         Ok(ZstdContext(context))
     }
 
-    /// Keeps the context for another answer. The next `Encoder::with_context` resets its session, so a
-    /// frame left unfinished by an answer cut short does not leak into the next.
+    /// Keeps the context for another answer (`take` resets its session).
     fn put_back(self) {
         let mut kept = ZSTD_CONTEXTS.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if kept.len() < ZSTD_CONTEXTS_KEPT {
@@ -399,17 +405,23 @@ mod tests {
 
     #[test]
     fn a_kept_zstd_context_starts_every_answer_afresh() {
+        use zstd::zstd_safe::{InBuffer, OutBuffer, zstd_sys::ZSTD_EndDirective};
+        // Compresses `input` with the context's own session, as far as `end`; what the context still held
+        // from before would come out first.
+        fn compress(context: &mut ZstdContext, input: &[u8], end: ZSTD_EndDirective) -> Vec<u8> {
+            let mut out = Vec::with_capacity(input.len() + 1024);
+            let mut input = InBuffer::around(input);
+            let mut output = OutBuffer::around(&mut out);
+            while context.0.compress_stream2(&mut output, &mut input, end).expect("compress") != 0 {}
+            out
+        }
         // An answer cut short leaves its frame unfinished in the context it puts back.
         let mut context = ZstdContext::take().expect("context");
-        let mut cut = zstd::stream::write::Encoder::with_context(Vec::new(), &mut context.0);
-        cut.write_all(&[b'x'; 300_000]).expect("write");
-        drop(cut);
+        compress(&mut context, &[b'x'; 300_000], ZSTD_EndDirective::ZSTD_e_continue);
         context.put_back();
         for _ in 0..ZSTD_CONTEXTS_KEPT + 1 {
             let mut context = ZstdContext::take().expect("context");
-            let mut encoder = zstd::stream::write::Encoder::with_context(Vec::new(), &mut context.0);
-            encoder.write_all(b"<multistatus/>").expect("write");
-            let frame = encoder.finish().expect("finish");
+            let frame = compress(&mut context, b"<multistatus/>", ZSTD_EndDirective::ZSTD_e_end);
             context.put_back();
             assert_eq!(zstd::decode_all(&frame[..]).expect("one whole frame"), b"<multistatus/>");
             // RFC 8878 §3.1.1.1.1: the frame header descriptor after the magic number; bit 2 = checksum.
