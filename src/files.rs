@@ -304,11 +304,13 @@ async fn propfind(ctx: &Ctx, path: &str, incoming: RequestBody) -> DavResult<Res
     let raw = read_body(&ctx.headers, incoming, ctx.app.config.limits.max_xml_body).await?;
     let request = parse_propfind(&raw)?;
     let root = entry(ctx, path).await?;
+    check_conditions(ctx, Some(&root)).await?;
     let store = ctx.store().clone();
     let user = ctx.user.clone();
     let minimal = wants_minimal(&ctx.headers);
+    let coding = body::Coding::negotiate(&ctx.headers);
     let slot = ctx.app.streaming.slot(&ctx.user.username).await?;
-    let body = stream_body(&ctx.app.streaming, slot, body::Coding::Identity, move |out| {
+    let body = stream_body(&ctx.app.streaming, slot, coding, move |out| {
         let err = |e: store::Error| std::io::Error::other(e.to_string());
         let mut ms = Multistatus::begin(out)?;
         let mut entries = vec![root.clone()];
@@ -328,7 +330,7 @@ async fn propfind(ctx: &Ctx, path: &str, incoming: RequestBody) -> DavResult<Res
         ms.finish()?;
         Ok(())
     });
-    multistatus_response(body, body::Coding::Identity)
+    multistatus_response(body, coding)
 }
 
 async fn proppatch(ctx: &Ctx, path: &str, incoming: RequestBody) -> DavResult<Response<Body>> {

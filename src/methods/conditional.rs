@@ -144,6 +144,15 @@ impl Conditions {
         }
     }
 
+    /// Whether the request sent no conditional header at all.
+    pub fn is_empty(&self) -> bool {
+        self.if_match.is_none()
+            && self.if_none_match.is_none()
+            && self.if_modified_since.is_none()
+            && self.if_unmodified_since.is_none()
+            && self.if_header.is_none()
+    }
+
     /// Whether evaluating a write needs the resource's current state; if not, `precondition` alone decides.
     pub fn needs_state(&self) -> bool {
         self.if_header.is_some()

@@ -1,7 +1,7 @@
 //! PROPFIND (RFC 4918 §9.1) on every resource kind; a book's Depth 1 listing is streamed from the store
 //! without reading card bodies unless address-data is asked for.
 
-use super::{multistatus_response, preference_applied, read_body, wants_minimal};
+use super::{check_target, multistatus_response, preference_applied, read_body, wants_minimal};
 use crate::app::{Ctx, Target};
 use crate::body::RequestBody;
 use crate::body::{Coding, stream_body};
@@ -39,6 +39,7 @@ pub async fn handle(ctx: Ctx, target: Target, body: RequestBody) -> DavResult<Re
             return Err(DavError::not_found());
         }
     }
+    check_target(&ctx, &target).await?;
     let minimal = wants_minimal(&ctx.headers);
     let coding = Coding::negotiate(&ctx.headers);
     let store = ctx.store().clone();

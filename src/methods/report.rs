@@ -1,7 +1,7 @@
 //! REPORT: addressbook-multiget and addressbook-query (RFC 6352 §8.6, §8.7) and sync-collection
 //! (RFC 6578). Everything a report can refuse is checked before the 207 starts streaming.
 
-use super::{multistatus_response, preference_applied, read_body, wants_minimal};
+use super::{check_target, multistatus_response, preference_applied, read_body, wants_minimal};
 use crate::app::{Ctx, Target};
 use crate::body::RequestBody;
 use crate::body::{Coding, stream_body};
@@ -29,16 +29,19 @@ pub async fn handle(ctx: Ctx, target: Target, body: RequestBody) -> DavResult<Re
         let body = stream_body(&ctx.app.streaming, slot, coding, |out| Multistatus::begin(out)?.finish().map(|_| ()));
         return multistatus_response(body, coding);
     }
-    let book = match target {
-        Target::Book(book) => book,
+    let book = match &target {
+        Target::Book(book) => book.clone(),
         // Some clients address a multiget at a card's URL; answer it for the card's book.
-        Target::Card { book, .. } if matches!(report, Report::Multiget { .. }) => book,
+        Target::Card { book, .. } if matches!(report, Report::Multiget { .. }) => book.clone(),
         Target::MissingBook { .. } => return Err(DavError::not_found()),
         _ => {
             return Err(DavError::new(StatusCode::FORBIDDEN, "this report is supported on address books only")
                 .with_condition(Condition::SupportedReport));
         }
     };
+    // The conditions hold for the resource addressed: a card (a multiget sent to a card's URL is answered
+    // for its book, and a missing card leaves the book's state), else the book.
+    check_target(&ctx, &target).await?;
     // A sync token is checked before anything is streamed, so a bad one gets its own status.
     let since = match &report {
         Report::SyncCollection { token, .. } if !token.is_empty() => Some(check_token(&ctx, &book, token).await?),

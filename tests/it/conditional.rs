@@ -312,3 +312,68 @@ async fn propname_lists_what_propfind_answers() {
     assert!(book.iter().any(|(ns, n)| ns == CARD && n == "addressbook-description"));
     s.stop().await;
 }
+
+/// PROPFIND and REPORT honour the conditional headers too (RFC 4918 §10.4, RFC 9110 §13): a failed
+/// condition is a 412 (If-None-Match gives 304 only on GET and HEAD), If-Modified-Since is ignored outside
+/// them, and a missing resource stays a 404.
+#[tokio::test]
+async fn propfind_and_report_honour_conditional_headers() {
+    let s = TestServer::start().await;
+    let alice = s.user("alice").await;
+    let etag = alice.put_card("a.vcf", "a", "Anna", "").await;
+    let card = format!("{}a.vcf", alice.book());
+    let book = alice.book();
+    let listing = r#"<d:propfind xmlns:d="DAV:"><d:prop><d:getetag/></d:prop></d:propfind>"#;
+    let multiget = format!(
+        r#"<c:addressbook-multiget xmlns:d="DAV:" xmlns:c="urn:ietf:params:xml:ns:carddav"><d:prop><d:getetag/></d:prop><d:href>{card}</d:href></c:addressbook-multiget>"#
+    );
+    let propfind = |path: String, headers: Vec<(&'static str, String)>| {
+        let alice = &alice;
+        async move {
+            let mut all: Vec<(&str, &str)> = vec![("depth", "0"), ("content-type", "application/xml")];
+            all.extend(headers.iter().map(|(k, v)| (*k, v.as_str())));
+            alice.send("PROPFIND", &path, &all, listing.to_string()).await
+        }
+    };
+    // (path, conditional headers, status)
+    type Case = (String, Vec<(&'static str, String)>, u16);
+    let cases: Vec<Case> = vec![
+        (card.clone(), vec![], 207),
+        (card.clone(), vec![("if-match", etag.clone())], 207),
+        (card.clone(), vec![("if-match", "\"other\"".into())], 412),
+        (card.clone(), vec![("if-none-match", etag.clone())], 412),
+        (card.clone(), vec![("if-none-match", "*".into())], 412),
+        (card.clone(), vec![("if-none-match", "\"other\"".into())], 207),
+        (card.clone(), vec![("if", format!("([{etag}])"))], 207),
+        (card.clone(), vec![("if", "([\"stale\"])".into())], 412),
+        (card.clone(), vec![("if", "(<urn:uuid:no-such-lock>)".into())], 412),
+        (card.clone(), vec![("if", "(Not <DAV:no-lock>)".into())], 207),
+        (card.clone(), vec![("if-unmodified-since", "Mon, 01 Jan 2001 00:00:00 GMT".into())], 412),
+        (card.clone(), vec![("if-modified-since", "Fri, 01 Jan 2100 00:00:00 GMT".into())], 207),
+        (book.clone(), vec![("if-match", "*".into())], 207),
+        (book.clone(), vec![("if-match", etag.clone())], 412),
+        (book.clone(), vec![("if", "([\"x\"])".into())], 412),
+        (format!("{book}missing.vcf"), vec![("if-match", etag.clone())], 404),
+        (card.clone(), vec![("if", "([\"x\"]".into())], 400),
+    ];
+    for (path, headers, status) in cases {
+        let r = propfind(path.clone(), headers.clone()).await;
+        assert_eq!(r.status.as_u16(), status, "PROPFIND {path} with {headers:?}: {}", r.text());
+    }
+    let report = |headers: &'static [(&'static str, &'static str)]| {
+        let (alice, multiget) = (&alice, multiget.clone());
+        async move {
+            let mut all = vec![("depth", "1"), ("content-type", "application/xml")];
+            all.extend_from_slice(headers);
+            alice.send("REPORT", &alice.book(), &all, multiget).await.status.as_u16()
+        }
+    };
+    assert_eq!(report(&[]).await, 207);
+    assert_eq!(report(&[("if-match", "*")]).await, 207);
+    assert_eq!(report(&[("if-match", "\"x\"")]).await, 412, "a book has no entity tag");
+    assert_eq!(report(&[("if", "([\"x\"])")]).await, 412);
+    // A multiget sent to the card's own URL is checked against the card.
+    let at_card = vec![("depth", "1"), ("content-type", "application/xml"), ("if-match", etag.as_str())];
+    assert_eq!(alice.send("REPORT", &card, &at_card, multiget.clone()).await.status.as_u16(), 207);
+    s.stop().await;
+}

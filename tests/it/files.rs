@@ -115,6 +115,25 @@ async fn conditional_reads_in_the_file_area() {
     assert_eq!(alice.send("PUT", doc, &[("if-unmodified-since", past)], b"two".to_vec()).await.status, 412);
     assert_eq!(alice.delete(doc, &[("if-unmodified-since", past)]).await.status, 412);
     assert_eq!(alice.get(doc).await.body, b"one");
+    // PROPFIND is checked too: a failed condition is a 412 there, never a 304.
+    for (name, value, status) in [
+        ("if-match", "\"nope\"", 412),
+        ("if-unmodified-since", past, 412),
+        // If-Modified-Since is ignored outside GET and HEAD.
+        ("if-modified-since", future, 207),
+        ("if-none-match", etag.as_str(), 412),
+        ("if-match", etag.as_str(), 207),
+    ] {
+        let r = alice.send("PROPFIND", doc, &[("depth", "0"), (name, value)], Vec::new()).await;
+        assert_eq!(r.status.as_u16(), status, "PROPFIND with {name}: {value}");
+    }
+    // Folder listings are compressed like the address books' when the client asks.
+    let r =
+        alice.send("PROPFIND", "/dav/files/alice/", &[("depth", "1"), ("accept-encoding", "zstd")], Vec::new()).await;
+    assert_eq!(r.status, 207);
+    assert_eq!(r.header("content-encoding").as_deref(), Some("zstd"));
+    let listing = String::from_utf8(zstd::decode_all(&r.body[..]).expect("zstd")).expect("utf-8");
+    assert!(listing.contains("/dav/files/alice/a.txt"), "{listing}");
     // A folder's listing changes with what is put in it, which its own time does not show: never 304.
     assert_eq!(alice.send("MKCOL", "/dav/files/alice/docs/", &[], Vec::new()).await.status, 201);
     assert_eq!(alice.send("PUT", "/dav/files/alice/docs/new.txt", &[], b"x".to_vec()).await.status, 201);
