@@ -96,21 +96,26 @@ pub async fn card_precondition(ctx: &Ctx, book: BookId, name: &str) -> DavResult
 /// Checks the conditional headers of a PROPFIND or REPORT against its target (a card's state, or a
 /// collection's, which has no entity tag). RFC 4918 §10.4 and RFC 9110 §13 apply to every method; outside
 /// GET and HEAD a condition that fails is a 412, and If-Modified-Since is ignored. The caller has answered
-/// a missing target with 404 before (RFC 9110 §13.2.1). Nothing is read when no condition was sent.
-pub async fn check_target(ctx: &Ctx, target: &Target) -> DavResult<()> {
+/// a missing target with 404 before (RFC 9110 §13.2.1). `card` is the target card's state when the caller
+/// has read it already; otherwise it is read, and only when a condition was sent.
+pub async fn check_target(ctx: &Ctx, target: &Target, card: Option<&store::CardMeta>) -> DavResult<()> {
     let conditions = Conditions::parse(&ctx.headers)?;
     if conditions.is_empty() {
         return Ok(());
     }
-    if let Target::Card { book, name } = target {
-        let (id, n) = (book.id, name.clone());
-        if let Some(meta) = store::point_read(ctx.store(), move |s| s.card_meta(id, &n)).await? {
-            return conditions
-                .check(ctx, Some(State { etag: Some(&meta.etag), modified: Some(meta.modified_at) }))
-                .await;
+    let read = match (target, card) {
+        (Target::Card { book, name }, None) => {
+            let (id, n) = (book.id, name.clone());
+            store::point_read(ctx.store(), move |s| s.card_meta(id, &n)).await?
         }
+        _ => None,
+    };
+    match card.or(read.as_ref()) {
+        Some(meta) => {
+            conditions.check(ctx, Some(State { etag: Some(&meta.etag), modified: Some(meta.modified_at) })).await
+        }
+        None => conditions.check(ctx, Some(State::default())).await,
     }
-    conditions.check(ctx, Some(State::default())).await
 }
 
 /// Checks the conditional headers of a request on a collection (which has no entity tag), or on nothing

@@ -33,13 +33,14 @@ pub async fn handle(ctx: Ctx, target: Target, body: RequestBody) -> DavResult<Re
     if let Target::MissingBook { .. } = target {
         return Err(DavError::not_found());
     }
-    if let Target::Card { book, name } = &target {
-        let (id, n) = (book.id, name.clone());
-        if store::point_read(ctx.store(), move |s| s.card_meta(id, &n)).await?.is_none() {
-            return Err(DavError::not_found());
+    let card = match &target {
+        Target::Card { book, name } => {
+            let (id, n) = (book.id, name.clone());
+            Some(store::point_read(ctx.store(), move |s| s.card_meta(id, &n)).await?.ok_or_else(DavError::not_found)?)
         }
-    }
-    check_target(&ctx, &target).await?;
+        _ => None,
+    };
+    check_target(&ctx, &target, card.as_ref()).await?;
     let minimal = wants_minimal(&ctx.headers);
     let coding = Coding::negotiate(&ctx.headers);
     let store = ctx.store().clone();

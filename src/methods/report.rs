@@ -41,7 +41,7 @@ pub async fn handle(ctx: Ctx, target: Target, body: RequestBody) -> DavResult<Re
     };
     // The conditions hold for the resource addressed: a card (a multiget sent to a card's URL is answered
     // for its book, and a missing card leaves the book's state), else the book.
-    check_target(&ctx, &target).await?;
+    check_target(&ctx, &target, None).await?;
     // A sync token is checked before anything is streamed, so a bad one gets its own status.
     let since = match &report {
         Report::SyncCollection { token, .. } if !token.is_empty() => Some(check_token(&ctx, &book, token).await?),
