@@ -165,8 +165,15 @@ pub fn query_filter(data: &[u8]) {
 /// write for a route parse back to the same route.
 pub fn router(data: &[u8]) {
     let path = String::from_utf8_lossy(data);
-    let _ = router::href_segments(&path);
-    let _ = router::card_name_in_book(&path, "u", "contacts");
+    // A multiget member is exactly a five-segment href under the book: the lazy matcher agrees with the
+    // whole decoding.
+    let whole = router::href_segments(&path).and_then(|s| match s.as_slice() {
+        [dav, abs, u, b, name] if dav == "dav" && abs == "addressbooks" && u == "u" && b == "contacts" => {
+            Some(name.clone())
+        }
+        _ => None,
+    });
+    assert_eq!(router::card_name_in_book(&path, "u", "contacts"), whole);
     let Ok(route) = router::parse(&path) else { return };
     match &route {
         Route::Principal { user } => {

@@ -5,6 +5,8 @@
 //! percent-decoded before lookup and percent-encoded in every href we write; a collection is found with or
 //! without its trailing slash.
 
+use std::borrow::Cow;
+
 use percent_encoding::{AsciiSet, CONTROLS, percent_decode_str, utf8_percent_encode};
 
 pub const DAV_ROOT: &str = "/dav/";
@@ -52,27 +54,30 @@ pub enum RouteError {
 }
 
 fn decode_segments(path: &str) -> Result<Vec<String>, RouteError> {
-    let mut out = Vec::new();
-    for raw in path.split('/') {
-        if raw.is_empty() {
-            continue;
-        }
-        if !escapes_are_valid(raw) {
-            return Err(RouteError::BadPath("a '%' in the path is not followed by two hex digits"));
-        }
-        let decoded =
-            percent_decode_str(raw).decode_utf8().map_err(|_| RouteError::BadPath("the path is not UTF-8"))?;
-        if decoded == "." || decoded == ".." {
-            return Err(RouteError::BadPath("dot segments are not allowed in paths"));
-        }
-        if decoded.contains('/') || decoded.contains('\\') || decoded.chars().any(|c| c.is_ascii_control()) {
-            // Control characters (NUL, newlines, DEL) have no place in a name, and would end up in headers
-            // such as a whole-book GET's Content-Disposition.
-            return Err(RouteError::BadPath("a path segment contains '/', '\\' or a control character"));
-        }
-        out.push(decoded.into_owned());
+    segments(path).map(|segment| segment.map(Cow::into_owned)).collect()
+}
+
+/// The non-empty segments of `path`, each percent-decoded, one at a time; an undecodable or dangerous one is an
+/// error. Lazy, so that a caller matching a known prefix (every href of a multiget) stops at the first
+/// difference and allocates nothing for segments that need no decoding.
+fn segments(path: &str) -> impl Iterator<Item = Result<Cow<'_, str>, RouteError>> {
+    path.split('/').filter(|raw| !raw.is_empty()).map(decode_segment)
+}
+
+fn decode_segment(raw: &str) -> Result<Cow<'_, str>, RouteError> {
+    if !escapes_are_valid(raw) {
+        return Err(RouteError::BadPath("a '%' in the path is not followed by two hex digits"));
     }
-    Ok(out)
+    let decoded = percent_decode_str(raw).decode_utf8().map_err(|_| RouteError::BadPath("the path is not UTF-8"))?;
+    if decoded == "." || decoded == ".." {
+        return Err(RouteError::BadPath("dot segments are not allowed in paths"));
+    }
+    if decoded.contains('/') || decoded.contains('\\') || decoded.chars().any(|c| c.is_ascii_control()) {
+        // Control characters (NUL, newlines, DEL) have no place in a name, and would end up in headers
+        // such as a whole-book GET's Content-Disposition.
+        return Err(RouteError::BadPath("a path segment contains '/', '\\' or a control character"));
+    }
+    Ok(decoded)
 }
 
 /// RFC 3986 §2.1: every `%` starts a two-digit hex escape (a bare `%` is not passed through as itself).
@@ -187,13 +192,17 @@ pub fn card_href(user: &str, book: &str, name: &str) -> String {
 
 /// Reads an href a client sent (absolute URL or path, encoded or not) as decoded path segments.
 pub fn href_segments(href: &str) -> Option<Vec<String>> {
+    decode_segments(href_path(href)?).ok()
+}
+
+/// The path of an href (absolute URL or path), without its query or fragment.
+fn href_path(href: &str) -> Option<&str> {
     let href = href.trim();
     let path = match after_scheme(href) {
         Some(after) => &after[after.find('/')?..],
         None => href,
     };
-    let path = path.split(['?', '#']).next().unwrap_or(path);
-    decode_segments(path).ok()
+    Some(path.split(['?', '#']).next().unwrap_or(path))
 }
 
 /// What follows `scheme://` in an absolute URL; None for a path (which may hold `://` in its query).
@@ -228,11 +237,16 @@ pub fn same_authority(a: &str, b: &str) -> bool {
 
 /// The resource name an href names inside the book `/dav/addressbooks/{user}/{book}/`, if it does.
 pub fn card_name_in_book(href: &str, user: &str, book: &str) -> Option<String> {
-    let segments = href_segments(href)?;
-    match segments.as_slice() {
-        [dav, abs, u, b, name] if dav == "dav" && abs == "addressbooks" && u == user && b == book => Some(name.clone()),
-        _ => None,
+    // Segment by segment rather than through `href_segments`: a multiget names up to thousands of cards, and
+    // decoding each href into a vector of strings was ~5 % of the server's CPU in a full sync.
+    let mut segments = segments(href_path(href)?);
+    for expected in ["dav", "addressbooks", user, book] {
+        if segments.next()?.ok()? != expected {
+            return None;
+        }
     }
+    let name = segments.next()?.ok()?;
+    segments.next().is_none().then(|| name.into_owned())
 }
 
 #[cfg(test)]
@@ -300,5 +314,28 @@ mod tests {
         assert_eq!(card_name_in_book(&href, "a@b.c", "contacts"), Some("x y#1.vcf".into()));
         assert_eq!(card_name_in_book(&format!("https://h:1{href}"), "a@b.c", "contacts"), Some("x y#1.vcf".into()));
         assert_eq!(card_name_in_book("/dav/addressbooks/a@b.c/other/x.vcf", "a@b.c", "contacts"), None);
+    }
+
+    #[test]
+    fn multiget_members_are_exactly_five_clean_segments_under_the_book() {
+        let member = |href: &str| card_name_in_book(href, "u", "c");
+        assert_eq!(member("//dav//addressbooks/u/c/x.vcf/"), Some("x.vcf".into()), "empty segments are skipped");
+        assert_eq!(member(" /dav/addressbooks/%75/c/x.vcf?v=1#f "), Some("x.vcf".into()), "decoded, query dropped");
+        assert_eq!(member("/dav/addressbooks/u/c/a%2526b.vcf"), Some("a%26b.vcf".into()), "decoded once");
+        for not_a_member in [
+            "/dav/addressbooks/u/c/",
+            "/dav/addressbooks/u/c/x.vcf/y",
+            "/dav/addressbooks/u/c/x.vcf/%zz",
+            "/dav/addressbooks/u/c/%2e%2e",
+            "/dav/addressbooks/u/c/a%00b",
+            "/dav/addressbooks/u/c/a%2Fb",
+            "/dav/addressbooks/u/c/%FF.vcf",
+            "/dav/addressbooks/v/c/x.vcf",
+            "/dav/principals/u/c/x.vcf",
+            "https://h.example",
+            "",
+        ] {
+            assert_eq!(member(not_a_member), None, "{not_a_member:?}");
+        }
     }
 }
