@@ -456,6 +456,7 @@ enum Tag {
     Href,
     Status,
     GetEtag,
+    /// Read whole when it starts, so it never reaches the stack.
     AddressData,
     SyncToken,
     Other,
@@ -494,111 +495,226 @@ fn push_xml10(out: &mut String, mut s: &str) {
     out.push_str(s);
 }
 
-/// Parses a multistatus; `probe(href)` returns a string whose presence in the address-data is checked.
-fn parse_multistatus<'p>(xml: &[u8], probe: &dyn Fn(&str) -> Option<&'p str>) -> Result<Multistatus, String> {
-    // A slice reader borrows events from `xml` instead of copying each into a buffer.
-    let mut reader = quick_xml::Reader::from_reader(xml);
-    reader.config_mut().trim_text(false);
-    let mut ms = Multistatus::default();
-    let mut stack: Vec<Tag> = Vec::new();
-    let mut cur: Option<MsResponse> = None;
-    // The text of the innermost open element since its last child, kept only for elements that are read.
-    let mut text = String::new();
-    let mut propstat_status: Option<u16> = None;
-    let mut propstat_etag: Option<String> = None;
-    let mut propstat_data: Option<(usize, bool)> = None;
-    loop {
-        let event = reader.read_event().map_err(|e| format!("bad XML: {e}"))?;
-        let reading = stack.last().is_some_and(|t| t.has_text());
-        match event {
-            Event::Start(e) => {
-                let tag = Tag::of(e.local_name().as_ref());
-                match tag {
-                    Tag::Response => cur = Some(MsResponse::default()),
-                    Tag::Propstat => {
-                        propstat_status = None;
-                        propstat_etag = None;
-                        propstat_data = None;
-                    }
-                    _ => {}
-                }
-                stack.push(tag);
-                text.clear();
+/// The character an entity or character reference (without `&` and `;`) stands for.
+fn resolve_reference(name: &str) -> Option<char> {
+    match name {
+        "amp" => Some('&'),
+        "lt" => Some('<'),
+        "gt" => Some('>'),
+        "quot" => Some('"'),
+        "apos" => Some('\''),
+        other => other
+            .strip_prefix("#x")
+            .and_then(|h| u32::from_str_radix(h, 16).ok())
+            .or_else(|| other.strip_prefix('#').and_then(|d| d.parse().ok()))
+            .and_then(char::from_u32),
+    }
+}
+
+/// Appends the text content of an element given as its raw markup, decoded as an XML parser does
+/// (references, CDATA sections, CR LF and lone CR as LF), as bytes: the caller only measures and searches it.
+/// One pass over the markup: a card's text is most of an answer, with a `&#13;` reference on every line.
+/// Comments and elements inside it are refused: a card's text has neither.
+fn push_xml_text(out: &mut Vec<u8>, raw: &[u8]) -> Result<(), String> {
+    let mut rest = raw;
+    while let Some(i) = memchr::memchr3(b'&', b'<', b'\r', rest) {
+        out.extend_from_slice(&rest[..i]);
+        rest = &rest[i..];
+        if let Some(after) = rest.strip_prefix(b"&#13;") {
+            out.push(b'\r');
+            rest = after;
+        } else if let Some(after) = rest.strip_prefix(b"\r") {
+            out.push(b'\n');
+            rest = after.strip_prefix(b"\n").unwrap_or(after);
+        } else if let Some(reference) = rest.strip_prefix(b"&") {
+            let end = memchr::memchr(b';', reference).ok_or("bad XML: a reference without ';'")?;
+            let name = std::str::from_utf8(&reference[..end]).map_err(|_| "bad XML: a reference that is not UTF-8")?;
+            let ch = resolve_reference(name).ok_or_else(|| format!("bad XML: unknown reference &{name};"))?;
+            out.extend_from_slice(ch.encode_utf8(&mut [0; 4]).as_bytes());
+            rest = &reference[end + 1..];
+        } else {
+            let cdata = rest.strip_prefix(b"<![CDATA[").ok_or("bad XML: markup inside a card's text")?;
+            let end = memchr::memmem::find(cdata, b"]]>").ok_or("bad XML: an unclosed CDATA section")?;
+            // Inside CDATA only line ends are decoded.
+            let mut content = &cdata[..end];
+            while let Some(j) = memchr::memchr(b'\r', content) {
+                out.extend_from_slice(&content[..j]);
+                out.push(b'\n');
+                content = &content[j + 1..];
+                content = content.strip_prefix(b"\n").unwrap_or(content);
             }
-            Event::Empty(_) => {}
-            Event::Text(t) if reading => push_xml10(&mut text, &t.into_inner()),
-            Event::GeneralRef(r) if reading => {
-                let name = r.into_inner();
-                match name.as_ref() {
-                    "amp" => text.push('&'),
-                    "lt" => text.push('<'),
-                    "gt" => text.push('>'),
-                    "quot" => text.push('"'),
-                    "apos" => text.push('\''),
-                    other => {
-                        let ch = other
-                            .strip_prefix("#x")
-                            .and_then(|h| u32::from_str_radix(h, 16).ok())
-                            .or_else(|| other.strip_prefix('#').and_then(|d| d.parse().ok()))
-                            .and_then(char::from_u32);
-                        if let Some(c) = ch {
-                            text.push(c);
-                        }
-                    }
-                }
-            }
-            Event::CData(t) if reading => text.push_str(&t.into_inner()),
-            Event::End(_) => {
-                // The reader checks that end tags match their start tags, so the top of the stack is this element.
-                let tag = stack.pop().unwrap_or(Tag::Other);
-                let parent = stack.last().copied();
-                match (tag, cur.as_mut()) {
-                    (Tag::Href, Some(r)) if parent == Some(Tag::Response) => r.href = text.trim().to_string(),
-                    (Tag::Status, Some(r)) if parent == Some(Tag::Response) => r.status = status_code(&text),
-                    (Tag::Status, Some(_)) if parent == Some(Tag::Propstat) => propstat_status = status_code(&text),
-                    (Tag::GetEtag, Some(_)) => propstat_etag = Some(text.trim().to_string()),
-                    (Tag::AddressData, Some(r)) => {
-                        // Rabin-Karp needs next to no set-up per probe (each card has its own), and the UID is
-                        // near the start of the card.
-                        let has = probe(&r.href).is_none_or(|w| {
-                            let (text, w) = (text.as_bytes(), w.as_bytes());
-                            memchr::arch::all::rabinkarp::Finder::new(w).find(text, w).is_some()
-                        });
-                        propstat_data = Some((text.len(), has));
-                    }
-                    (Tag::Propstat, Some(r)) if propstat_status == Some(200) => {
-                        r.ok = true;
-                        if propstat_etag.is_some() {
-                            r.etag = propstat_etag.take();
-                        }
-                        if let Some((len, has)) = propstat_data.take() {
-                            r.data_len = len;
-                            r.data_has = if has { Some(String::new()) } else { None };
-                        }
-                    }
-                    (Tag::Response, Some(_)) => ms.responses.extend(cur.take()),
-                    (Tag::SyncToken, _) => ms.sync_token = Some(text.trim().to_string()),
-                    _ => {}
-                }
-                text.clear();
-            }
-            Event::Eof => break,
-            _ => {}
+            out.extend_from_slice(content);
+            rest = &cdata[end + 3..];
         }
     }
-    Ok(ms)
+    out.extend_from_slice(rest);
+    Ok(())
+}
+
+/// Parses a whole multistatus; `probe(href)` returns a string whose presence in the address-data is checked.
+fn parse_multistatus<'p>(xml: &[u8], probe: &dyn Fn(&str) -> Option<&'p str>) -> Result<Multistatus, String> {
+    let mut parser = MultistatusParser::default();
+    parser.parse(xml, probe)?;
+    parser.finish()
+}
+
+/// The end of the last `</response>` (any prefix) in `xml`: a point where an answer still arriving can be
+/// cut, since every response before it is whole.
+fn last_response_end(xml: &[u8]) -> Option<usize> {
+    memchr::memmem::rfind_iter(xml, b"response>").find_map(|at| {
+        let before = &xml[..at];
+        let before = match before.strip_suffix(b":") {
+            Some(prefixed) => {
+                let name = prefixed.iter().rev().take_while(|&&b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+                &prefixed[..prefixed.len() - name.count()]
+            }
+            None => before,
+        };
+        before.ends_with(b"</").then_some(at + "response>".len())
+    })
+}
+
+/// A multistatus parsed piece by piece as it arrives, each piece ending after a whole response (see
+/// `last_response_end`), so that a client's parsing overlaps the server's sending of the rest, as a
+/// streaming client's does. The parser keeps its state between pieces and checks that end tags match.
+#[derive(Default)]
+struct MultistatusParser {
+    ms: Multistatus,
+    /// The open elements, and their names (`names[name_starts[i]..]` is the i-th).
+    stack: Vec<Tag>,
+    names: String,
+    name_starts: Vec<usize>,
+    cur: Option<MsResponse>,
+    /// The text of the innermost open element since its last child, kept only for elements that are read.
+    text: String,
+    /// An address-data's decoded text.
+    data: Vec<u8>,
+    propstat_status: Option<u16>,
+    propstat_etag: Option<String>,
+    propstat_data: Option<(usize, bool)>,
+    /// Whether the root element has ended.
+    done: bool,
+}
+
+impl MultistatusParser {
+    fn parse<'p>(&mut self, xml: &[u8], probe: &dyn Fn(&str) -> Option<&'p str>) -> Result<(), String> {
+        // A slice reader borrows events from `xml` instead of copying each into a buffer. Elements opened in
+        // an earlier piece end in this one, so end tags are checked here, against `names`.
+        let mut reader = quick_xml::Reader::from_reader(xml);
+        let config = reader.config_mut();
+        config.trim_text(false);
+        config.check_end_names = false;
+        config.allow_unmatched_ends = true;
+        loop {
+            let event = reader.read_event().map_err(|e| format!("bad XML: {e}"))?;
+            let reading = self.stack.last().is_some_and(|t| t.has_text());
+            match event {
+                Event::Start(_) | Event::Empty(_) if self.done => {
+                    return Err("bad XML: content after the root element".into());
+                }
+                Event::Start(e) if self.cur.is_some() && Tag::of(e.local_name().as_ref()) == Tag::AddressData => {
+                    // A card's text is most of the answer. Taken whole up to its end tag and decoded in one
+                    // pass, it is not cut into an event per line (every line ends in a `&#13;` reference).
+                    let span = reader.read_to_end(e.name()).map_err(|e| format!("bad XML: {e}"))?;
+                    let raw = usize::try_from(span.start)
+                        .ok()
+                        .zip(usize::try_from(span.end).ok())
+                        .and_then(|(a, b)| xml.get(a..b))
+                        .ok_or("bad XML: a span outside the answer")?;
+                    self.data.clear();
+                    push_xml_text(&mut self.data, raw)?;
+                    if let Some(r) = self.cur.as_mut() {
+                        // Rabin-Karp needs next to no set-up per probe (each card has its own), and the UID
+                        // is near the start of the card.
+                        let has = probe(&r.href).is_none_or(|w| {
+                            let w = w.as_bytes();
+                            memchr::arch::all::rabinkarp::Finder::new(w).find(&self.data, w).is_some()
+                        });
+                        self.propstat_data = Some((self.data.len(), has));
+                    }
+                }
+                Event::Start(e) => {
+                    let tag = Tag::of(e.local_name().as_ref());
+                    match tag {
+                        Tag::Response => self.cur = Some(MsResponse::default()),
+                        Tag::Propstat => {
+                            self.propstat_status = None;
+                            self.propstat_etag = None;
+                            self.propstat_data = None;
+                        }
+                        _ => {}
+                    }
+                    self.stack.push(tag);
+                    self.name_starts.push(self.names.len());
+                    self.names.push_str(e.name().as_ref());
+                    self.text.clear();
+                }
+                Event::Empty(_) => {}
+                Event::Text(t) if reading => push_xml10(&mut self.text, &t.into_inner()),
+                Event::GeneralRef(r) if reading => self.text.extend(resolve_reference(&r.into_inner())),
+                Event::CData(t) if reading => self.text.push_str(&t.into_inner()),
+                Event::End(e) => {
+                    let (Some(tag), Some(start)) = (self.stack.pop(), self.name_starts.pop()) else {
+                        return Err(format!("bad XML: </{}> closes nothing", e.name().as_ref()));
+                    };
+                    if self.names[start..] != *e.name().as_ref() {
+                        return Err(format!("bad XML: </{}> closes <{}>", e.name().as_ref(), &self.names[start..]));
+                    }
+                    self.names.truncate(start);
+                    self.end(tag);
+                }
+                Event::Eof => return Ok(()),
+                _ => {}
+            }
+        }
+    }
+
+    fn end(&mut self, tag: Tag) {
+        let parent = self.stack.last().copied();
+        let text = &self.text;
+        match (tag, self.cur.as_mut()) {
+            (Tag::Href, Some(r)) if parent == Some(Tag::Response) => r.href = text.trim().to_string(),
+            (Tag::Status, Some(r)) if parent == Some(Tag::Response) => r.status = status_code(text),
+            (Tag::Status, Some(_)) if parent == Some(Tag::Propstat) => self.propstat_status = status_code(text),
+            (Tag::GetEtag, Some(_)) => self.propstat_etag = Some(text.trim().to_string()),
+            (Tag::Propstat, Some(r)) if self.propstat_status == Some(200) => {
+                r.ok = true;
+                if self.propstat_etag.is_some() {
+                    r.etag = self.propstat_etag.take();
+                }
+                if let Some((len, has)) = self.propstat_data.take() {
+                    r.data_len = len;
+                    r.data_has = if has { Some(String::new()) } else { None };
+                }
+            }
+            (Tag::Response, Some(_)) => self.ms.responses.extend(self.cur.take()),
+            (Tag::SyncToken, _) => self.ms.sync_token = Some(text.trim().to_string()),
+            _ => {}
+        }
+        self.text.clear();
+        self.done = self.stack.is_empty();
+    }
+
+    /// The answer, once the last piece was parsed.
+    fn finish(self) -> Result<Multistatus, String> {
+        if !self.done {
+            return Err(format!(
+                "bad XML: the answer ends inside <{}>",
+                &self.names[self.name_starts.first().map_or(0, |&s| s)..]
+            ));
+        }
+        Ok(self.ms)
+    }
 }
 
 /// One device's initial full sync: PROPFIND Depth 1, then multigets of 100. Returns its time and the number of
 /// cards that came back with data.
 async fn device_full_sync(http: Arc<Http>) -> Result<(f64, usize), String> {
     let t = Instant::now();
-    let listing = http.dav("PROPFIND", "1", PROPFIND_BODY.into()).await?;
-    if listing.status.as_u16() != 207 {
-        return Err(format!("PROPFIND -> {}", listing.status));
-    }
+    let listing = http.dav_parsed("PROPFIND", "1", PROPFIND_BODY.into(), &|_| None).await?;
+    let Some(listing) = listing.ms else { return Err(format!("PROPFIND -> {}", listing.status)) };
     let base = http.base.path().trim_end_matches('/').to_string();
-    let hrefs: Vec<String> = parse_multistatus(&listing.body, &|_| None)?
+    let hrefs: Vec<String> = listing
         .responses
         .into_iter()
         .filter(|r| r.ok && !r.href.trim_end_matches('/').ends_with(&base))
@@ -607,11 +723,9 @@ async fn device_full_sync(http: Arc<Http>) -> Result<(f64, usize), String> {
     // Distinct hrefs that came back with data, so that a repeated answer cannot hide a missing one.
     let mut cards = std::collections::HashSet::new();
     for batch in hrefs.chunks(100) {
-        let r = http.dav("REPORT", "0", multiget_body(batch.iter().map(String::as_str))).await?;
-        if r.status.as_u16() != 207 {
-            return Err(format!("multiget -> {}", r.status));
-        }
-        let answer = parse_multistatus(&r.body, &|_| Some("BEGIN:VCARD"))?;
+        let body = multiget_body(batch.iter().map(String::as_str));
+        let r = http.dav_parsed("REPORT", "0", body, &|_| Some("BEGIN:VCARD")).await?;
+        let Some(answer) = r.ms else { return Err(format!("multiget -> {}", r.status)) };
         cards.extend(
             answer.responses.into_iter().filter(|r| r.ok && r.data_len > 0 && r.data_has.is_some()).map(|r| r.href),
         );
@@ -645,27 +759,62 @@ struct Reply {
     status: StatusCode,
     etag: Option<String>,
     body: Bytes,
-    /// Bytes on the wire (before decompression).
-    wire: usize,
 }
 
-/// A streaming decoder of a compressed body.
+/// A streaming decoder of a body (compressed or not).
 trait Decoder: std::io::Write {
+    /// What was decoded so far.
+    fn decoded(&self) -> &[u8];
     /// The decoded body, once the stream is known to be whole.
     fn finish(self: Box<Self>) -> std::io::Result<Vec<u8>>;
 }
 
+impl Decoder for Vec<u8> {
+    fn decoded(&self) -> &[u8] {
+        self
+    }
+    fn finish(self: Box<Self>) -> std::io::Result<Vec<u8>> {
+        Ok(*self)
+    }
+}
+
 impl Decoder for flate2::write::GzDecoder<Vec<u8>> {
+    fn decoded(&self) -> &[u8] {
+        self.get_ref()
+    }
     fn finish(self: Box<Self>) -> std::io::Result<Vec<u8>> {
         (*self).finish()
     }
 }
 
 impl Decoder for zstd::stream::write::Decoder<'static, Vec<u8>> {
+    fn decoded(&self) -> &[u8] {
+        self.get_ref()
+    }
     fn finish(self: Box<Self>) -> std::io::Result<Vec<u8>> {
         // Fails with "incomplete frame" on a body cut short.
         (*self).finish()
     }
+}
+
+/// A decoder for a `Content-Encoding` (none is `identity`).
+fn decoder_for(coding: Option<&str>) -> Result<Box<dyn Decoder + Send>, String> {
+    Ok(match coding {
+        None | Some("identity") => Box::new(Vec::new()),
+        Some("gzip") => Box::new(flate2::write::GzDecoder::new(Vec::new())),
+        Some("zstd") => Box::new(zstd::stream::write::Decoder::new(Vec::new()).map_err(|e| format!("zstd: {e}"))?),
+        Some(other) => return Err(format!("unsupported Content-Encoding {other:?}")),
+    })
+}
+
+/// A 207 answer, parsed.
+struct Parsed {
+    status: StatusCode,
+    /// The multistatus, when the status was 207.
+    ms: Option<Multistatus>,
+    /// Bytes on the wire, and decoded.
+    wire: usize,
+    raw: usize,
 }
 
 impl Http {
@@ -728,36 +877,78 @@ impl Http {
         let coding =
             resp.headers().get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()).map(str::to_ascii_lowercase);
         let read_failed = |e: reqwest::Error| format!("reading the body failed: {e}");
-        let mut decoder: Box<dyn Decoder + Send> = match coding.as_deref() {
-            None | Some("identity") => {
-                let body = resp.bytes().await.map_err(read_failed)?;
-                return Ok(Reply { status, etag, wire: body.len(), body });
-            }
-            Some("gzip") => Box::new(flate2::write::GzDecoder::new(Vec::new())),
-            Some("zstd") => Box::new(zstd::stream::write::Decoder::new(Vec::new()).map_err(|e| format!("zstd: {e}"))?),
-            Some(other) => return Err(format!("unsupported Content-Encoding {other:?}")),
-        };
+        if matches!(coding.as_deref(), None | Some("identity")) {
+            let body = resp.bytes().await.map_err(read_failed)?;
+            return Ok(Reply { status, etag, body });
+        }
+        let mut decoder = decoder_for(coding.as_deref())?;
         let bad_body = |e: std::io::Error| format!("bad {} body: {e}", coding.as_deref().unwrap_or_default());
         // Decoded chunk by chunk as the chunks arrive, while the server is still sending the rest.
-        let mut wire = 0;
         while let Some(chunk) = resp.chunk().await.map_err(read_failed)? {
-            wire += chunk.len();
             decoder.write_all(&chunk).map_err(bad_body)?;
         }
         // Finishing checks gzip's trailer (CRC and length) or that the zstd frame ended (and its checksum),
         // so a cut-off body is an error.
         let body = Bytes::from(decoder.finish().map_err(bad_body)?);
-        Ok(Reply { status, etag, body, wire })
+        Ok(Reply { status, etag, body })
+    }
+
+    /// The headers of a PROPFIND / REPORT.
+    fn dav_headers(&self, depth: &str) -> Vec<(&'static str, String)> {
+        let mut headers = vec![("Content-Type", "application/xml; charset=utf-8".to_string()), ("Depth", depth.into())];
+        if let Some(accept) = &self.accept_encoding {
+            headers.push(("Accept-Encoding", accept.clone()));
+        }
+        headers
     }
 
     /// PROPFIND / REPORT with an XML body.
     async fn dav(&self, method: &str, depth: &str, xml: String) -> Result<Reply, String> {
         let method = Method::from_bytes(method.as_bytes()).map_err(|e| e.to_string())?;
-        let mut headers = vec![("Content-Type", "application/xml; charset=utf-8".to_string()), ("Depth", depth.into())];
-        if let Some(accept) = &self.accept_encoding {
-            headers.push(("Accept-Encoding", accept.clone()));
+        self.send(method, self.base.clone(), &self.dav_headers(depth), Some(Bytes::from(xml))).await
+    }
+
+    /// PROPFIND / REPORT whose 207 answer is decoded and parsed piece by piece while it arrives, as a
+    /// streaming client does (`MultistatusParser`); `probe` as for `parse_multistatus`.
+    async fn dav_parsed<'p>(
+        &self,
+        method: &str,
+        depth: &str,
+        xml: String,
+        probe: &(dyn Fn(&str) -> Option<&'p str> + Sync),
+    ) -> Result<Parsed, String> {
+        let method = Method::from_bytes(method.as_bytes()).map_err(|e| e.to_string())?;
+        let mut req = self.client.request(method, self.base.clone()).header(header::AUTHORIZATION, self.auth.clone());
+        for (k, v) in self.dav_headers(depth) {
+            req = req.header(k, v);
         }
-        self.send(method, self.base.clone(), &headers, Some(Bytes::from(xml))).await
+        let mut resp = req.body(xml).send().await.map_err(|e| format!("request failed: {e}"))?;
+        let status = resp.status();
+        let read_failed = |e: reqwest::Error| format!("reading the body failed: {e}");
+        if status.as_u16() != 207 {
+            let body = resp.bytes().await.map_err(read_failed)?;
+            return Ok(Parsed { status, ms: None, wire: body.len(), raw: body.len() });
+        }
+        let coding =
+            resp.headers().get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()).map(str::to_ascii_lowercase);
+        let bad_body = |e: std::io::Error| format!("bad {} body: {e}", coding.as_deref().unwrap_or_default());
+        let mut decoder = decoder_for(coding.as_deref())?;
+        let mut parser = MultistatusParser::default();
+        // How much of the decoded answer was parsed.
+        let (mut wire, mut parsed) = (0, 0);
+        while let Some(chunk) = resp.chunk().await.map_err(read_failed)? {
+            wire += chunk.len();
+            decoder.write_all(&chunk).map_err(bad_body)?;
+            let fresh = &decoder.decoded()[parsed..];
+            if let Some(cut) = last_response_end(fresh) {
+                parser.parse(&fresh[..cut], probe)?;
+                parsed += cut;
+            }
+        }
+        // Finishing checks gzip's trailer or the zstd frame's end and checksum: a cut-off body is an error.
+        let body = decoder.finish().map_err(bad_body)?;
+        parser.parse(&body[parsed..], probe)?;
+        Ok(Parsed { status, ms: Some(parser.finish()?), wire, raw: body.len() })
     }
 }
 
@@ -781,8 +972,10 @@ struct Model {
     names: Vec<String>,
     /// Each card's request path, encoded once: names never change, and the full syncs send them again and again.
     paths: Arc<[String]>,
-    uids: Vec<String>,
-    by_name: HashMap<String, usize>,
+    /// Each card's UID and the index of each name: fixed once generated, and shared with the threads that
+    /// parse answers as they arrive.
+    uids: Arc<[String]>,
+    by_name: Arc<HashMap<String, usize>>,
 }
 
 impl Model {
@@ -796,7 +989,14 @@ impl Model {
             names.push(g.name);
             uids.push(g.uid);
         }
-        Model { seed, slots: vec![Slot::default(); total], names, paths: Arc::new([]), uids, by_name }
+        Model {
+            seed,
+            slots: vec![Slot::default(); total],
+            names,
+            paths: Arc::new([]),
+            uids: uids.into(),
+            by_name: Arc::new(by_name),
+        }
     }
     /// Fills in the request paths (outside the generator's timing).
     fn with_paths(mut self, http: &Http) -> Self {
@@ -1041,34 +1241,29 @@ impl Bench {
     /// Phase 2: PROPFIND Depth 1.
     async fn propfind(&mut self) -> f64 {
         self.phase_start();
+        // Timed until the listing is parsed: a client cannot ask for the cards before it knows them.
         let t = Instant::now();
-        let r = self.http.dav("PROPFIND", "1", PROPFIND_BODY.into()).await;
+        let r = self.http.dav_parsed("PROPFIND", "1", PROPFIND_BODY.into(), &|_| None).await;
         let wall = t.elapsed();
         let (count, wire, raw, ok) = match r {
-            Ok(r) if r.status.as_u16() == 207 => match parse_multistatus(&r.body, &|_| None) {
-                Ok(msr) => {
-                    let base = self.http.base.path().trim_end_matches('/').to_string();
-                    let mut m = self.model.lock().expect("model");
-                    let mut count = 0;
-                    for resp in &msr.responses {
-                        let path = resp.href.trim_end_matches('/');
-                        if path.ends_with(&base) {
-                            continue; // the collection itself
-                        }
-                        if let Some(&i) = m.by_name.get(&*href_name(&resp.href))
-                            && resp.ok
-                        {
-                            count += 1;
-                            m.slots[i].etag = resp.etag.clone();
-                        }
+            Ok(Parsed { ms: Some(msr), wire, raw, .. }) => {
+                let base = self.http.base.path().trim_end_matches('/').to_string();
+                let mut m = self.model.lock().expect("model");
+                let mut count = 0;
+                for resp in &msr.responses {
+                    let path = resp.href.trim_end_matches('/');
+                    if path.ends_with(&base) {
+                        continue; // the collection itself
                     }
-                    (count, r.wire, r.body.len(), true)
+                    if let Some(&i) = m.by_name.get(&*href_name(&resp.href))
+                        && resp.ok
+                    {
+                        count += 1;
+                        m.slots[i].etag = resp.etag.clone();
+                    }
                 }
-                Err(e) => {
-                    eprintln!("PROPFIND: {e}");
-                    (0, r.wire, r.body.len(), false)
-                }
-            },
+                (count, wire, raw, true)
+            }
             Ok(r) => {
                 eprintln!("PROPFIND -> {}", r.status);
                 (0, 0, 0, false)
@@ -1089,10 +1284,12 @@ impl Bench {
 
     /// Phase 3: multiget of every card in batches of 100.
     async fn multiget(&mut self) -> f64 {
-        let (alive, paths) = {
+        let (alive, paths, by_name, uids) = {
             let m = self.model.lock().expect("model");
-            (m.alive(), m.paths.clone())
+            (m.alive(), m.paths.clone(), m.by_name.clone(), m.uids.clone())
         };
+        // Each returned card must contain its own UID (UIDs do not change with a card's version).
+        let probe = |href: &str| by_name.get(&*href_name(href)).map(|&i| uids[i].as_str());
         let t = Instant::now();
         let mut got = 0usize;
         let mut bad = Vec::new();
@@ -1101,36 +1298,28 @@ impl Bench {
         let mut lat = Lat::default();
         for batch in alive.chunks(100) {
             let rt = Instant::now();
-            let r = self.http.dav("REPORT", "0", multiget_body(batch.iter().map(|&i| paths[i].as_str()))).await;
+            let body = multiget_body(batch.iter().map(|&i| paths[i].as_str()));
+            let r = self.http.dav_parsed("REPORT", "0", body, &probe).await;
             requests += 1;
             match r {
-                Ok(r) if r.status.as_u16() == 207 => {
-                    wire += r.wire;
+                Ok(Parsed { ms: Some(msr), wire: w, .. }) => {
+                    wire += w;
                     let mut m = self.model.lock().expect("model");
-                    // Each returned card must contain its own UID (UIDs do not change with a card's version).
-                    let parsed = parse_multistatus(&r.body, &|href| {
-                        m.by_name.get(&*href_name(href)).map(|&i| m.uids[i].as_str())
-                    });
-                    match parsed {
-                        Ok(msr) => {
-                            let mut seen = BTreeSet::new();
-                            for resp in msr.responses {
-                                let name = href_name(&resp.href);
-                                if resp.ok && resp.data_len > 0 && resp.data_has.is_some() {
-                                    if let Some(&i) = m.by_name.get(&*name) {
-                                        seen.insert(i);
-                                        if resp.etag.is_some() {
-                                            m.slots[i].etag = resp.etag;
-                                        }
-                                    }
-                                } else if bad.len() < 5 {
-                                    bad.push(format!("{name}: status {:?}", resp.status));
+                    let mut seen = BTreeSet::new();
+                    for resp in msr.responses {
+                        let name = href_name(&resp.href);
+                        if resp.ok && resp.data_len > 0 && resp.data_has.is_some() {
+                            if let Some(&i) = m.by_name.get(&*name) {
+                                seen.insert(i);
+                                if resp.etag.is_some() {
+                                    m.slots[i].etag = resp.etag;
                                 }
                             }
-                            got += batch.iter().filter(|i| seen.contains(*i)).count();
+                        } else if bad.len() < 5 {
+                            bad.push(format!("{name}: status {:?}", resp.status));
                         }
-                        Err(e) => bad.push(e),
                     }
+                    got += batch.iter().filter(|i| seen.contains(*i)).count();
                 }
                 Ok(r) => bad.push(format!("multiget -> {}", r.status)),
                 Err(e) => bad.push(e),
@@ -1412,7 +1601,7 @@ impl Bench {
     /// Phase 6: 1,000 GETs of random cards.
     async fn gets(&mut self) {
         self.phase_start();
-        let (targets, uids): (Arc<Vec<IndexedName>>, Arc<Vec<String>>) = {
+        let (targets, uids): (Arc<Vec<IndexedName>>, Arc<[String]>) = {
             let m = self.model.lock().expect("model");
             let alive = m.alive();
             let mut rng = Rng::new(self.args.seed ^ 0x0047_4554);
@@ -1422,7 +1611,7 @@ impl Bench {
                     (i, m.names[i].clone())
                 })
                 .collect();
-            (Arc::new(t), Arc::new(m.uids.clone()))
+            (Arc::new(t), m.uids.clone())
         };
         let etags: Shared<Vec<(usize, Option<String>)>> = Arc::new(Mutex::new(Vec::new()));
         let (http, tg, e) = (self.http.clone(), targets.clone(), etags.clone());
@@ -1766,6 +1955,81 @@ mod tests {
         assert_eq!(two.data_len, "BEGIN:VCARD\r\nUID:wrong\r\nEND:VCARD\r\n".len());
         assert!(two.data_has.is_none());
         assert_eq!((gone.status, gone.ok, gone.data_len), (Some(404), false, 0));
+    }
+
+    #[test]
+    fn raw_text_decodes_like_quick_xml_events() {
+        for raw in
+            ["", "a", "a&#13;\nb", "x\r\ny\rz", "&lt;&amp;&gt;&quot;&apos;&#x1F600;", "<![CDATA[<a>\r\n]]>b", "ü&#252;"]
+        {
+            let mut out = b"kept ".to_vec();
+            push_xml_text(&mut out, raw.as_bytes()).expect("decodes");
+            let xml = format!("<x>{raw}</x>");
+            let mut expected = String::from("kept ");
+            let mut reader = quick_xml::Reader::from_str(&xml);
+            loop {
+                match reader.read_event().expect("well-formed") {
+                    Event::Text(t) => expected.push_str(&t.xml10_content()),
+                    Event::CData(t) => expected.push_str(&t.xml10_content()),
+                    Event::GeneralRef(r) => expected.extend(resolve_reference(&r.into_inner())),
+                    Event::Eof => break,
+                    _ => {}
+                }
+            }
+            assert_eq!(String::from_utf8(out).expect("utf-8"), expected, "{raw:?}");
+        }
+        for bad in ["a & b", "<b/>", "<!-- c -->", "<![CDATA[open", "&nosuch;"] {
+            assert!(push_xml_text(&mut Vec::new(), bad.as_bytes()).is_err(), "{bad:?}");
+        }
+    }
+
+    /// Parses `xml` as `Http::dav_parsed` does when it arrives in the pieces that `cuts` ends.
+    fn parse_in_pieces(xml: &[u8], cuts: &[usize], probe: &dyn Fn(&str) -> Option<&'static str>) -> String {
+        let mut parser = MultistatusParser::default();
+        let mut parsed = 0;
+        for &arrived in cuts {
+            let fresh = &xml[parsed..arrived];
+            if let Some(cut) = last_response_end(fresh) {
+                parser.parse(&fresh[..cut], probe).expect("parses");
+                parsed += cut;
+            }
+        }
+        parser.parse(&xml[parsed..], probe).expect("parses");
+        format!("{:?}", parser.finish().expect("whole"))
+    }
+
+    #[test]
+    fn an_answer_parsed_as_it_arrives_equals_the_whole_parse() {
+        let probe = |href: &str| if href.ends_with("one.vcf") { Some("UID:u:1") } else { Some("UID:u:2") };
+        let xml = MULTIGET.as_bytes();
+        let whole = format!("{:?}", parse_multistatus(xml, &probe).expect("parses"));
+        // Every point where the first piece could end, then pieces of every size.
+        for first in 0..=xml.len() {
+            assert_eq!(parse_in_pieces(xml, &[first], &probe), whole, "cut at {first}");
+        }
+        for size in 1..64 {
+            let cuts: Vec<usize> = (size..xml.len()).step_by(size).collect();
+            assert_eq!(parse_in_pieces(xml, &cuts, &probe), whole, "pieces of {size}");
+        }
+        // Only a whole response's end tag is a cut point, with any prefix or none.
+        assert_eq!(last_response_end(b"<D:response><x/></D:response><D:response>"), Some(29));
+        assert_eq!(last_response_end(b"<response></response>"), Some(21));
+        assert_eq!(last_response_end(b"<a:response><a:href>/response></a:href>"), None);
+        assert_eq!(last_response_end(b"<a:response></a:responsex>"), None);
+    }
+
+    #[test]
+    fn a_cut_or_mismatched_answer_is_an_error() {
+        let xml = MULTIGET.as_bytes();
+        let first_response = last_response_end(&xml[..xml.len() - 200]).expect("a response before the last");
+        let mut parser = MultistatusParser::default();
+        parser.parse(&xml[..first_response], &|_| None).expect("well-formed so far");
+        assert!(parser.finish().is_err(), "an answer that ends inside its root is not whole");
+        for bad in ["<a><b></a></b>", "<a></a><b/>", "</a>", "<a><response></a>"] {
+            let mut parser = MultistatusParser::default();
+            let result = parser.parse(bad.as_bytes(), &|_| None).and_then(|()| parser.finish());
+            assert!(result.is_err(), "{bad}");
+        }
     }
 
     #[test]
