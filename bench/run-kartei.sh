@@ -5,8 +5,9 @@
 # user (`kartei user add --json`), runs kartei-bench against the user's default book, then stops the server
 # and measures a cold start on the filled database (spawn to the first authenticated 207). JSON reports go
 # to $RESULTS (default target/bench-results).
-# Environment: NO_BUILD=1 skips the build, KARTEI=path runs another server binary, KEEP=1 keeps the data dir,
-# BENCH_ARGS="--full-syncs 5" passes more options to kartei-bench.
+# Environment: NO_BUILD=1 skips the build, KARTEI=path runs another server binary, BENCH=path another bench
+# client, KEEP=1 keeps the data dir, BENCH_ARGS="--full-syncs 5" passes more options to kartei-bench.
+# Exits non-zero when a bench run failed or reported failed checks (CI runs it as a smoke test).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-1000}
@@ -20,7 +21,8 @@ if [ -z "${NO_BUILD:-}" ]; then
   cargo build --release --quiet --bin kartei --bin kartei-bench --features bench
 fi
 KARTEI=${KARTEI:-target/release/kartei}
-BENCH=target/release/kartei-bench
+BENCH=${BENCH:-target/release/kartei-bench}
+FAILED=0
 
 PID=""
 # A failed step must not leave a server running.
@@ -91,5 +93,7 @@ json.dump(r, open(path, "w"), indent=2)
 print(f"startup: {empty} ms empty, {full} ms with {r['n']} cards (first authenticated 207; includes curl)", file=sys.stderr)
 PY
   echo "report: $OUT (bench exit $STATUS)" >&2
+  [ "$STATUS" -eq 0 ] || FAILED=1
   [ -n "${KEEP:-}" ] || rm -rf "$WORK"
 done
+exit "$FAILED"
