@@ -279,10 +279,7 @@ impl Resource<'_> {
                     want,
                     spec.props.as_deref().map(|p| (p, spec.without_value.as_slice())),
                 );
-                // Stored cards are UTF-8 (validated on PUT), so this moves the bytes without a copy.
-                Value::Text(
-                    String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
-                )
+                Value::CardText(bytes)
             }
             _ => return None,
         };

@@ -15,6 +15,9 @@ pub const XML_CONTENT_TYPE: &str = "application/xml; charset=utf-8";
 pub enum Value {
     Empty,
     Text(String),
+    /// A card's text as stored (UTF-8, validated when it was written), escaped like `Text`: checking it
+    /// again on every read showed in the full sync's profile.
+    CardText(Vec<u8>),
     /// Inner XML written verbatim (already escaped; uses the root's prefixes).
     Xml(String),
     /// One or more hrefs, each wrapped in `<d:href>` (and escaped).
@@ -142,6 +145,11 @@ pub fn write_prop(out: &mut Vec<u8>, prop: &Prop) {
         Value::Text(t) => {
             open_tag(out, &prop.name, false);
             push_escaped_text(out, t.as_bytes());
+            close_tag(out, &prop.name);
+        }
+        Value::CardText(t) => {
+            open_tag(out, &prop.name, false);
+            push_escaped_text(out, t);
             close_tag(out, &prop.name);
         }
         Value::Xml(x) => {
