@@ -161,7 +161,7 @@ pub fn write_prop(out: &mut Vec<u8>, prop: &Prop) {
             open_tag(out, &prop.name, false);
             for h in hrefs {
                 out.extend_from_slice(b"<d:href>");
-                out.extend_from_slice(escape(h.as_str()).as_bytes());
+                push_escaped_text(out, h.as_bytes());
                 out.extend_from_slice(b"</d:href>");
             }
             close_tag(out, &prop.name);
@@ -224,7 +224,7 @@ impl<W: Write> Multistatus<W> {
     pub fn response(&mut self, href: &str, found: &[Prop], others: &[(u16, Vec<PropName>)]) -> io::Result<()> {
         let b = &mut self.buf;
         b.extend_from_slice(b"<d:response><d:href>");
-        b.extend_from_slice(escape(href).as_bytes());
+        push_escaped_text(b, href.as_bytes());
         b.extend_from_slice(b"</d:href>");
         if !found.is_empty() || others.iter().all(|(_, p)| p.is_empty()) {
             b.extend_from_slice(b"<d:propstat><d:prop>");
@@ -246,7 +246,7 @@ impl<W: Write> Multistatus<W> {
     pub fn proppatch_response(&mut self, href: &str, changed: &[PropName], refused: &[PropName]) -> io::Result<()> {
         let b = &mut self.buf;
         b.extend_from_slice(b"<d:response><d:href>");
-        b.extend_from_slice(escape(href).as_bytes());
+        push_escaped_text(b, href.as_bytes());
         b.extend_from_slice(b"</d:href>");
         if refused.is_empty() {
             b.extend_from_slice(b"<d:propstat><d:prop>");
@@ -266,7 +266,7 @@ impl<W: Write> Multistatus<W> {
     pub fn status_response(&mut self, href: &str, status: u16, error: Option<&str>) -> io::Result<()> {
         let b = &mut self.buf;
         b.extend_from_slice(b"<d:response><d:href>");
-        b.extend_from_slice(escape(href).as_bytes());
+        push_escaped_text(b, href.as_bytes());
         b.extend_from_slice(b"</d:href>");
         status_and_error(b, status, error);
         b.extend_from_slice(b"</d:response>");
