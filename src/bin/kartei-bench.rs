@@ -485,14 +485,14 @@ impl Tag {
 /// Appends `s` with XML 1.0 end-of-line normalization (CR LF and a lone CR become LF), as
 /// `BytesText::xml10_content` does, but into a reused buffer: card text has CR LF, and the allocation
 /// per text node showed in the client's profile.
-fn push_xml10(out: &mut String, mut s: &str) {
-    while let Some(i) = memchr::memchr(b'\r', s.as_bytes()) {
-        out.push_str(&s[..i]);
-        out.push('\n');
+fn push_xml10(out: &mut Vec<u8>, mut s: &[u8]) {
+    while let Some(i) = memchr::memchr(b'\r', s) {
+        out.extend_from_slice(&s[..i]);
+        out.push(b'\n');
         let rest = &s[i + 1..];
-        s = rest.strip_prefix('\n').unwrap_or(rest);
+        s = rest.strip_prefix(b"\n").unwrap_or(rest);
     }
-    out.push_str(s);
+    out.extend_from_slice(s);
 }
 
 /// The character an entity or character reference (without `&` and `;`) stands for.
@@ -513,7 +513,8 @@ fn resolve_reference(name: &str) -> Option<char> {
 
 /// Appends the text content of an element given as its raw markup, decoded as an XML parser does
 /// (references, CDATA sections, CR LF and lone CR as LF), as bytes: the caller only measures and searches it.
-/// One pass over the markup: a card's text is most of an answer, with a `&#13;` reference on every line.
+/// One pass over the markup: a card's text is most of an answer, with a `&#13;` reference on every line, so
+/// line ends are decoded in the same search as references rather than by `push_xml10` over each run.
 /// Comments and elements inside it are refused: a card's text has neither.
 fn push_xml_text(out: &mut Vec<u8>, raw: &[u8]) -> Result<(), String> {
     let mut rest = raw;
@@ -536,14 +537,7 @@ fn push_xml_text(out: &mut Vec<u8>, raw: &[u8]) -> Result<(), String> {
             let cdata = rest.strip_prefix(b"<![CDATA[").ok_or("bad XML: markup inside a card's text")?;
             let end = memchr::memmem::find(cdata, b"]]>").ok_or("bad XML: an unclosed CDATA section")?;
             // Inside CDATA only line ends are decoded.
-            let mut content = &cdata[..end];
-            while let Some(j) = memchr::memchr(b'\r', content) {
-                out.extend_from_slice(&content[..j]);
-                out.push(b'\n');
-                content = &content[j + 1..];
-                content = content.strip_prefix(b"\n").unwrap_or(content);
-            }
-            out.extend_from_slice(content);
+            push_xml10(out, &cdata[..end]);
             rest = &cdata[end + 3..];
         }
     }
@@ -586,7 +580,7 @@ struct MultistatusParser {
     name_starts: Vec<usize>,
     cur: Option<MsResponse>,
     /// The text of the innermost open element since its last child, kept only for elements that are read.
-    text: String,
+    text: Vec<u8>,
     /// An address-data's decoded text.
     data: Vec<u8>,
     propstat_status: Option<u16>,
@@ -650,9 +644,13 @@ impl MultistatusParser {
                     self.text.clear();
                 }
                 Event::Empty(_) => {}
-                Event::Text(t) if reading => push_xml10(&mut self.text, &t.into_inner()),
-                Event::GeneralRef(r) if reading => self.text.extend(resolve_reference(&r.into_inner())),
-                Event::CData(t) if reading => self.text.push_str(&t.into_inner()),
+                Event::Text(t) if reading => push_xml10(&mut self.text, t.into_inner().as_bytes()),
+                Event::GeneralRef(r) if reading => {
+                    if let Some(c) = resolve_reference(&r.into_inner()) {
+                        self.text.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes());
+                    }
+                }
+                Event::CData(t) if reading => push_xml10(&mut self.text, t.into_inner().as_bytes()),
                 Event::End(e) => {
                     let (Some(tag), Some(start)) = (self.stack.pop(), self.name_starts.pop()) else {
                         return Err(format!("bad XML: </{}> closes nothing", e.name().as_ref()));
@@ -671,7 +669,8 @@ impl MultistatusParser {
 
     fn end(&mut self, tag: Tag) {
         let parent = self.stack.last().copied();
-        let text = &self.text;
+        let text = String::from_utf8_lossy(&self.text);
+        let text = text.as_ref();
         match (tag, self.cur.as_mut()) {
             (Tag::Href, Some(r)) if parent == Some(Tag::Response) => r.href = text.trim().to_string(),
             (Tag::Status, Some(r)) if parent == Some(Tag::Response) => r.status = status_code(text),
@@ -797,10 +796,10 @@ impl Decoder for zstd::stream::write::Decoder<'static, Vec<u8>> {
     }
 }
 
-/// A decoder for a `Content-Encoding` (none is `identity`).
+/// A decoder for a `Content-Encoding` (`content_coding`; none is `identity`).
 fn decoder_for(coding: Option<&str>) -> Result<Box<dyn Decoder + Send>, String> {
     Ok(match coding {
-        None | Some("identity") => Box::new(Vec::new()),
+        None => Box::new(Vec::new()),
         Some("gzip") => Box::new(flate2::write::GzDecoder::new(Vec::new())),
         Some("zstd") => Box::new(zstd::stream::write::Decoder::new(Vec::new()).map_err(|e| format!("zstd: {e}"))?),
         Some(other) => return Err(format!("unsupported Content-Encoding {other:?}")),
@@ -857,13 +856,14 @@ impl Http {
         self.card_url(name).path().to_string()
     }
 
-    async fn send(
+    /// Sends a request with the credentials and `headers`, and waits for the response's head.
+    async fn request(
         &self,
         method: Method,
         url: reqwest::Url,
         headers: &[(&str, String)],
         body: Option<Bytes>,
-    ) -> Result<Reply, String> {
+    ) -> Result<reqwest::Response, String> {
         let mut req = self.client.request(method, url).header(header::AUTHORIZATION, self.auth.clone());
         for (k, v) in headers {
             req = req.header(*k, v.as_str());
@@ -871,26 +871,25 @@ impl Http {
         if let Some(b) = body {
             req = req.body(b);
         }
-        let mut resp = req.send().await.map_err(|e| format!("request failed: {e}"))?;
+        req.send().await.map_err(|e| format!("request failed: {e}"))
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        url: reqwest::Url,
+        headers: &[(&str, String)],
+        body: Option<Bytes>,
+    ) -> Result<Reply, String> {
+        let mut resp = self.request(method, url, headers, body).await?;
         let status = resp.status();
         let etag = resp.headers().get(header::ETAG).and_then(|v| v.to_str().ok()).map(str::to_string);
-        let coding =
-            resp.headers().get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()).map(str::to_ascii_lowercase);
-        let read_failed = |e: reqwest::Error| format!("reading the body failed: {e}");
-        if matches!(coding.as_deref(), None | Some("identity")) {
-            let body = resp.bytes().await.map_err(read_failed)?;
+        if content_coding(&resp).is_none() {
+            let body = resp.bytes().await.map_err(|e| format!("reading the body failed: {e}"))?;
             return Ok(Reply { status, etag, body });
         }
-        let mut decoder = decoder_for(coding.as_deref())?;
-        let bad_body = |e: std::io::Error| format!("bad {} body: {e}", coding.as_deref().unwrap_or_default());
-        // Decoded chunk by chunk as the chunks arrive, while the server is still sending the rest.
-        while let Some(chunk) = resp.chunk().await.map_err(read_failed)? {
-            decoder.write_all(&chunk).map_err(bad_body)?;
-        }
-        // Finishing checks gzip's trailer (CRC and length) or that the zstd frame ended (and its checksum),
-        // so a cut-off body is an error.
-        let body = Bytes::from(decoder.finish().map_err(bad_body)?);
-        Ok(Reply { status, etag, body })
+        let (body, _) = read_decoded(&mut resp, |_| Ok(())).await?;
+        Ok(Reply { status, etag, body: Bytes::from(body) })
     }
 
     /// The headers of a PROPFIND / REPORT.
@@ -918,38 +917,54 @@ impl Http {
         probe: &(dyn Fn(&str) -> Option<&'p str> + Sync),
     ) -> Result<Parsed, String> {
         let method = Method::from_bytes(method.as_bytes()).map_err(|e| e.to_string())?;
-        let mut req = self.client.request(method, self.base.clone()).header(header::AUTHORIZATION, self.auth.clone());
-        for (k, v) in self.dav_headers(depth) {
-            req = req.header(k, v);
-        }
-        let mut resp = req.body(xml).send().await.map_err(|e| format!("request failed: {e}"))?;
+        let mut resp =
+            self.request(method, self.base.clone(), &self.dav_headers(depth), Some(Bytes::from(xml))).await?;
         let status = resp.status();
-        let read_failed = |e: reqwest::Error| format!("reading the body failed: {e}");
         if status.as_u16() != 207 {
-            let body = resp.bytes().await.map_err(read_failed)?;
+            let body = resp.bytes().await.map_err(|e| format!("reading the body failed: {e}"))?;
             return Ok(Parsed { status, ms: None, wire: body.len(), raw: body.len() });
         }
-        let coding =
-            resp.headers().get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()).map(str::to_ascii_lowercase);
-        let bad_body = |e: std::io::Error| format!("bad {} body: {e}", coding.as_deref().unwrap_or_default());
-        let mut decoder = decoder_for(coding.as_deref())?;
         let mut parser = MultistatusParser::default();
         // How much of the decoded answer was parsed.
-        let (mut wire, mut parsed) = (0, 0);
-        while let Some(chunk) = resp.chunk().await.map_err(read_failed)? {
-            wire += chunk.len();
-            decoder.write_all(&chunk).map_err(bad_body)?;
-            let fresh = &decoder.decoded()[parsed..];
+        let mut parsed = 0;
+        let (body, wire) = read_decoded(&mut resp, |decoded| {
+            let fresh = &decoded[parsed..];
             if let Some(cut) = last_response_end(fresh) {
                 parser.parse(&fresh[..cut], probe)?;
                 parsed += cut;
             }
-        }
-        // Finishing checks gzip's trailer or the zstd frame's end and checksum: a cut-off body is an error.
-        let body = decoder.finish().map_err(bad_body)?;
+            Ok(())
+        })
+        .await?;
         parser.parse(&body[parsed..], probe)?;
         Ok(Parsed { status, ms: Some(parser.finish()?), wire, raw: body.len() })
     }
+}
+
+/// A response's `Content-Encoding`, lowercased; none for `identity`.
+fn content_coding(resp: &reqwest::Response) -> Option<String> {
+    let coding = resp.headers().get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok())?.to_ascii_lowercase();
+    (coding != "identity").then_some(coding)
+}
+
+/// Reads a body, decoding it chunk by chunk as the chunks arrive (while the server still sends the rest), and
+/// calls `each` with everything decoded so far after every chunk. Returns the decoded body and its size on
+/// the wire. Finishing checks gzip's trailer (CRC and length) or that the zstd frame ended (and its
+/// checksum), so a cut-off body is an error.
+async fn read_decoded(
+    resp: &mut reqwest::Response,
+    mut each: impl FnMut(&[u8]) -> Result<(), String>,
+) -> Result<(Vec<u8>, usize), String> {
+    let coding = content_coding(resp);
+    let bad_body = |e: std::io::Error| format!("bad {} body: {e}", coding.as_deref().unwrap_or_default());
+    let mut decoder = decoder_for(coding.as_deref())?;
+    let mut wire = 0;
+    while let Some(chunk) = resp.chunk().await.map_err(|e| format!("reading the body failed: {e}"))? {
+        wire += chunk.len();
+        decoder.write_all(&chunk).map_err(bad_body)?;
+        each(decoder.decoded())?;
+    }
+    Ok((decoder.finish().map_err(bad_body)?, wire))
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -1918,10 +1933,10 @@ mod tests {
     #[test]
     fn push_xml10_normalizes_like_quick_xml() {
         for s in ["", "a", "\r", "\r\n", "\n\r", "a\r\nb\rc\n\r\r\nd", "ü\r\n\r", "BEGIN:VCARD\r\nUID:x\r\n"] {
-            let mut out = String::from("kept ");
-            push_xml10(&mut out, s);
+            let mut out = b"kept ".to_vec();
+            push_xml10(&mut out, s.as_bytes());
             let t = quick_xml::events::BytesText::from_escaped(s);
-            assert_eq!(out, format!("kept {}", t.xml10_content()), "{s:?}");
+            assert_eq!(String::from_utf8(out).expect("utf-8"), format!("kept {}", t.xml10_content()), "{s:?}");
         }
     }
 
