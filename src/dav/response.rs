@@ -93,20 +93,38 @@ fn close_tag(out: &mut Vec<u8>, name: &PropName) {
 }
 
 /// Appends element content with `&`, `<` and `>` escaped, and CR as `&#13;`: XML parsers turn CRLF into LF,
-/// and a vCard's lines must keep their CRLF. Quotes need no escaping outside attributes. A multiget streams
-/// every card through here, so it searches with memchr (SIMD) instead of testing byte by byte: a byte loop
-/// still took 17 % of a multiget's CPU, quick-xml's `escape` 13 %.
+/// and a vCard's lines must keep their CRLF. Quotes need no escaping outside attributes. XML 1.0 cannot carry
+/// C0 controls other than TAB, LF and CR, not even as references: one such byte in a stored card would make
+/// the whole multistatus unreadable, so each becomes `?` (new cards with them are refused; this covers what
+/// was stored before).
+///
+/// A multiget streams every card through here. Cards seldom hold `>` and never controls, so one vectorized
+/// pass looks for those first; without them, memchr (SIMD) finds the rest and the runs between are copied
+/// whole. Searching each run for `>` again cost more (BENCHMARKS.md, optimization 18).
 pub fn push_escaped_text(out: &mut Vec<u8>, text: &[u8]) {
-    if has_control_characters(text) {
-        // XML 1.0 cannot carry C0 controls other than TAB, LF and CR, not even as references: one such byte
-        // in a stored card would make the whole multistatus unreadable for the client. (New cards with them
-        // are refused; this covers what was stored before.)
-        let cleaned: Vec<u8> = text.iter().map(|&b| if is_control(b) { b'?' } else { b }).collect();
-        return push_escaped_text(out, &cleaned);
+    out.reserve(text.len());
+    let rare = |b: u8| (b == b'>') | is_control(b);
+    if text.chunks(64).any(|chunk| chunk.iter().fold(false, |found, &b| found | rare(b))) {
+        for &b in text {
+            match b {
+                b'&' => out.extend_from_slice(b"&amp;"),
+                b'<' => out.extend_from_slice(b"&lt;"),
+                b'>' => out.extend_from_slice(b"&gt;"),
+                b'\r' => out.extend_from_slice(b"&#13;"),
+                b if is_control(b) => out.push(b'?'),
+                b => out.push(b),
+            }
+        }
+        return;
     }
+    push_escaped_common(out, text);
+}
+
+/// Escapes `&`, `<` and CR, the bytes a card commonly holds.
+fn push_escaped_common(out: &mut Vec<u8>, text: &[u8]) {
     let mut start = 0;
     for i in memchr::memchr3_iter(b'&', b'<', b'\r', text) {
-        push_escaping_gt(out, &text[start..i]);
+        out.extend_from_slice(&text[start..i]);
         out.extend_from_slice(match text[i] {
             b'&' => b"&amp;",
             b'<' => b"&lt;",
@@ -114,28 +132,12 @@ pub fn push_escaped_text(out: &mut Vec<u8>, text: &[u8]) {
         });
         start = i + 1;
     }
-    push_escaping_gt(out, &text[start..]);
+    out.extend_from_slice(&text[start..]);
 }
 
 /// A C0 control character that XML 1.0 does not allow (all but TAB, LF, CR).
 pub fn is_control(b: u8) -> bool {
     b < 0x20 && b != b'\t' && b != b'\n' && b != b'\r'
-}
-
-/// Whether `text` holds an `is_control` byte; branch-free per chunk, so that it vectorizes (every card of a
-/// multiget passes through here).
-pub fn has_control_characters(text: &[u8]) -> bool {
-    text.chunks(64).any(|chunk| chunk.iter().fold(false, |found, &b| found | is_control(b)))
-}
-
-fn push_escaping_gt(out: &mut Vec<u8>, text: &[u8]) {
-    let mut start = 0;
-    for i in memchr::memchr_iter(b'>', text) {
-        out.extend_from_slice(&text[start..i]);
-        out.extend_from_slice(b"&gt;");
-        start = i + 1;
-    }
-    out.extend_from_slice(&text[start..]);
 }
 
 pub fn write_prop(out: &mut Vec<u8>, prop: &Prop) {
@@ -321,7 +323,7 @@ pub fn error_body(condition_xml: &str, message: &str) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
-    use super::{has_control_characters, push_escaped_text};
+    use super::push_escaped_text;
 
     #[test]
     fn text_escaping_keeps_crlf_and_markup_safe() {
@@ -339,9 +341,52 @@ mod tests {
         let mut out = Vec::new();
         push_escaped_text(&mut out, b"NOTE:a\x0bb\x00c\td <&>\r\n");
         assert_eq!(out, b"NOTE:a?b?c\td &lt;&amp;&gt;&#13;\n");
-        assert!(!has_control_characters(&[b'x'; 200]));
-        let mut long = vec![b'x'; 200];
-        long[130] = 0x1f;
-        assert!(has_control_characters(&long));
+    }
+
+    /// What `push_escaped_text` must do, one byte at a time.
+    fn escaped_byte_by_byte(text: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for &b in text {
+            match b {
+                b'&' => out.extend_from_slice(b"&amp;"),
+                b'<' => out.extend_from_slice(b"&lt;"),
+                b'>' => out.extend_from_slice(b"&gt;"),
+                b'\r' => out.extend_from_slice(b"&#13;"),
+                b if super::is_control(b) => out.push(b'?'),
+                b => out.push(b),
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_escaper_equals_a_byte_by_byte_one() {
+        // Every byte value at every position of a 20-byte text, amid plain bytes, bytes above 0x7f and the
+        // other specials: texts with `>` or a control take the byte loop, the others memchr's.
+        for background in [b'x', 0xc3, b'\n', b'&', 0x1f, 0x20, 0x7f, 0xff] {
+            for position in 0..20 {
+                for byte in 0..=255u8 {
+                    let mut text = vec![background; 20];
+                    text[position] = byte;
+                    let mut out = b"kept".to_vec();
+                    push_escaped_text(&mut out, &text);
+                    assert_eq!(out[4..], escaped_byte_by_byte(&text), "{text:?}");
+                }
+            }
+        }
+        // Pseudo-random texts of every length up to 300 drawn from an alphabet rich in specials.
+        let alphabet = b"ab\t\n\r &<>\x00\x1f\x7f\x80\xc3\xbc]";
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        for len in 0..300 {
+            let text: Vec<u8> = (0..len)
+                .map(|_| {
+                    state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    alphabet[(state >> 33) as usize % alphabet.len()]
+                })
+                .collect();
+            let mut out = Vec::new();
+            push_escaped_text(&mut out, &text);
+            assert_eq!(out, escaped_byte_by_byte(&text), "{text:?}");
+        }
     }
 }
