@@ -70,6 +70,8 @@ if __name__ == "__main__":
         metric("initial full sync (2+3)", lambda r: r["full_sync_ms"], False)
         if all(r.get("full_syncs", 1) > 1 for r in [k] + peers):
             metric("full sync, median of repeats", lambda r: r["full_sync_median_ms"], False)
+        if all("full_sync_after_writes_ms" in r for r in [k] + peers):
+            metric("full sync after phase 4's writes", lambda r: r["full_sync_after_writes_ms"], False)
         metric("4 initial sync-collection", lambda r: ph(r, "sync")["initial_ms"], False)
         metric("4 delta (median)", lambda r: ph(r, "sync")["delta_median_ms"], False)
         metric("5 query (median)", lambda r: ph(r, "query")["median_ms"], False)

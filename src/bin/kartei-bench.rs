@@ -1052,6 +1052,32 @@ fn read_status_kb(pid: u32, key: &str) -> Option<u64> {
     text.lines().find(|l| l.starts_with(key)).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok())
 }
 
+/// CPU time the process has used so far, in nanoseconds, two ways: the sum over its live threads of
+/// `/proc/PID/task/TID/schedstat` (exact, but blind to threads that ended), and `/proc/PID/stat`'s utime +
+/// stime (every thread, in ticks of 10 ms: too coarse for a full sync of ~20 ms on its own).
+fn cpu_ns(pid: u32) -> Option<(u64, u64)> {
+    let mut threads = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()?.flatten() {
+        let text = std::fs::read_to_string(task.path().join("schedstat")).ok()?;
+        threads += text.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces: utime and stime are the
+    // 12th and 13th of them. USER_HZ is 100 on Linux.
+    let mut fields = stat.rsplit_once(')')?.1.split_whitespace().skip(11);
+    let ticks: u64 = fields.next()?.parse::<u64>().ok()? + fields.next()?.parse::<u64>().ok()?;
+    Some((threads, ticks * 10_000_000))
+}
+
+/// Milliseconds of CPU between two `cpu_ns` readings; None when either is unknown, or when the two ways
+/// disagree by more than two ticks: then threads came and went (a thread per request, as Radicale has).
+fn cpu_delta_ms(before: Option<(u64, u64)>, after: Option<(u64, u64)>) -> Option<f64> {
+    let (before, after) = (before?, after?);
+    let exact = after.0.saturating_sub(before.0) as f64 / 1e6;
+    let coarse = after.1.saturating_sub(before.1) as f64 / 1e6;
+    ((coarse - exact).abs() <= 20.0).then_some(exact)
+}
+
 /// Resets the peak RSS (VmHWM) to the current RSS; false when the kernel or permissions refuse.
 fn reset_peak(pid: u32) -> bool {
     std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok()
@@ -1785,8 +1811,13 @@ async fn run(args: Args) -> Result<Value, String> {
     }
     let total = Instant::now();
     bench.upload().await;
+    // The server's CPU per full sync, when its PID is known: only the bench's requests reach it, so the
+    // difference is the server's own work, apart from the client's (which shares the machine).
+    let server_cpu = |pid: Option<u32>| pid.and_then(cpu_ns);
+    let cpu_before = server_cpu(args.pid);
     let p2 = bench.propfind().await;
     let p3 = bench.multiget().await;
+    let mut full_sync_cpu: Vec<Option<f64>> = vec![cpu_delta_ms(cpu_before, server_cpu(args.pid))];
     // Peak over phases 2 and 3 (each phase reset the peak at its start).
     let full_sync_peak = bench.phases[1..3]
         .iter()
@@ -1800,7 +1831,9 @@ async fn run(args: Args) -> Result<Value, String> {
     for _ in 1..args.full_syncs {
         let recorded = bench.phases.len();
         bench.quiet = true;
+        let cpu_before = server_cpu(args.pid);
         let again = bench.propfind().await + bench.multiget().await;
+        full_sync_cpu.push(cpu_delta_ms(cpu_before, server_cpu(args.pid)));
         bench.phases.truncate(recorded);
         bench.quiet = false;
         full_syncs.0.push(again);
@@ -1810,7 +1843,33 @@ async fn run(args: Args) -> Result<Value, String> {
     if args.full_syncs > 1 {
         eprintln!("{:<28} {:>10.1} ms", format!("  median of {} full syncs", args.full_syncs), full_sync_median);
     }
+    let cpu_known: Vec<f64> = full_sync_cpu.iter().flatten().copied().collect();
+    if cpu_known.len() == full_sync_cpu.len() && !cpu_known.is_empty() {
+        let first = cpu_known[0];
+        eprintln!(
+            "{:<28} {:>10.1} ms first, {:.1} ms median",
+            "  server CPU per full sync",
+            first,
+            Lat(cpu_known).pct(0.5)
+        );
+    }
     bench.sync().await;
+    // A new device's full sync on a server that has been serving and was just written to: the 20 changes of
+    // phase 4 came before it. The first full sync above is also the first work a freshly started server does
+    // (its buffers and allocator arenas are touched for the first time); this one is not, while the
+    // database connections' page caches are cold again, as after any write.
+    let after_writes = {
+        let recorded = bench.phases.len();
+        bench.quiet = true;
+        let cpu_before = server_cpu(args.pid);
+        let wall = bench.propfind().await + bench.multiget().await;
+        let cpu = cpu_delta_ms(cpu_before, server_cpu(args.pid));
+        bench.phases.truncate(recorded);
+        bench.quiet = false;
+        let cpu = cpu.map(|c| format!(" (server CPU {c:.1} ms)")).unwrap_or_default();
+        eprintln!("{:<28} {:>10.1} ms{cpu}", "  full sync after phase 4", wall);
+        (wall, cpu)
+    };
     bench.query().await;
     bench.gets().await;
     bench.updates().await;
@@ -1835,6 +1894,9 @@ async fn run(args: Args) -> Result<Value, String> {
         "full_syncs": args.full_syncs,
         "full_sync_median_ms": full_sync_median,
         "full_sync_each_ms": full_sync_each,
+        "full_sync_server_cpu_ms_each": full_sync_cpu,
+        "full_sync_after_writes_ms": after_writes.0,
+        "full_sync_after_writes_server_cpu_ms": after_writes.1,
         "full_sync_peak_rss_mb": full_sync_peak,
         "peak_rss_before_mb": startup_peak.map(|kb| kb as f64 / 1024.0),
         "peak_rss_per_phase": peak_reset_works,
@@ -1932,6 +1994,26 @@ fn main() -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The server-CPU figure: this process's own CPU grows by about the time it spins, and a reading whose
+    /// two ways disagree (threads that came and went) is reported as unknown rather than too low.
+    #[test]
+    fn cpu_per_sync_is_measured_or_unknown() {
+        let pid = std::process::id();
+        let before = cpu_ns(pid);
+        let start = Instant::now();
+        let mut x = 0u64;
+        while start.elapsed() < Duration::from_millis(60) {
+            x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+        }
+        let after = cpu_ns(pid);
+        let (b, a) = (before.expect("schedstat readable"), after.expect("schedstat readable"));
+        let exact = (a.0 - b.0) as f64 / 1e6;
+        assert!(exact >= 30.0, "spun 60 ms, measured {exact} ms of CPU");
+        assert_eq!(cpu_delta_ms(Some((0, 0)), Some((15_000_000, 20_000_000))), Some(15.0));
+        assert_eq!(cpu_delta_ms(Some((0, 0)), Some((5_000_000, 300_000_000))), None);
+        assert_eq!(cpu_delta_ms(None, Some((1, 1))), None);
+    }
 
     #[test]
     fn push_xml10_normalizes_like_quick_xml() {
