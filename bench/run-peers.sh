@@ -4,7 +4,8 @@
 # Both run on a random loopback port over HTTPS (self-signed) with htpasswd Basic auth (bcrypt, cost 5 like
 # `htpasswd -B`; Radicale with cache_logins on, Xandikos has no login cache). Installs them with pip when
 # missing. JSON reports go to $RESULTS (default target/bench-results). NO_BUILD=1 skips the build, KEEP=1
-# keeps the servers' data directories, BENCH_ARGS="--full-syncs 5" passes more options to kartei-bench.
+# keeps the servers' data directories, BENCH=path runs another bench client, BENCH_ARGS="--full-syncs 5" passes
+# more options to kartei-bench.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-1000}
@@ -18,7 +19,7 @@ python3 -c 'import radicale, xandikos, bcrypt' 2>/dev/null || python3 -m pip ins
 if [ -z "${NO_BUILD:-}" ]; then
   cargo build --release --quiet --bin kartei-bench --features bench
 fi
-BENCH=target/release/kartei-bench
+BENCH=${BENCH:-target/release/kartei-bench}
 PID=""
 # A failed step must not leave a server running.
 trap '[ -z "$PID" ] || kill "$PID" 2>/dev/null || true' EXIT
