@@ -1282,6 +1282,20 @@ impl Bench {
         }));
     }
 
+    /// A full sync (phases 2 + 3) with its checks but not recorded as a phase: (wall ms, the server's CPU ms
+    /// when its PID is known). Only the bench's requests reach the server, so the CPU it used meanwhile is
+    /// its own work, apart from the client's on the same machine.
+    async fn unrecorded_full_sync(&mut self) -> (f64, Option<f64>) {
+        let recorded = self.phases.len();
+        self.quiet = true;
+        let cpu_before = self.args.pid.and_then(cpu_ns);
+        let wall = self.propfind().await + self.multiget().await;
+        let cpu = cpu_delta_ms(cpu_before, self.args.pid.and_then(cpu_ns));
+        self.phases.truncate(recorded);
+        self.quiet = false;
+        (wall, cpu)
+    }
+
     /// Phase 2: PROPFIND Depth 1.
     async fn propfind(&mut self) -> f64 {
         self.phase_start();
@@ -1811,13 +1825,10 @@ async fn run(args: Args) -> Result<Value, String> {
     }
     let total = Instant::now();
     bench.upload().await;
-    // The server's CPU per full sync, when its PID is known: only the bench's requests reach it, so the
-    // difference is the server's own work, apart from the client's (which shares the machine).
-    let server_cpu = |pid: Option<u32>| pid.and_then(cpu_ns);
-    let cpu_before = server_cpu(args.pid);
+    let cpu_before = args.pid.and_then(cpu_ns);
     let p2 = bench.propfind().await;
     let p3 = bench.multiget().await;
-    let mut full_sync_cpu: Vec<Option<f64>> = vec![cpu_delta_ms(cpu_before, server_cpu(args.pid))];
+    let mut full_sync_cpu: Vec<Option<f64>> = vec![cpu_delta_ms(cpu_before, args.pid.and_then(cpu_ns))];
     // Peak over phases 2 and 3 (each phase reset the peak at its start).
     let full_sync_peak = bench.phases[1..3]
         .iter()
@@ -1829,13 +1840,8 @@ async fn run(args: Args) -> Result<Value, String> {
     // Further full syncs of the unchanged book: a median is steadier than one run on a shared machine.
     let mut full_syncs = Lat(vec![p2 + p3]);
     for _ in 1..args.full_syncs {
-        let recorded = bench.phases.len();
-        bench.quiet = true;
-        let cpu_before = server_cpu(args.pid);
-        let again = bench.propfind().await + bench.multiget().await;
-        full_sync_cpu.push(cpu_delta_ms(cpu_before, server_cpu(args.pid)));
-        bench.phases.truncate(recorded);
-        bench.quiet = false;
+        let (again, cpu) = bench.unrecorded_full_sync().await;
+        full_sync_cpu.push(cpu);
         full_syncs.0.push(again);
     }
     let full_sync_each = full_syncs.0.clone();
@@ -1858,18 +1864,11 @@ async fn run(args: Args) -> Result<Value, String> {
     // phase 4 came before it. The first full sync above is also the first work a freshly started server does
     // (its buffers and allocator arenas are touched for the first time); this one is not, while the
     // database connections' page caches are cold again, as after any write.
-    let after_writes = {
-        let recorded = bench.phases.len();
-        bench.quiet = true;
-        let cpu_before = server_cpu(args.pid);
-        let wall = bench.propfind().await + bench.multiget().await;
-        let cpu = cpu_delta_ms(cpu_before, server_cpu(args.pid));
-        bench.phases.truncate(recorded);
-        bench.quiet = false;
-        let cpu = cpu.map(|c| format!(" (server CPU {c:.1} ms)")).unwrap_or_default();
-        eprintln!("{:<28} {:>10.1} ms{cpu}", "  full sync after phase 4", wall);
-        (wall, cpu)
-    };
+    let after_writes = bench.unrecorded_full_sync().await;
+    {
+        let cpu = after_writes.1.map(|c| format!(" (server CPU {c:.1} ms)")).unwrap_or_default();
+        eprintln!("{:<28} {:>10.1} ms{cpu}", "  full sync after phase 4", after_writes.0);
+    }
     bench.query().await;
     bench.gets().await;
     bench.updates().await;
