@@ -140,6 +140,42 @@ impl ChunkWriter {
     }
 }
 
+/// What a producer writes its answer into: the coding the client accepts is applied on the way.
+pub trait AnswerSink: Write {
+    /// Appends a zstd frame made in advance (`card_xml_frame`) after what was written so far, which ends the
+    /// frame being written. Only answers coded in zstd take them (`takes_zstd_frames`).
+    fn splice_zstd_frame(&mut self, frame: &[u8]) -> io::Result<()>;
+}
+
+/// For producers that chose frames for an answer that is not coded in zstd: a bug, which cuts the answer.
+fn no_frames() -> io::Error {
+    io::Error::new(io::ErrorKind::Unsupported, "a zstd frame in an answer not coded in zstd")
+}
+
+impl AnswerSink for ChunkWriter {
+    fn splice_zstd_frame(&mut self, _: &[u8]) -> io::Result<()> {
+        Err(no_frames())
+    }
+}
+
+impl AnswerSink for flate2::write::GzEncoder<ChunkWriter> {
+    fn splice_zstd_frame(&mut self, _: &[u8]) -> io::Result<()> {
+        Err(no_frames())
+    }
+}
+
+impl AnswerSink for Vec<u8> {
+    fn splice_zstd_frame(&mut self, _: &[u8]) -> io::Result<()> {
+        Err(no_frames())
+    }
+}
+
+impl<T: AnswerSink + ?Sized> AnswerSink for &mut T {
+    fn splice_zstd_frame(&mut self, frame: &[u8]) -> io::Result<()> {
+        (**self).splice_zstd_frame(frame)
+    }
+}
+
 /// Streamed answers one user may have in production at once, and all users together. Each holds a thread
 /// of the blocking pool (512) and a SQLite reader while it runs, and waits up to `stall` for a client that
 /// takes nothing: without limits, one user with a few HTTP/2 connections could take every thread, and
@@ -247,6 +283,11 @@ impl Coding {
         }
     }
 
+    /// Whether answers in this coding take frames made in advance (`AnswerSink::splice_zstd_frame`).
+    pub fn takes_zstd_frames(self) -> bool {
+        self == Coding::Zstd
+    }
+
     /// The `Content-Encoding` value, if any.
     pub fn header_value(self) -> Option<&'static str> {
         match self {
@@ -338,6 +379,133 @@ impl ZstdContext {
     }
 }
 
+fn zstd_error(code: usize) -> io::Error {
+    io::Error::other(format!("zstd: {}", zstd::zstd_safe::get_error_name(code)))
+}
+
+/// A zstd answer: what is written is compressed into the current frame; a spliced frame ends it, and the next
+/// write starts a new one (RFC 8878 §3: a zstd stream is one or more frames). Output is handed to the
+/// connection in chunks of at least `ANSWER_CHUNK`, so the small frames between spliced ones do not each
+/// become a chunk of their own.
+struct ZstdWriter<'c> {
+    context: &'c mut zstd::zstd_safe::CCtx<'static>,
+    out: ChunkWriter,
+    /// What zstd produced and was not sent yet.
+    pending: Vec<u8>,
+    frame_open: bool,
+    /// Frames spliced in, for the debug log (the Thunderbird interop test checks it saw some).
+    spliced: usize,
+}
+
+const ANSWER_CHUNK: usize = 32 * 1024;
+
+impl<'c> ZstdWriter<'c> {
+    fn new(context: &'c mut zstd::zstd_safe::CCtx<'static>, out: ChunkWriter) -> Self {
+        let pending = Vec::with_capacity(zstd::zstd_safe::CCtx::out_size());
+        ZstdWriter { context, out, pending, frame_open: false, spliced: 0 }
+    }
+
+    /// One call into zstd; returns what it still has to flush (for `End`).
+    fn compress(
+        &mut self,
+        input: &mut zstd::zstd_safe::InBuffer<'_>,
+        directive: zstd::zstd_safe::zstd_sys::ZSTD_EndDirective,
+    ) -> io::Result<usize> {
+        if self.pending.capacity() - self.pending.len() < zstd::zstd_safe::CCtx::out_size() / 2 {
+            self.pending.reserve(zstd::zstd_safe::CCtx::out_size());
+        }
+        let start = self.pending.len();
+        let mut output = zstd::zstd_safe::OutBuffer::around_pos(&mut self.pending, start);
+        let remaining = self.context.compress_stream2(&mut output, input, directive).map_err(zstd_error)?;
+        self.send_if_large()?;
+        Ok(remaining)
+    }
+
+    fn send_if_large(&mut self) -> io::Result<()> {
+        if self.pending.len() >= ANSWER_CHUNK {
+            self.out.write_all(&self.pending)?;
+            self.pending.clear();
+        }
+        Ok(())
+    }
+
+    /// Ends the current frame (its last block and checksum), if one was started.
+    fn end_frame(&mut self) -> io::Result<()> {
+        use zstd::zstd_safe::zstd_sys::ZSTD_EndDirective::ZSTD_e_end;
+        while self.frame_open {
+            let mut nothing = zstd::zstd_safe::InBuffer::around(&[]);
+            self.frame_open = self.compress(&mut nothing, ZSTD_e_end)? != 0;
+        }
+        Ok(())
+    }
+
+    /// Ends the answer and sends what is left.
+    fn finish(mut self) -> io::Result<ChunkWriter> {
+        self.end_frame()?;
+        if !self.pending.is_empty() {
+            self.out.write_all(&self.pending)?;
+        }
+        if self.spliced > 0 {
+            tracing::debug!(frames = self.spliced, "a zstd answer sent cards from their stored frames");
+        }
+        Ok(self.out)
+    }
+}
+
+impl Write for ZstdWriter<'_> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        use zstd::zstd_safe::zstd_sys::ZSTD_EndDirective::ZSTD_e_continue;
+        let mut input = zstd::zstd_safe::InBuffer::around(data);
+        while input.pos() < data.len() {
+            self.compress(&mut input, ZSTD_e_continue)?;
+        }
+        self.frame_open |= !data.is_empty();
+        Ok(data.len())
+    }
+
+    /// A zstd flush would end a block early and cost bytes; the answer is flushed when it ends.
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl AnswerSink for ZstdWriter<'_> {
+    fn splice_zstd_frame(&mut self, frame: &[u8]) -> io::Result<()> {
+        self.end_frame()?;
+        self.pending.extend_from_slice(frame);
+        self.spliced += 1;
+        self.send_if_large()
+    }
+}
+
+/// Cards whose text is shorter are always compressed with the answer: alone they compress several times worse.
+const CARD_FRAME_MIN: usize = 4096;
+
+/// A card's text as XML element content (`push_escaped_text`, as in a multistatus) in one zstd frame, made
+/// with the answers' parameters; `None` for a card better compressed with the rest of an answer. Only large
+/// cards that compress alone to no less than half their size get one: a photo, a key or a sound, whose base64
+/// shares nothing with the rest of an answer, so that a frame of their own costs ~4 % in size and saves the
+/// server compressing them on every full sync (BENCHMARKS.md, optimization 21).
+pub fn card_xml_frame(text: &[u8]) -> Option<Vec<u8>> {
+    if text.len() < CARD_FRAME_MIN {
+        return None;
+    }
+    let mut xml = Vec::with_capacity(text.len() + text.len() / 32);
+    crate::dav::response::push_escaped_text(&mut xml, text);
+    let mut context = ZstdContext::take().ok()?;
+    let mut frame = Vec::with_capacity(zstd::zstd_safe::compress_bound(xml.len()));
+    let made = context.0.compress2(&mut frame, &xml);
+    context.put_back();
+    match made {
+        Ok(_) if frame.len() * 2 >= xml.len() => Some(frame),
+        Ok(_) => None,
+        Err(code) => {
+            tracing::warn!(error = %zstd::zstd_safe::get_error_name(code), "a card's zstd frame could not be made");
+            None
+        }
+    }
+}
+
 /// Runs `produce` on the blocking pool, streaming what it writes as the response body, compressed on the
 /// way with `coding`. Errors after the first byte can only cut the body short (and are logged), which is
 /// why callers validate everything before they start streaming. A body cut short ends in an error, never
@@ -345,7 +513,7 @@ impl ZstdContext {
 /// connection without the last chunk, HTTP/2 resets the stream).
 pub fn stream_body<F>(streaming: &Streaming, slot: Slot, coding: Coding, produce: F) -> Body
 where
-    F: FnOnce(&mut dyn Write) -> io::Result<()> + Send + 'static,
+    F: FnOnce(&mut dyn AnswerSink) -> io::Result<()> + Send + 'static,
 {
     let (tx, rx) = mpsc::channel(16);
     let complete = Arc::new(AtomicBool::new(false));
@@ -363,7 +531,7 @@ where
 /// encoder finishing its stream on drop (flate2's does) all leave it unset, so the body ends in an error.
 fn produce_into<F>(writer: ChunkWriter, complete: Arc<AtomicBool>, coding: Coding, produce: F)
 where
-    F: FnOnce(&mut dyn Write) -> io::Result<()>,
+    F: FnOnce(&mut dyn AnswerSink) -> io::Result<()>,
 {
     let result = match coding {
         Coding::Gzip => {
@@ -371,7 +539,7 @@ where
             produce(&mut encoder).and_then(|()| encoder.finish())
         }
         Coding::Zstd => ZstdContext::take().and_then(|mut context| {
-            let mut encoder = zstd::stream::write::Encoder::with_context(writer, &mut context.0);
+            let mut encoder = ZstdWriter::new(&mut context.0, writer);
             let result = produce(&mut encoder).and_then(|()| encoder.finish());
             context.put_back();
             result
@@ -462,6 +630,82 @@ mod tests {
         assert_eq!(zstd::decode_all(&out[..]).expect("decodes"), text.as_bytes());
         let ratio = out.len() as f64 / text.len() as f64;
         assert!(ratio < 0.8, "compressed to {:.0} % of the text", ratio * 100.0);
+    }
+
+    fn random_base64(seed: u64, bytes: usize) -> String {
+        let mut state = seed | 1;
+        let random: Vec<u8> = (0..bytes)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            })
+            .collect();
+        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &random)
+    }
+
+    #[test]
+    fn only_large_cards_that_barely_compress_get_a_frame() {
+        let photo =
+            format!("BEGIN:VCARD\r\nVERSION:4.0\r\nFN:A <b> & c\r\nPHOTO:{}\r\nEND:VCARD\r\n", random_base64(3, 6000));
+        let frame = card_xml_frame(photo.as_bytes()).expect("a photo card gets a frame");
+        let mut escaped = Vec::new();
+        crate::dav::response::push_escaped_text(&mut escaped, photo.as_bytes());
+        assert_eq!(zstd::decode_all(&frame[..]).expect("one whole frame"), escaped, "the card as XML content");
+        assert_ne!(frame[4] & 0b100, 0, "with a checksum, like the answers' own frames");
+        let small = "BEGIN:VCARD\r\nVERSION:4.0\r\nFN:Small\r\nEND:VCARD\r\n";
+        assert_eq!(card_xml_frame(small.as_bytes()), None, "small cards compress better with the answer");
+        let note =
+            format!("BEGIN:VCARD\r\nVERSION:4.0\r\nFN:Notes\r\nNOTE:{}\r\nEND:VCARD\r\n", "meeting notes ".repeat(600));
+        assert_eq!(card_xml_frame(note.as_bytes()), None, "text that compresses well stays with the answer");
+    }
+
+    /// What a `ZstdWriter` hands to the connection, as one body.
+    fn zstd_answer(write: impl FnOnce(&mut ZstdWriter<'_>) -> io::Result<()>) -> Vec<u8> {
+        let (tx, mut rx) = mpsc::channel(1024);
+        let mut context = ZstdContext::take().expect("context");
+        let mut writer =
+            ZstdWriter::new(&mut context.0, ChunkWriter { tx, stall: Duration::from_secs(1), broken: false });
+        write(&mut writer).expect("written");
+        drop(writer.finish().expect("finished"));
+        let mut body = Vec::new();
+        while let Ok(chunk) = rx.try_recv() {
+            body.extend_from_slice(chunk.expect("a chunk").data_ref().expect("data"));
+        }
+        body
+    }
+
+    #[test]
+    fn spliced_frames_decode_in_their_place() {
+        let photo = format!("PHOTO:{}\r\n", random_base64(5, 9000));
+        let frame = card_xml_frame(photo.as_bytes()).expect("frame");
+        let mut escaped = Vec::new();
+        crate::dav::response::push_escaped_text(&mut escaped, photo.as_bytes());
+        let head = "<d:multistatus>".repeat(3000);
+        let body = zstd_answer(|w| {
+            w.write_all(head.as_bytes())?;
+            w.splice_zstd_frame(&frame)?;
+            w.splice_zstd_frame(&frame)?; // two in a row: no empty frame between them
+            w.write_all(b"</x>")?;
+            w.splice_zstd_frame(&frame)
+        });
+        let mut want = head.into_bytes();
+        want.extend_from_slice(&escaped);
+        want.extend_from_slice(&escaped);
+        want.extend_from_slice(b"</x>");
+        want.extend_from_slice(&escaped);
+        assert_eq!(zstd::decode_all(&body[..]).expect("frame after frame"), want);
+        let mut frames = 0;
+        let mut at = 0;
+        while at < body.len() {
+            at += zstd::zstd_safe::find_frame_compressed_size(&body[at..]).expect("a whole frame");
+            frames += 1;
+        }
+        assert_eq!(frames, 5, "the XML, two frames, the XML, a frame");
+        // Without splices an answer is one frame, as before.
+        let plain = zstd_answer(|w| w.write_all(b"<d:multistatus/>"));
+        assert_eq!(zstd::zstd_safe::find_frame_compressed_size(&plain), Ok(plain.len()));
     }
 
     #[tokio::test]

@@ -392,9 +392,9 @@ fn check(store: &dyn Store) -> Result<(), String> {
     for user in store.users().map_err(|e| e.to_string())? {
         for book in store.books_in_home(&user.username).map_err(|e| e.to_string())?.into_iter().filter(|b| !b.shared) {
             store
-                .for_each_card(book.id, true, &mut |meta, bytes| {
+                .for_each_card(book.id, kartei::store::BodyRead::Text, &mut |meta, body| {
                     cards += 1;
-                    if bytes.is_none_or(|b| vcard::validate(b).is_err()) {
+                    if body.text().is_none_or(|b| vcard::validate(b).is_err()) {
                         broken.push(format!("{}/{}/{}", user.username, book.segment, meta.name));
                     }
                     true

@@ -5,7 +5,7 @@ use crate::dav::request::{PropFind, RequestedProp};
 use crate::dav::response::{Prop, Value};
 use crate::dav::{NS_CALSERVER, NS_CARDDAV, NS_DAV, PropName};
 use crate::router;
-use crate::store::{BookView, CardMeta, DeadProperty};
+use crate::store::{BookView, CardBody, CardMeta, DeadProperty};
 use crate::vcard::{self, Version};
 
 pub const SYNC_TOKEN_PREFIX: &str = "http://kartei.invalid/ns/sync/";
@@ -45,7 +45,7 @@ pub enum Resource<'a> {
     Card {
         book: &'a BookView,
         meta: &'a CardMeta,
-        body: Option<&'a [u8]>,
+        body: CardBody<'a>,
     },
 }
 
@@ -272,7 +272,10 @@ impl Resource<'_> {
             ),
             ("max-resource-size", Resource::Book { .. }) => Value::Text(ctx.max_resource_size.to_string()),
             ("max-image-size", Resource::Book { .. }) => Value::Text(ctx.max_resource_size.to_string()),
-            ("address-data", Resource::Card { meta, body: Some(body), .. }) => {
+            // Stored as a frame, the card is sent as stored: the reader asked for one only if that is what the
+            // request wants (`address_data_as_stored`).
+            ("address-data", Resource::Card { body: CardBody::XmlZstd(frame), .. }) => Value::XmlZstd(frame.to_vec()),
+            ("address-data", Resource::Card { meta, body: CardBody::Text(body), .. }) => {
                 let spec = req.address_data.clone().unwrap_or_default();
                 let want = spec.version.or(if ctx.prefer_v3 { Some(Version::V3) } else { None });
                 let (bytes, _) = vcard::render(
@@ -323,6 +326,21 @@ impl Resource<'_> {
         }
         (found, missing)
     }
+}
+
+/// Whether every card's address-data is sent as stored for this request, whatever its version: no version
+/// or property subset asked for, and no conversion the client needs (`prefer_v3`).
+pub fn address_data_as_stored(request: &PropFind, prefer_v3: bool) -> bool {
+    let as_stored = |p: &RequestedProp| {
+        !p.name.is(NS_CARDDAV, "address-data")
+            || p.address_data.as_ref().is_none_or(|spec| spec.version.is_none() && spec.props.is_none())
+    };
+    !prefer_v3
+        && match request {
+            PropFind::Prop(props) => props.iter().all(as_stored),
+            PropFind::AllProp { include } => include.iter().all(as_stored),
+            PropFind::PropName => true,
+        }
 }
 
 /// Does this request need card bodies (address-data)? Listings without it never read vCards.

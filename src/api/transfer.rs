@@ -681,7 +681,7 @@ fn streamed_import(
     text: String,
     request: ImportRequest,
 ) -> Response<Body> {
-    let produce = move |out: &mut dyn std::io::Write| -> std::io::Result<()> {
+    let produce = move |out: &mut dyn body::AnswerSink| -> std::io::Result<()> {
         let mut last_line = 0usize;
         let mut write_error = None;
         let result = run_import(store.as_ref(), &book, &text, &request, &mut |done, total| {

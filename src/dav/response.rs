@@ -5,8 +5,9 @@
 //! written exactly as `HTTP/1.1 200 OK` (Thunderbird compares the string).
 
 use super::{NS_CALSERVER, NS_CARDDAV, NS_DAV, PropName};
+use crate::body::AnswerSink;
 use quick_xml::escape::escape;
-use std::io::{self, Write};
+use std::io;
 
 pub const XML_CONTENT_TYPE: &str = "application/xml; charset=utf-8";
 
@@ -18,6 +19,9 @@ pub enum Value {
     /// A card's text as stored (UTF-8, validated when it was written), escaped like `Text`: checking it
     /// again on every read showed in the full sync's profile.
     CardText(Vec<u8>),
+    /// A card's text already escaped and compressed into a zstd frame (`body::card_xml_frame`), for answers
+    /// coded in zstd only: `Multistatus::response` sends it as it is.
+    XmlZstd(Vec<u8>),
     /// Inner XML written verbatim (already escaped; uses the root's prefixes).
     Xml(String),
     /// One or more hrefs, each wrapped in `<d:href>` (and escaped).
@@ -151,6 +155,8 @@ pub fn write_prop(out: &mut Vec<u8>, prop: &Prop) {
             push_escaped_text(out, t);
             close_tag(out, &prop.name);
         }
+        // Only `Multistatus::response` can send a frame; it never hands one here.
+        Value::XmlZstd(_) => open_tag(out, &prop.name, true),
         Value::Xml(x) => {
             open_tag(out, &prop.name, false);
             out.extend_from_slice(x.as_bytes());
@@ -196,14 +202,30 @@ fn status_and_error(b: &mut Vec<u8>, status: u16, error: Option<&str>) {
 }
 
 /// Builds a multistatus into a buffer that the caller drains (or keeps) as it goes.
-pub struct Multistatus<W: Write> {
+///
+/// Responses that carry a zstd frame (`Value::XmlZstd`) are held back and sent together after the others, up
+/// to `DEFERRED_FRAMES_MAX` bytes of frames at a time: each frame ends the frame the answer's own XML is being
+/// compressed into, and a new one starts without the history the XML compresses against. Interleaved with
+/// the cards, that made answers 10 % bigger; gathered, 2 %. Clients match responses by href, and RFC 4918
+/// gives them no order.
+pub struct Multistatus<W: AnswerSink> {
     out: W,
     buf: Vec<u8>,
+    deferred: Vec<Deferred>,
+    deferred_frames: usize,
 }
 
-impl<W: Write> Multistatus<W> {
+/// A piece of the responses held back: XML, or a zstd frame.
+enum Deferred {
+    Xml(Vec<u8>),
+    Frame(Vec<u8>),
+}
+
+const DEFERRED_FRAMES_MAX: usize = 1024 * 1024;
+
+impl<W: AnswerSink> Multistatus<W> {
     pub fn begin(out: W) -> io::Result<Self> {
-        let mut m = Multistatus { out, buf: Vec::with_capacity(16 * 1024) };
+        let mut m = Multistatus { out, buf: Vec::with_capacity(16 * 1024), deferred: Vec::new(), deferred_frames: 0 };
         m.buf.extend_from_slice(
             br#"<?xml version="1.0" encoding="utf-8"?>
 <d:multistatus xmlns:d="DAV:" xmlns:card="urn:ietf:params:xml:ns:carddav" xmlns:cs="http://calendarserver.org/ns/">"#,
@@ -221,22 +243,51 @@ impl<W: Write> Multistatus<W> {
 
     /// A response with propstats; `found` goes in a 200 propstat, each `(status, props)` after it.
     pub fn response(&mut self, href: &str, found: &[Prop], others: &[(u16, Vec<PropName>)]) -> io::Result<()> {
-        let b = &mut self.buf;
-        b.extend_from_slice(b"<d:response><d:href>");
-        push_escaped_text(b, href.as_bytes());
-        b.extend_from_slice(b"</d:href>");
-        if !found.is_empty() || others.iter().all(|(_, p)| p.is_empty()) {
-            b.extend_from_slice(b"<d:propstat><d:prop>");
-            for p in found {
-                write_prop(b, p);
-            }
-            b.extend_from_slice(b"</d:prop><d:status>HTTP/1.1 200 OK</d:status></d:propstat>");
+        if found.iter().any(|p| matches!(p.value, Value::XmlZstd(_))) {
+            return self.deferred_response(href, found, others);
         }
-        for (status, names) in others {
-            names_propstat(b, *status, names, None);
-        }
-        b.extend_from_slice(b"</d:response>");
+        response_xml(&mut self.buf, href, found, others, write_prop);
         self.flush_if_large()
+    }
+
+    /// A response with a frame among its properties, held back (see `Multistatus`).
+    fn deferred_response(&mut self, href: &str, found: &[Prop], others: &[(u16, Vec<PropName>)]) -> io::Result<()> {
+        let mut xml = match self.deferred.pop() {
+            Some(Deferred::Xml(xml)) => xml,
+            last => {
+                self.deferred.extend(last);
+                Vec::new()
+            }
+        };
+        response_xml(&mut xml, href, found, others, |b, p| match &p.value {
+            Value::XmlZstd(frame) => {
+                open_tag(b, &p.name, false);
+                self.deferred.push(Deferred::Xml(std::mem::take(b)));
+                self.deferred.push(Deferred::Frame(frame.clone()));
+                self.deferred_frames += frame.len();
+                close_tag(b, &p.name);
+            }
+            _ => write_prop(b, p),
+        });
+        self.deferred.push(Deferred::Xml(xml));
+        if self.deferred_frames >= DEFERRED_FRAMES_MAX { self.send_deferred() } else { Ok(()) }
+    }
+
+    /// Sends what is buffered, then the responses held back.
+    fn send_deferred(&mut self) -> io::Result<()> {
+        if self.deferred.is_empty() {
+            return Ok(());
+        }
+        self.out.write_all(&self.buf)?;
+        self.buf.clear();
+        for piece in self.deferred.drain(..) {
+            match piece {
+                Deferred::Xml(xml) => self.out.write_all(&xml)?,
+                Deferred::Frame(frame) => self.out.splice_zstd_frame(&frame)?,
+            }
+        }
+        self.deferred_frames = 0;
+        Ok(())
     }
 
     /// A PROPPATCH answer (RFC 4918 §9.2), all or nothing: the `changed` properties with 200, or, when any
@@ -272,7 +323,9 @@ impl<W: Write> Multistatus<W> {
         self.flush_if_large()
     }
 
+    /// The sync-token, after every response (RFC 6578 §6.4's DTD): held-back ones are sent first.
     pub fn sync_token(&mut self, token: &str) -> io::Result<()> {
+        self.send_deferred()?;
         self.buf.extend_from_slice(b"<d:sync-token>");
         self.buf.extend_from_slice(escape(token).as_bytes());
         self.buf.extend_from_slice(b"</d:sync-token>");
@@ -280,11 +333,36 @@ impl<W: Write> Multistatus<W> {
     }
 
     pub fn finish(mut self) -> io::Result<W> {
+        self.send_deferred()?;
         self.buf.extend_from_slice(b"</d:multistatus>\n");
         self.out.write_all(&self.buf)?;
         self.out.flush()?;
         Ok(self.out)
     }
+}
+
+/// A response with propstats into `b`, each found property written by `prop`.
+fn response_xml(
+    b: &mut Vec<u8>,
+    href: &str,
+    found: &[Prop],
+    others: &[(u16, Vec<PropName>)],
+    mut prop: impl FnMut(&mut Vec<u8>, &Prop),
+) {
+    b.extend_from_slice(b"<d:response><d:href>");
+    push_escaped_text(b, href.as_bytes());
+    b.extend_from_slice(b"</d:href>");
+    if !found.is_empty() || others.iter().all(|(_, p)| p.is_empty()) {
+        b.extend_from_slice(b"<d:propstat><d:prop>");
+        for p in found {
+            prop(b, p);
+        }
+        b.extend_from_slice(b"</d:prop><d:status>HTTP/1.1 200 OK</d:status></d:propstat>");
+    }
+    for (status, names) in others {
+        names_propstat(b, *status, names, None);
+    }
+    b.extend_from_slice(b"</d:response>");
 }
 
 /// The body of a failed extended MKCOL (RFC 5689 §3): each refused property with 403 and the precondition it
@@ -377,5 +455,68 @@ mod tests {
             push_escaped_text(&mut out, &text);
             assert_eq!(out, escaped_by_replacing(&text), "{text:?}");
         }
+    }
+}
+
+#[cfg(test)]
+mod deferred_tests {
+    use super::*;
+    use crate::dav::PropName;
+
+    /// Records what a multistatus sends: its XML, and each frame as `[frame N]`.
+    #[derive(Default)]
+    struct Recorder {
+        sent: String,
+    }
+
+    impl io::Write for Recorder {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.sent.push_str(std::str::from_utf8(buf).expect("utf-8"));
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl AnswerSink for Recorder {
+        fn splice_zstd_frame(&mut self, frame: &[u8]) -> io::Result<()> {
+            self.sent.push_str(&format!("[frame {}]", frame[0]));
+            Ok(())
+        }
+    }
+
+    fn card(frame: Option<u8>) -> Vec<Prop> {
+        let name = |n: &str| PropName { ns: NS_CARDDAV.into(), name: n.into() };
+        let value = match frame {
+            Some(n) => Value::XmlZstd(vec![n; 600 * 1024]),
+            None => Value::CardText(b"BEGIN:VCARD".to_vec()),
+        };
+        vec![
+            Prop { name: PropName { ns: NS_DAV.into(), name: "getetag".into() }, value: Value::Text("\"e\"".into()) },
+            Prop { name: name("address-data"), value },
+        ]
+    }
+
+    #[test]
+    fn responses_with_frames_go_after_the_others_and_before_the_sync_token() {
+        let mut ms = Multistatus::begin(Recorder::default()).expect("begin");
+        ms.response("/a", &card(None), &[]).expect("a");
+        ms.response("/f1", &card(Some(1)), &[]).expect("f1");
+        ms.response("/b", &card(None), &[]).expect("b");
+        // 1.2 MB of frames held back: over the limit, so they go now, after what came before them.
+        ms.response("/f2", &card(Some(2)), &[]).expect("f2");
+        ms.response("/f3", &card(Some(3)), &[]).expect("f3");
+        ms.response("/c", &card(None), &[]).expect("c");
+        ms.sync_token("token").expect("token");
+        let out = ms.finish().expect("finish");
+        // f1 and f2 went when they reached the limit, f3 before the token.
+        let hrefs: Vec<&str> = out.sent.split("<d:href>").skip(1).map(|r| &r[..r.find('<').expect("end")]).collect();
+        assert_eq!(hrefs, ["/a", "/b", "/f1", "/f2", "/c", "/f3"]);
+        let f1 = out.sent.find("[frame 1]").expect("f1's frame");
+        assert!(out.sent[..f1].ends_with("<card:address-data>"), "each frame inside its element");
+        assert!(out.sent[f1..].starts_with("[frame 1]</card:address-data></d:prop>"));
+        assert!(out.sent.find("[frame 3]") < out.sent.find("<d:sync-token>"), "every response before the token");
+        assert!(out.sent.ends_with("<d:sync-token>token</d:sync-token></d:multistatus>\n"));
     }
 }

@@ -6,7 +6,7 @@ use super::not_modified;
 use crate::app::{Ctx, Target};
 use crate::body::{self, Body, stream_body};
 use crate::error::{DavError, DavResult};
-use crate::store;
+use crate::store::{self, BodyRead};
 use crate::vcard::{self, Version};
 use hyper::{Response, StatusCode, header};
 
@@ -74,8 +74,8 @@ pub async fn handle(ctx: Ctx, target: Target) -> DavResult<Response<Body>> {
                 stream_body(&ctx.app.streaming, slot, body::Coding::Identity, move |out| {
                     let mut failure = None;
                     store
-                        .for_each_card(book.id, true, &mut |meta, bytes| {
-                            let Some(bytes) = bytes else { return true };
+                        .for_each_card(book.id, BodyRead::Text, &mut |meta, body| {
+                            let Some(bytes) = body.text() else { return true };
                             let (bytes, _) = vcard::render(bytes, &meta.version, want, None);
                             let mut result = out.write_all(&bytes);
                             if result.is_ok() && !bytes.ends_with(b"\n") {

@@ -4,16 +4,16 @@
 use super::{check_target, multistatus_response, preference_applied, read_body, wants_minimal};
 use crate::app::{Ctx, Target};
 use crate::body::RequestBody;
-use crate::body::{Coding, stream_body};
+use crate::body::{AnswerSink, Coding, stream_body};
 use crate::dav::request::{PropFind, parse_propfind};
 use crate::dav::response::Multistatus;
 use crate::dav::{Depth, NS_CALSERVER, NS_DAV, PropName};
 use crate::error::{Condition, DavError, DavResult};
 use crate::props::{PropContext, Resource, wants_body};
 use crate::router;
-use crate::store::{self, Store};
+use crate::store::{self, BodyRead, CardBody, Store};
 use hyper::{Response, StatusCode};
-use std::io::{self, Write};
+use std::io;
 
 pub async fn handle(ctx: Ctx, target: Target, body: RequestBody) -> DavResult<Response<crate::body::Body>> {
     let depth_header = match ctx.headers.get("depth").map(|v| v.to_str()) {
@@ -82,13 +82,13 @@ fn asks_for(request: &PropFind, name: &str) -> bool {
 }
 
 impl Listing<'_> {
-    fn respond<W: Write>(&self, ms: &mut Multistatus<W>, href: &str, resource: &Resource) -> io::Result<()> {
+    fn respond<W: AnswerSink>(&self, ms: &mut Multistatus<W>, href: &str, resource: &Resource) -> io::Result<()> {
         let (found, missing) = resource.answer(self.pctx, self.request);
         let others: Vec<(u16, Vec<PropName>)> = if self.minimal { Vec::new() } else { vec![(404, missing)] };
         ms.response(href, &found, &others)
     }
 
-    fn write<W: Write>(
+    fn write<W: AnswerSink>(
         &self,
         ms: &mut Multistatus<W>,
         target: &Target,
@@ -148,10 +148,10 @@ impl Listing<'_> {
             Target::Book(book) => {
                 self.book(ms, book)?;
                 if depth_one {
-                    let with_body = wants_body(self.request);
+                    let body = if wants_body(self.request) { BodyRead::Text } else { BodyRead::None };
                     let mut failure = None;
                     self.store
-                        .for_each_card(book.id, with_body, &mut |meta, body| {
+                        .for_each_card(book.id, body, &mut |meta, body| {
                             let href = router::card_href(me, &book.segment, &meta.name);
                             match self.respond(ms, &href, &Resource::Card { book, meta, body }) {
                                 Ok(()) => true,
@@ -170,7 +170,11 @@ impl Listing<'_> {
             Target::Card { book, name } => {
                 if let Some(card) = self.store.card(book.id, name).map_err(store_err)? {
                     let href = router::card_href(me, &book.segment, name);
-                    self.respond(ms, &href, &Resource::Card { book, meta: &card.meta, body: Some(&card.vcard) })?;
+                    self.respond(
+                        ms,
+                        &href,
+                        &Resource::Card { book, meta: &card.meta, body: CardBody::Text(&card.vcard) },
+                    )?;
                 }
             }
             Target::MissingBook { .. } => {}
@@ -178,7 +182,7 @@ impl Listing<'_> {
         Ok(())
     }
 
-    fn book<W: Write>(&self, ms: &mut Multistatus<W>, book: &store::BookView) -> io::Result<()> {
+    fn book<W: AnswerSink>(&self, ms: &mut Multistatus<W>, book: &store::BookView) -> io::Result<()> {
         let dead = self.store.dead_properties(book.id).map_err(store_err)?;
         let used_bytes =
             if asks_for(self.request, "quota-used-bytes") || asks_for(self.request, "quota-available-bytes") {

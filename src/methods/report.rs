@@ -4,7 +4,7 @@
 use super::{check_target, multistatus_response, preference_applied, read_body, wants_minimal};
 use crate::app::{Ctx, Target};
 use crate::body::RequestBody;
-use crate::body::{Coding, stream_body};
+use crate::body::{AnswerSink, Coding, stream_body};
 use crate::carddav::filter::Filter;
 use crate::dav::PropName;
 use crate::dav::request::{PropFind, Report, parse_report_limited};
@@ -12,10 +12,10 @@ use crate::dav::response::Multistatus;
 use crate::error::{Condition, DavError, DavResult};
 use crate::props::{self, PropContext, Resource};
 use crate::router;
-use crate::store::{self, BookView, CardMeta, ChangeKind, Prefilter, Store};
+use crate::store::{self, BodyRead, BookView, CardBody, CardMeta, ChangeKind, Prefilter, Store};
 use crate::vcard;
 use hyper::{Response, StatusCode};
-use std::io::{self, Write};
+use std::io;
 
 const LIMIT_ERROR: &str = "<d:number-of-matches-within-limits/>";
 
@@ -54,6 +54,7 @@ pub async fn handle(ctx: Ctx, target: Target, body: RequestBody) -> DavResult<Re
         max_resource_size: limits.max_resource_size,
         prefer_v3: ctx.is_apple(),
         minimal,
+        coding,
         book,
     };
     let slot = ctx.app.streaming.slot(&ctx.user.username).await?;
@@ -104,17 +105,18 @@ struct ReportWriter {
     max_resource_size: usize,
     prefer_v3: bool,
     minimal: bool,
+    coding: Coding,
     book: BookView,
 }
 
 impl ReportWriter {
-    fn card_response<W: Write>(
+    fn card_response<W: AnswerSink>(
         &self,
         ms: &mut Multistatus<W>,
         props: &PropFind,
         href: &str,
         meta: &CardMeta,
-        body: Option<&[u8]>,
+        body: CardBody<'_>,
     ) -> io::Result<()> {
         let pctx = PropContext {
             me: &self.me,
@@ -128,6 +130,18 @@ impl ReportWriter {
         ms.response(href, &found, &others)
     }
 
+    /// What the reads behind these properties need of each card: a zstd answer that sends cards as stored
+    /// takes the frames stored for large ones (`body::card_xml_frame`), which spares compressing them again.
+    fn body_read(&self, props: &PropFind) -> BodyRead {
+        if !props::wants_body(props) {
+            BodyRead::None
+        } else if self.coding.takes_zstd_frames() && props::address_data_as_stored(props, self.prefer_v3) {
+            BodyRead::XmlZstdOrText
+        } else {
+            BodyRead::Text
+        }
+    }
+
     fn card_href(&self, meta: &CardMeta) -> String {
         router::card_href(&self.me, &self.book.segment, &meta.name)
     }
@@ -138,7 +152,7 @@ impl ReportWriter {
 
     /// Streams the named cards in the order asked, each under its href in `hrefs`; names that do not exist get
     /// a 404 response.
-    fn named_cards<W: Write>(
+    fn named_cards<W: AnswerSink>(
         &self,
         ms: &mut Multistatus<W>,
         props: &PropFind,
@@ -148,7 +162,7 @@ impl ReportWriter {
         let mut next = 0;
         let mut failure = None;
         self.store
-            .for_each_named_card(self.book.id, names, &mut |meta, body| {
+            .for_each_named_card(self.book.id, names, self.body_read(props), &mut |meta, body| {
                 let mut step = || -> io::Result<()> {
                     while next < names.len() && names[next] != meta.name {
                         ms.status_response(&hrefs[next], 404, None)?;
@@ -180,7 +194,7 @@ impl ReportWriter {
         Ok(())
     }
 
-    fn multiget<W: Write>(&self, ms: &mut Multistatus<W>, props: &PropFind, hrefs: &[String]) -> io::Result<()> {
+    fn multiget<W: AnswerSink>(&self, ms: &mut Multistatus<W>, props: &PropFind, hrefs: &[String]) -> io::Result<()> {
         let mut names = Vec::new();
         let mut answered_hrefs = Vec::new();
         // An href must not appear twice in a multistatus (RFC 4918 §14.24): a card named twice, also in two
@@ -202,7 +216,7 @@ impl ReportWriter {
         self.named_cards(ms, props, &names, &answered_hrefs)
     }
 
-    fn query<W: Write>(
+    fn query<W: AnswerSink>(
         &self,
         ms: &mut Multistatus<W>,
         props: &PropFind,
@@ -215,7 +229,7 @@ impl ReportWriter {
         let prefilter: Prefilter = filter.prefilter();
         self.store
             .for_each_candidate(self.book.id, &prefilter, &mut |meta, body| {
-                let Some(bytes) = body else { return true };
+                let Some(bytes) = body.text() else { return true };
                 let Some(card) = vcard::parse_stored(bytes) else { return true };
                 if !filter.matches(&card) {
                     return true;
@@ -225,7 +239,7 @@ impl ReportWriter {
                     return false;
                 }
                 matched += 1;
-                match self.card_response(ms, props, &self.card_href(meta), meta, Some(bytes)) {
+                match self.card_response(ms, props, &self.card_href(meta), meta, CardBody::Text(bytes)) {
                     Ok(()) => true,
                     Err(e) => {
                         failure = Some(e);
@@ -244,7 +258,7 @@ impl ReportWriter {
         Ok(())
     }
 
-    fn sync_collection<W: Write>(
+    fn sync_collection<W: AnswerSink>(
         &self,
         ms: &mut Multistatus<W>,
         props: &PropFind,
@@ -256,10 +270,9 @@ impl ReportWriter {
             // Initial sync: every member. The revision is read first, so a change racing the listing shows up
             // again in the next delta instead of being lost.
             let revision = store.book_revision(self.book.id).map_err(store_err)?;
-            let with_body = props::wants_body(props);
             let mut failure = None;
             store
-                .for_each_card(self.book.id, with_body, &mut |meta, body| match self.card_response(
+                .for_each_card(self.book.id, self.body_read(props), &mut |meta, body| match self.card_response(
                     ms,
                     props,
                     &self.card_href(meta),

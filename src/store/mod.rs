@@ -100,6 +100,9 @@ pub struct NewCard {
     pub fields_json: String,
     /// The folded quick-search text.
     pub search: String,
+    /// For a large card that does not compress much (a photo): its text as XML element content in one zstd
+    /// frame, which answers coded in zstd send as it is (`body::card_xml_frame`).
+    pub xml_zstd: Option<Vec<u8>>,
 }
 
 /// HTTP preconditions for a write, already parsed.
@@ -311,9 +314,37 @@ impl std::error::Error for Error {}
 
 pub type Result<T> = std::result::Result<T, Error>;
 
+/// What a read hands over of each card besides its metadata.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyRead {
+    None,
+    Text,
+    /// The zstd frame where one is stored (`NewCard::xml_zstd`), else the text: for answers coded in zstd
+    /// that send the card as stored. The text of a card with a frame is then not read at all.
+    XmlZstdOrText,
+}
+
+/// A card's content as a read hands it to its sink.
+#[derive(Debug, Clone, Copy)]
+pub enum CardBody<'a> {
+    None,
+    Text(&'a [u8]),
+    /// The card's text, escaped as XML element content, in one zstd frame.
+    XmlZstd(&'a [u8]),
+}
+
+impl<'a> CardBody<'a> {
+    pub fn text(self) -> Option<&'a [u8]> {
+        match self {
+            CardBody::Text(text) => Some(text),
+            CardBody::None | CardBody::XmlZstd(_) => None,
+        }
+    }
+}
+
 /// Receives cards one at a time, so that large listings are streamed and never held whole.
 /// Returning `false` stops the iteration (the client went away).
-pub type CardSink<'a> = dyn FnMut(&CardMeta, Option<&[u8]>) -> bool + 'a;
+pub type CardSink<'a> = dyn FnMut(&CardMeta, CardBody<'_>) -> bool + 'a;
 
 /// A card's text → the card as it would be stored now (only its search columns are used), or None to leave
 /// the card as it is.
@@ -360,11 +391,17 @@ pub trait Store: Records + Send + Sync {
     // --- cards ---
     fn card(&self, book: BookId, name: &str) -> Result<Option<Card>>;
     fn card_meta(&self, book: BookId, name: &str) -> Result<Option<CardMeta>>;
-    /// Streams every card of a book in the order they were added; bodies only when `with_body`.
-    fn for_each_card(&self, book: BookId, with_body: bool, sink: &mut CardSink<'_>) -> Result<()>;
+    /// Streams every card of a book in the order they were added.
+    fn for_each_card(&self, book: BookId, body: BodyRead, sink: &mut CardSink<'_>) -> Result<()>;
     /// Streams the named cards that exist, in the order asked; missing names are skipped.
-    fn for_each_named_card(&self, book: BookId, names: &[String], sink: &mut CardSink<'_>) -> Result<()>;
-    /// Streams the cards that satisfy the pre-filter, with bodies.
+    fn for_each_named_card(
+        &self,
+        book: BookId,
+        names: &[String],
+        body: BodyRead,
+        sink: &mut CardSink<'_>,
+    ) -> Result<()>;
+    /// Streams the cards that satisfy the pre-filter, with their text.
     fn for_each_candidate(&self, book: BookId, prefilter: &Prefilter, sink: &mut CardSink<'_>) -> Result<()>;
     fn put_card(&self, book: BookId, name: &str, card: &NewCard, pre: &Precondition) -> Result<PutOutcome>;
     fn delete_card(&self, book: BookId, name: &str, pre: &Precondition) -> Result<()>;

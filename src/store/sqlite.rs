@@ -21,6 +21,7 @@ const SCHEMA_V3: &str = include_str!("schema_v3.sql");
 const SCHEMA_V4: &str = include_str!("schema_v4.sql");
 const SCHEMA_V5: &str = include_str!("schema_v5.sql");
 const SCHEMA_V6: &str = include_str!("schema_v6.sql");
+const SCHEMA_V7: &str = include_str!("schema_v7.sql");
 const READER_POOL_MAX: usize = 8;
 /// The page cache of the writer and of each pooled reader (negative in PRAGMA cache_size: KiB, not pages).
 const PAGE_CACHE_KIB: i64 = 16000;
@@ -227,6 +228,9 @@ fn migrate(conn: &Connection) -> Result<()> {
     if version < 6 {
         conn.execute_batch(&format!("BEGIN; {SCHEMA_V6} PRAGMA user_version = 6; COMMIT;"))?;
     }
+    if version < 7 {
+        conn.execute_batch(&format!("BEGIN; {SCHEMA_V7} PRAGMA user_version = 7; COMMIT;"))?;
+    }
     Ok(())
 }
 
@@ -300,6 +304,28 @@ fn meta_from_row(r: &rusqlite::Row) -> rusqlite::Result<CardMeta> {
     })
 }
 
+/// The two columns after the metadata that a read with `body` selects: the text, and the zstd frame. With
+/// `XmlZstdOrText` the text of a card that has a frame is not copied out (SQLite still walks its overflow
+/// pages to reach the frame, which follows it in the row).
+fn body_columns(body: BodyRead) -> &'static str {
+    match body {
+        BodyRead::None => "NULL, NULL",
+        BodyRead::Text => "vcard, NULL",
+        BodyRead::XmlZstdOrText => "CASE WHEN xml_zstd IS NULL THEN vcard END, xml_zstd",
+    }
+}
+
+/// The content of a row selected with `body_columns` (columns 7 and 8).
+fn body_from_row<'r>(row: &'r rusqlite::Row) -> rusqlite::Result<CardBody<'r>> {
+    if let Some(frame) = row.get_ref(8)?.as_blob_or_null().map_err(rusqlite::Error::from)? {
+        return Ok(CardBody::XmlZstd(frame));
+    }
+    Ok(match row.get_ref(7)?.as_blob_or_null().map_err(rusqlite::Error::from)? {
+        Some(text) => CardBody::Text(text),
+        None => CardBody::None,
+    })
+}
+
 fn user_id(tx: &Connection, username: &str) -> Result<UserId> {
     tx.query_row("SELECT id FROM users WHERE username = ?1", [username], |r| r.get(0))
         .optional()?
@@ -336,10 +362,10 @@ fn upsert_card(tx: &Transaction, book: BookId, name: &str, card: &NewCard, exist
     let ts = now();
     tx.prepare_cached(
         "INSERT INTO cards (book_id, name, uid, etag, vcard, size, version, revision, created_at, modified_at,
-                            fn, emails, phones, org, fields, search)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
+                            fn, emails, phones, org, fields, search, xml_zstd)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)
          ON CONFLICT (book_id, name) DO UPDATE SET uid = excluded.uid, etag = excluded.etag,
-             vcard = excluded.vcard, size = excluded.size, version = excluded.version,
+             vcard = excluded.vcard, xml_zstd = excluded.xml_zstd, size = excluded.size, version = excluded.version,
              revision = excluded.revision, modified_at = excluded.modified_at, fn = excluded.fn,
              emails = excluded.emails, phones = excluded.phones, org = excluded.org, fields = excluded.fields,
              search = excluded.search",
@@ -359,7 +385,8 @@ fn upsert_card(tx: &Transaction, book: BookId, name: &str, card: &NewCard, exist
         card.phones_lower,
         card.org_lower,
         card.fields_json,
-        card.search
+        card.search,
+        card.xml_zstd
     ])?;
     Ok(())
 }
@@ -842,16 +869,16 @@ impl Store for SqliteStore {
         })
     }
 
-    fn for_each_card(&self, book: BookId, with_body: bool, sink: &mut CardSink<'_>) -> Result<()> {
+    fn for_each_card(&self, book: BookId, body: BodyRead, sink: &mut CardSink<'_>) -> Result<()> {
         self.read(|c| {
-            let body = if with_body { "vcard" } else { "NULL" };
-            let mut stmt =
-                c.prepare_cached(&format!("SELECT {META_COLUMNS}, {body} FROM cards WHERE book_id = ?1 ORDER BY id"))?;
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {META_COLUMNS}, {} FROM cards WHERE book_id = ?1 ORDER BY id",
+                body_columns(body)
+            ))?;
             let mut rows = stmt.query([book])?;
             while let Some(row) = rows.next()? {
                 let meta = meta_from_row(row)?;
-                let bytes = row.get_ref(7)?.as_blob_or_null().map_err(rusqlite::Error::from)?;
-                if !sink(&meta, bytes) {
+                if !sink(&meta, body_from_row(row)?) {
                     break;
                 }
             }
@@ -859,19 +886,26 @@ impl Store for SqliteStore {
         })
     }
 
-    fn for_each_named_card(&self, book: BookId, names: &[String], sink: &mut CardSink<'_>) -> Result<()> {
+    fn for_each_named_card(
+        &self,
+        book: BookId,
+        names: &[String],
+        body: BodyRead,
+        sink: &mut CardSink<'_>,
+    ) -> Result<()> {
         self.read(|c| {
             // One snapshot for all names: consistent, and one WAL read lock instead of one per card (each costs
             // fcntl calls; per-card autocommit made a 100-card multiget spend ~a fifth of its time locking).
             let tx = c.unchecked_transaction()?;
-            let mut stmt = tx
-                .prepare_cached(&format!("SELECT {META_COLUMNS}, vcard FROM cards WHERE book_id = ?1 AND name = ?2"))?;
+            let mut stmt = tx.prepare_cached(&format!(
+                "SELECT {META_COLUMNS}, {} FROM cards WHERE book_id = ?1 AND name = ?2",
+                body_columns(body)
+            ))?;
             for name in names {
                 let mut rows = stmt.query(params![book, name])?;
                 if let Some(row) = rows.next()? {
                     let meta = meta_from_row(row)?;
-                    let bytes = row.get_ref(7)?.as_blob().map_err(rusqlite::Error::from)?;
-                    if !sink(&meta, Some(bytes)) {
+                    if !sink(&meta, body_from_row(row)?) {
                         break;
                     }
                 }
@@ -902,7 +936,7 @@ impl Store for SqliteStore {
                 if let Some(row) = rows.next()? {
                     let meta = meta_from_row(row)?;
                     let bytes = row.get_ref(7)?.as_blob().map_err(rusqlite::Error::from)?;
-                    if !sink(&meta, Some(bytes)) {
+                    if !sink(&meta, CardBody::Text(bytes)) {
                         break;
                     }
                 }
@@ -941,7 +975,7 @@ impl Store for SqliteStore {
         self.write(|tx| {
             let source = tx
                 .query_row(
-                    "SELECT uid, etag, vcard, version, fn, emails, phones, org, fields, search FROM cards
+                    "SELECT uid, etag, vcard, version, fn, emails, phones, org, fields, search, xml_zstd FROM cards
                      WHERE book_id = ?1 AND name = ?2",
                     params![from, from_name],
                     |r| {
@@ -956,6 +990,7 @@ impl Store for SqliteStore {
                             org_lower: r.get(7)?,
                             fields_json: r.get(8)?,
                             search: r.get(9)?,
+                            xml_zstd: r.get(10)?,
                         })
                     },
                 )
@@ -1519,6 +1554,7 @@ mod tests {
             org_lower: String::new(),
             fields_json: "{}".into(),
             search: String::new(),
+            xml_zstd: None,
         }
     }
 
@@ -1554,7 +1590,7 @@ mod tests {
             .expect("old indexes");
         drop(SqliteStore::open(&path, false).expect("migrate"));
         let c = Connection::open(&path).expect("reopen");
-        assert_eq!(c.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0)).expect("version"), 6);
+        assert_eq!(c.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0)).expect("version"), 7);
         assert_eq!(indexes(&c), ["cards_listing", "cards_search"]);
         // Both are replaced by the ones in insertion order.
         let sql = |name: &str| -> String {

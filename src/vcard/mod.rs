@@ -170,6 +170,8 @@ fn indexed(bytes: &[u8], card: &VCard, uid: &str, version: Version) -> NewCard {
         org_lower: index.org,
         fields_json: projected.fields_json(),
         search: projected.search_text(),
+        // Made here, on the request's task, not under the store's write lock.
+        xml_zstd: crate::body::card_xml_frame(bytes),
     }
 }
 

@@ -84,4 +84,11 @@ echo "thunderbird: $zstd_answers multistatus answers were zstd-compressed"
 if [ "$zstd_answers" -eq 0 ]; then
   echo "thunderbird: no answer was zstd-compressed; did Thunderbird stop asking for it?"; exit 1
 fi
+# The seeded photo card is stored with a zstd frame of its own, which answers send as it is: such an answer is
+# several zstd frames in a row (RFC 8878 §3), and Thunderbird must have read it whole.
+spliced=$(grep -c 'sent cards from their stored frames' "$work/server.log" || true)
+echo "thunderbird: $spliced zstd answers held stored frames"
+if [ "$spliced" -eq 0 ]; then
+  echo "thunderbird: no answer held a stored frame; was the photo card not stored with one?"; exit 1
+fi
 echo "thunderbird interop: $(( $(date +%s) - started ))s"

@@ -241,7 +241,7 @@ fn classify(bytes: &[u8]) -> Expect {
 }
 
 /// Inserts `UID:{uid}` after the VERSION line, with the card's own line ending.
-fn with_uid(bytes: &[u8], uid: &str) -> Vec<u8> {
+pub(crate) fn with_uid(bytes: &[u8], uid: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(bytes.len() + uid.len() + 8);
     let mut done = false;
     for line in bytes.split_inclusive(|b| *b == b'\n') {

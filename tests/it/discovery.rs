@@ -262,3 +262,157 @@ async fn shared_books_are_named_apart_from_the_sharees_own() {
     drop(office);
     s.stop().await;
 }
+
+/// A photo's worth of base64 that no compressor can shrink by matching (xorshift bytes), folded as vCards fold.
+fn photo_line(seed: u64, bytes: usize) -> String {
+    use base64::Engine;
+    let mut x = seed | 1;
+    let raw: Vec<u8> = (0..bytes)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    let encoded = base64::engine::general_purpose::STANDARD.encode(raw);
+    let mut line = String::from("PHOTO;ENCODING=b;TYPE=JPEG:");
+    for (i, c) in encoded.chars().enumerate() {
+        if i > 0 && (i + 27) % 74 == 0 {
+            line.push_str("\r\n ");
+        }
+        line.push(c);
+    }
+    line + "\r\n"
+}
+
+/// The `<d:response>` elements of a multistatus, sorted (zstd answers send large cards last), and whether a
+/// `<d:sync-token>` comes after all of them.
+fn sorted_responses(body: &[u8]) -> (Vec<String>, bool) {
+    let text = String::from_utf8(body.to_vec()).expect("utf-8");
+    let mut responses: Vec<String> =
+        text.split("<d:response>").skip(1).map(|r| r.split("</d:response>").next().expect("end").to_string()).collect();
+    responses.sort();
+    let token_last = text.rfind("<d:sync-token>").is_some_and(|t| t > text.rfind("</d:response>").unwrap_or(0));
+    (responses, token_last)
+}
+
+/// The zstd frames an answer is made of.
+fn zstd_frames(body: &[u8]) -> usize {
+    let (mut at, mut frames) = (0, 0);
+    while at < body.len() {
+        at += zstd::zstd_safe::find_frame_compressed_size(&body[at..]).expect("a whole zstd frame");
+        frames += 1;
+    }
+    frames
+}
+
+/// Large cards that barely compress (photos) are stored with their XML in a zstd frame of its own, and answers
+/// in zstd send those frames as they are (BENCHMARKS.md, optimization 21). Such an answer must hold exactly the
+/// responses of the uncompressed one, also after a card is changed, shrunk or moved, and a sync-token stays
+/// after every response. Conversions and gzip answers never use the frames.
+#[tokio::test]
+async fn zstd_answers_send_large_cards_from_their_stored_frames() {
+    let s = TestServer::start().await;
+    let alice = s.user("alice").await;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/vcards");
+    // Real cards with photos (fixtures/vcards/SOURCES.md), two made here, and small ones around them.
+    let mut names = Vec::new();
+    for (name, fixture) in [
+        ("iphone.vcf", "ez-vcard/John_Doe_IPHONE.vcf"),
+        ("mac.vcf", "ez-vcard/John_Doe_MAC_ADDRESS_BOOK.vcf"),
+        ("kontact.vcf", "ical4j-vcard/vcard-antoni-kontact.vcf"),
+    ] {
+        let card = std::fs::read(root.join(fixture)).expect("fixture");
+        let card = if card.windows(4).any(|w| w == b"\nUID") { card } else { crate::corpus::with_uid(&card, name) };
+        let r = alice.send("PUT", &format!("{}{name}", alice.book()), &[("content-type", "text/vcard")], card).await;
+        assert!(r.status.is_success(), "{fixture}: {} {}", r.status, r.text());
+        names.push(name.to_string());
+    }
+    for i in 0..2u64 {
+        let card = vcard4(&format!("photo{i}"), &format!("Photo {i}"), &photo_line(i + 1, 9000));
+        let r = alice.put(&format!("{}photo{i}.vcf", alice.book()), &card, &[]).await;
+        assert!(r.status.is_success(), "{} {}", r.status, r.text());
+        names.push(format!("photo{i}.vcf"));
+    }
+    for i in 0..30 {
+        alice.put_card(&format!("small{i}.vcf"), &format!("small{i}"), &format!("Small Person {i}"), "").await;
+        names.push(format!("small{i}.vcf"));
+    }
+    let multiget = |names: &[String], version: &str| {
+        let hrefs: String = names.iter().map(|n| format!("<d:href>{}{n}</d:href>", alice.book())).collect();
+        format!(
+            r#"<c:addressbook-multiget xmlns:d="DAV:" xmlns:c="urn:ietf:params:xml:ns:carddav"><d:prop><d:getetag/><c:address-data{version}/></d:prop>{hrefs}</c:addressbook-multiget>"#
+        )
+    };
+    let ask = |body: String, accept: Option<&'static str>| {
+        let alice = &alice;
+        async move {
+            let mut headers = vec![("depth", "1"), ("content-type", "application/xml")];
+            headers.extend(accept.map(|a| ("accept-encoding", a)));
+            let r = alice.send("REPORT", &alice.book(), &headers, body).await;
+            assert_eq!(r.status, 207, "{}", r.text());
+            r
+        }
+    };
+    // The zstd answer and the plain one agree; returns the frames the zstd answer is made of.
+    let agree = |body: String| {
+        let ask = &ask;
+        async move {
+            let plain = ask(body.clone(), None).await;
+            let zstd = ask(body, Some("gzip, deflate, br, zstd")).await;
+            assert_eq!(zstd.header("content-encoding").as_deref(), Some("zstd"));
+            let (want, want_token_last) = sorted_responses(&plain.body);
+            let (got, got_token_last) = sorted_responses(&decoded(&zstd));
+            let differing: Vec<&str> = got
+                .iter()
+                .zip(&want)
+                .filter(|(g, w)| g != w)
+                .map(|(g, _)| g.split("</d:href>").next().unwrap_or_default())
+                .collect();
+            assert!(got.len() == want.len() && differing.is_empty(), "the zstd answer differs: {differing:?}");
+            assert_eq!(got_token_last, want_token_last, "the sync-token stays after every response");
+            zstd_frames(&zstd.body)
+        }
+    };
+
+    // Five large cards: each its own frame, the XML before, between and after them in frames of their own.
+    assert!(agree(multiget(&names, "")).await >= 11, "the large cards were sent from their frames");
+    // A small card and a changed photo: the frames follow the cards.
+    let r = alice
+        .put(&format!("{}photo0.vcf", alice.book()), &vcard4("photo0", "Photo 0 changed", &photo_line(7, 9000)), &[])
+        .await;
+    assert!(r.status.is_success());
+    alice.put_card("mac.vcf", "mac-now-small", "Mac Now Small", "").await;
+    let moved = alice
+        .send(
+            "MOVE",
+            &format!("{}photo1.vcf", alice.book()),
+            &[("destination", &format!("{}moved.vcf", alice.book()))],
+            Vec::new(),
+        )
+        .await;
+    assert_eq!(moved.status, 201, "{}", moved.text());
+    let names: Vec<String> =
+        names.iter().map(|n| if n == "photo1.vcf" { "moved.vcf".to_string() } else { n.clone() }).collect();
+    assert!(agree(multiget(&names, "")).await >= 9, "four large cards left");
+    let zstd = decoded(&ask(multiget(&names, ""), Some("zstd")).await);
+    let zstd = String::from_utf8(zstd).expect("utf-8");
+    assert!(zstd.contains("FN:Photo 0 changed") && zstd.contains("FN:Mac Now Small"), "current cards");
+    assert!(!zstd.contains("FN:Photo 0&#13;"), "no stale frame of the old photo card");
+    // The initial sync-collection with address-data (Thunderbird's), and a multiget converting to 3.0, which
+    // cannot use the frames: a 4.0 photo card comes back as 3.0.
+    let props = "<d:getetag/><card:address-data/>";
+    let sync = format!(
+        r#"<d:sync-collection xmlns:d="DAV:" xmlns:card="urn:ietf:params:xml:ns:carddav"><d:sync-token/><d:sync-level>1</d:sync-level><d:prop>{props}</d:prop></d:sync-collection>"#
+    );
+    assert!(agree(sync).await >= 9);
+    assert_eq!(agree(multiget(&names, r#" version="3.0""#)).await, 1, "a conversion is compressed with the answer");
+    let converted = decoded(&ask(multiget(&["moved.vcf".to_string()], r#" version="3.0""#), Some("zstd")).await);
+    assert!(String::from_utf8(converted).expect("utf-8").contains("VERSION:3.0"), "converted to 3.0");
+    // gzip answers are one stream, frames or not.
+    let gzip = ask(multiget(&names, ""), Some("gzip")).await;
+    assert_eq!(gzip.header("content-encoding").as_deref(), Some("gzip"));
+    assert_eq!(sorted_responses(&decoded(&gzip)).0, sorted_responses(&ask(multiget(&names, ""), None).await.body).0);
+    s.stop().await;
+}

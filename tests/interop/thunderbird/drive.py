@@ -137,6 +137,16 @@ def vcard(version, uid, fn, email, extra=()):
     return "\r\n".join(lines) + "\r\n"
 
 
+def photo(seed, size=9000):
+    """A folded vCard 3.0 PHOTO line of `size` random bytes: big enough that kartei stores the card with a zstd
+    frame of its own and sends that frame as it is, so Thunderbird must read an answer of several frames."""
+    import base64
+    import random
+    data = base64.b64encode(random.Random(seed).randbytes(size)).decode()
+    line = "PHOTO;ENCODING=b;TYPE=JPEG:" + data
+    return "\r\n ".join(line[i:i + 74] for i in range(0, len(line), 74))
+
+
 # ---------------------------------------------------------------- Thunderbird side (Marionette)
 
 PREFS = """
@@ -381,17 +391,17 @@ class Scenario:
         if len(read_only) != 1:
             raise StepFailed(f"expected one read-only (shared) book in {self.home}, found {read_only}")
         self.shared = Book(read_only[0])
-        for uid, fn, email, version in (("srv-alice", "Alice Server", "alice@example.org", "3.0"),
-                                        ("srv-bob", "Bob Server", "bob@example.org", "4.0"),
-                                        ("srv-erin", "Erin Server", "erin@example.org", "3.0")):
-            self.server_put(self.srv, self.main, uid, version, fn, email, create=True)
+        for uid, fn, email, version, extra in (("srv-alice", "Alice Server", "alice@example.org", "3.0", ()),
+                                               ("srv-bob", "Bob Server", "bob@example.org", "4.0", ()),
+                                               ("srv-erin", "Erin Server", "erin@example.org", "3.0", (photo(5),))):
+            self.server_put(self.srv, self.main, uid, version, fn, email, extra, create=True)
             self.main.model[uid] = (fn, email)
         for uid, fn, email in (("office-otto", "Otto Office", "otto@example.com"),
                                ("office-paula", "Paula Office", "paula@example.com")):
             self.server_put(self.owner, self.owner_book, uid, "3.0", fn, email, create=True)
             self.shared.model[uid] = (fn, email)
-        return ("curl PUT 3 cards (vCard 3.0 and 4.0) into the user's book, 2 into the book another user "
-                "shares with them read-only")
+        return ("curl PUT 3 cards (vCard 3.0 and 4.0, one with a 9 KB photo) into the user's book, 2 into the "
+                "book another user shares with them read-only")
 
     def start_thunderbird(self):
         self.profile.mkdir(parents=True, exist_ok=True)
