@@ -145,6 +145,10 @@ pub trait AnswerSink: Write {
     /// Appends a zstd frame made in advance (`card_xml_frame`) after what was written so far, which ends the
     /// frame being written. Only answers coded in zstd take them (`takes_zstd_frames`).
     fn splice_zstd_frame(&mut self, frame: &[u8]) -> io::Result<()>;
+
+    fn takes_zstd_frames(&self) -> bool {
+        false
+    }
 }
 
 /// For producers that chose frames for an answer that is not coded in zstd: a bug, which cuts the answer.
@@ -173,6 +177,10 @@ impl AnswerSink for Vec<u8> {
 impl<T: AnswerSink + ?Sized> AnswerSink for &mut T {
     fn splice_zstd_frame(&mut self, frame: &[u8]) -> io::Result<()> {
         (**self).splice_zstd_frame(frame)
+    }
+
+    fn takes_zstd_frames(&self) -> bool {
+        (**self).takes_zstd_frames()
     }
 }
 
@@ -470,6 +478,10 @@ impl Write for ZstdWriter<'_> {
 }
 
 impl AnswerSink for ZstdWriter<'_> {
+    fn takes_zstd_frames(&self) -> bool {
+        true
+    }
+
     fn splice_zstd_frame(&mut self, frame: &[u8]) -> io::Result<()> {
         self.end_frame()?;
         self.pending.extend_from_slice(frame);

@@ -286,7 +286,7 @@ fn photo_line(seed: u64, bytes: usize) -> String {
     line + "\r\n"
 }
 
-/// The `<d:response>` elements of a multistatus, sorted (zstd answers send large cards last), and whether a
+/// The `<d:response>` elements of a multistatus, sorted (zstd answers send large cards first), and whether a
 /// `<d:sync-token>` comes after all of them.
 fn sorted_responses(body: &[u8]) -> (Vec<String>, bool) {
     let text = String::from_utf8(body.to_vec()).expect("utf-8");
