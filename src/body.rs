@@ -622,16 +622,7 @@ mod tests {
     fn zstd_answers_keep_huffman_coded_literals() {
         // Base64 of random bytes: no matches, six bits of information per byte. Coded literals take ~75 % of it;
         // without them (what the target length alone would bring) it would stay at ~100 %.
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        let random: Vec<u8> = (0..48 * 1024)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                state as u8
-            })
-            .collect();
-        let text = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &random);
+        let text = random_base64(0x2545_f491_4f6c_dd1d, 48 * 1024);
         let mut context = ZstdContext::take().expect("context");
         let mut out = Vec::new();
         {
@@ -644,6 +635,7 @@ mod tests {
         assert!(ratio < 0.8, "compressed to {:.0} % of the text", ratio * 100.0);
     }
 
+    /// Base64 of `bytes` xorshift bytes: a photo's worth of text that no compressor finds a match in.
     fn random_base64(seed: u64, bytes: usize) -> String {
         let mut state = seed | 1;
         let random: Vec<u8> = (0..bytes)
