@@ -491,7 +491,11 @@ impl AnswerSink for ZstdWriter<'_> {
 }
 
 /// Cards whose text is shorter are always compressed with the answer: alone they compress several times worse.
-const CARD_FRAME_MIN: usize = 4096;
+pub const CARD_FRAME_MIN: usize = 4096;
+
+/// The version of how `card_xml_frame` makes frames (which cards, which parameters). A database whose frames
+/// were made otherwise, or before frames were stored, gets them made again when it is opened.
+pub const CARD_FRAMES_VERSION: &str = "1";
 
 /// A card's text as XML element content (`push_escaped_text`, as in a multistatus) in one zstd frame, made
 /// with the answers' parameters; `None` for a card better compressed with the rest of an answer. Only large
@@ -516,6 +520,16 @@ pub fn card_xml_frame(text: &[u8]) -> Option<Vec<u8>> {
             None
         }
     }
+}
+
+/// Whether `frame` is one zstd frame holding exactly `text` as XML element content, as `card_xml_frame` makes
+/// it (`kartei check`: an answer would send the frame in place of the card's text).
+pub fn card_frame_holds(frame: &[u8], text: &[u8]) -> bool {
+    let mut xml = Vec::with_capacity(text.len() + text.len() / 32);
+    crate::dav::response::push_escaped_text(&mut xml, text);
+    // One frame, not more: the decoder's limit is the expected size, so a longer frame fails too.
+    let one_frame = zstd::zstd_safe::find_frame_compressed_size(frame).is_ok_and(|n| n == frame.len());
+    one_frame && zstd::bulk::decompress(frame, xml.len()).is_ok_and(|decoded| decoded == xml)
 }
 
 /// Runs `produce` on the blocking pool, streaming what it writes as the response body, compressed on the
@@ -663,6 +677,13 @@ mod tests {
         let note =
             format!("BEGIN:VCARD\r\nVERSION:4.0\r\nFN:Notes\r\nNOTE:{}\r\nEND:VCARD\r\n", "meeting notes ".repeat(600));
         assert_eq!(card_xml_frame(note.as_bytes()), None, "text that compresses well stays with the answer");
+
+        // `kartei check`'s test of a stored frame.
+        assert!(card_frame_holds(&frame, photo.as_bytes()));
+        let other = photo.replace("FN:A", "FN:B");
+        assert!(!card_frame_holds(&frame, other.as_bytes()), "another card's text");
+        assert!(!card_frame_holds(&[frame.clone(), frame.clone()].concat(), photo.as_bytes()), "two frames");
+        assert!(!card_frame_holds(&frame[..frame.len() - 1], photo.as_bytes()), "a frame cut short");
     }
 
     /// What a `ZstdWriter` hands to the connection, as one body.

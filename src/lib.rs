@@ -51,6 +51,7 @@ pub fn open_store(config: &Config) -> Result<SharedStore, String> {
     let store =
         SqliteStore::open(&config.database_path(), full).map_err(|e| format!("cannot open the database: {e}"))?;
     refresh_search_columns(&store).map_err(|e| format!("cannot update the search columns: {e}"))?;
+    refresh_card_frames(&store).map_err(|e| format!("cannot make the cards' zstd frames: {e}"))?;
     Ok(Arc::new(store))
 }
 
@@ -78,6 +79,27 @@ fn refresh_search_columns(store: &dyn store::Store) -> store::Result<()> {
     let unreadable = unreadable.into_inner();
     if unreadable > 0 {
         tracing::warn!(cards = unreadable, "cards that do not parse kept their old search columns (`kartei check`)");
+    }
+    Ok(())
+}
+
+/// Makes the zstd frames stored with large cards (`body::card_xml_frame`) when the database's were made
+/// otherwise or not at all (a database from before schema v7): without them those cards are compressed again
+/// for every answer, and a frame made with other parameters than today's must not stay.
+fn refresh_card_frames(store: &dyn store::Store) -> store::Result<()> {
+    const KEY: &str = "card_frames_version";
+    if store.setting(KEY)?.as_deref() == Some(body::CARD_FRAMES_VERSION) {
+        return Ok(());
+    }
+    let started = std::time::Instant::now();
+    let changed = store.refresh_card_frames(body::CARD_FRAME_MIN, &body::card_xml_frame)?;
+    store.set_setting(KEY, body::CARD_FRAMES_VERSION)?;
+    if changed > 0 {
+        tracing::info!(
+            cards = changed,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "cards' zstd frames made again"
+        );
     }
     Ok(())
 }

@@ -350,6 +350,9 @@ pub type CardSink<'a> = dyn FnMut(&CardMeta, CardBody<'_>) -> bool + 'a;
 /// the card as it is.
 pub type SearchProjection<'a> = dyn Fn(&[u8]) -> Option<NewCard> + 'a;
 
+/// A card's text → the zstd frame to store with it (`NewCard::xml_zstd`), or None for a card sent without one.
+pub type FrameMaker<'a> = dyn Fn(&[u8]) -> Option<Vec<u8>> + 'a;
+
 pub trait Store: Records + Send + Sync {
     // --- users ---
     fn create_user(&self, username: &str, display_name: &str, password_hash: &str) -> Result<User>;
@@ -425,6 +428,10 @@ pub trait Store: Records + Send + Sync {
     /// stored text with `project` (None leaves a card as it is), for when the folding they hold changed;
     /// returns how many were made. Not a change of any card: ETags, revisions and sync tokens stay.
     fn refresh_search_columns(&self, project: &SearchProjection<'_>) -> Result<usize>;
+    /// Makes the stored frame (`NewCard::xml_zstd`) of every card of at least `min_size` bytes, and of every
+    /// card that has one, again with `make`, for a database written before frames were stored or with other
+    /// parameters; returns how many frames were set, changed or dropped. Not a change of any card.
+    fn refresh_card_frames(&self, min_size: usize, make: &FrameMaker<'_>) -> Result<usize>;
     /// One page of the contact table across books, in sort order.
     fn search_contacts(&self, query: &ContactQuery) -> Result<Vec<FoundCard>>;
 

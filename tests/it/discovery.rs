@@ -416,3 +416,75 @@ async fn zstd_answers_send_large_cards_from_their_stored_frames() {
     assert_eq!(sorted_responses(&decoded(&gzip)).0, sorted_responses(&ask(multiget(&names, ""), None).await.body).0);
     s.stop().await;
 }
+
+/// A database written before frames were stored (schema v6, or frames made otherwise) gets them when it is
+/// opened, and `kartei check` finds a frame that does not hold its card's text, says so and makes it again.
+#[tokio::test]
+async fn stored_frames_are_made_for_older_databases_and_checked() {
+    let s = TestServer::start().await;
+    let alice = s.user("alice").await;
+    let mut hrefs = String::new();
+    for i in 0..2u64 {
+        let card = vcard4(&format!("photo{i}"), &format!("Photo {i}"), &photo_line(i + 11, 9000));
+        assert!(alice.put(&format!("{}photo{i}.vcf", alice.book()), &card, &[]).await.status.is_success());
+        hrefs.push_str(&format!("<d:href>{}photo{i}.vcf</d:href>", alice.book()));
+    }
+    for i in 0..5 {
+        alice.put_card(&format!("small{i}.vcf"), &format!("small{i}"), &format!("Small Person {i}"), "").await;
+        hrefs.push_str(&format!("<d:href>{}small{i}.vcf</d:href>", alice.book()));
+    }
+    let multiget = format!(
+        r#"<c:addressbook-multiget xmlns:d="DAV:" xmlns:c="urn:ietf:params:xml:ns:carddav"><d:prop><d:getetag/><c:address-data/></d:prop>{hrefs}</c:addressbook-multiget>"#
+    );
+    let plain = sorted_responses(&alice.report(&alice.book(), "1", &multiget).await.body).0;
+    // The frames of a zstd answer, after checking that it says what the uncompressed one says.
+    let frames = || async {
+        let headers = [("depth", "1"), ("content-type", "application/xml"), ("accept-encoding", "zstd")];
+        let r = alice.send("REPORT", &alice.book(), &headers, multiget.clone()).await;
+        assert_eq!(r.status, 207, "{}", r.text());
+        assert_eq!(sorted_responses(&decoded(&r)).0, plain, "the zstd answer holds the cards' text");
+        zstd_frames(&r.body)
+    };
+    assert!(frames().await >= 3, "each photo from its stored frame");
+
+    let db = rusqlite::Connection::open(s.config.database_path()).expect("open the database");
+    db.execute_batch("UPDATE cards SET xml_zstd = NULL; DELETE FROM settings WHERE key = 'card_frames_version';")
+        .expect("as a database from before schema v7");
+    assert_eq!(frames().await, 1, "no stored frames: the photos are compressed with the answer");
+    let etag = alice.get(&format!("{}photo0.vcf", alice.book())).await.header("etag");
+    kartei::open_store(&s.config).expect("opening makes the frames");
+    assert!(frames().await >= 3, "the frames were made when the database was opened");
+    assert_eq!(alice.get(&format!("{}photo0.vcf", alice.book())).await.header("etag"), etag, "not a change");
+
+    // A frame that holds another card's text: `kartei check` names the card and makes the frame again.
+    db.execute(
+        "UPDATE cards SET xml_zstd = (SELECT xml_zstd FROM cards WHERE name = 'photo1.vcf') WHERE name = 'photo0.vcf'",
+        [],
+    )
+    .expect("a wrong frame");
+    let headers = [("depth", "1"), ("content-type", "application/xml"), ("accept-encoding", "zstd")];
+    let wrong = alice.send("REPORT", &alice.book(), &headers, multiget.clone()).await;
+    assert_ne!(sorted_responses(&decoded(&wrong)).0, plain, "the wrong frame is sent as it is");
+    let config = s.dir.path().join("cli.toml");
+    std::fs::write(&config, format!("[storage]\ndata_dir = \"{}\"\n", s.config.storage.data_dir.display()))
+        .expect("config");
+    let check = || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_kartei"))
+            .arg("--config")
+            .arg(&config)
+            .arg("check")
+            .output()
+            .expect("kartei check");
+        (
+            out.status.success(),
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+        )
+    };
+    let (ok, said) = check();
+    assert!(!ok && said.contains("alice/contacts/photo0.vcf") && !said.contains("photo1"), "{said}");
+    assert!(said.contains("1 frames made again"), "{said}");
+    let (ok, said) = check();
+    assert!(ok && said.contains("ok: integrity_check passed, 7 cards parse"), "{said}");
+    assert!(frames().await >= 3, "the answer holds photo0's own text again, from its frame");
+    s.stop().await;
+}
