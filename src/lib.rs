@@ -55,14 +55,31 @@ pub fn open_store(config: &Config) -> Result<SharedStore, String> {
     Ok(Arc::new(store))
 }
 
-/// Remakes the stored search columns when they were made with an older folding (a database from an older
-/// kartei), so that a search finds the same cards in old and new contacts.
-fn refresh_search_columns(store: &dyn store::Store) -> store::Result<()> {
-    const KEY: &str = "search_fold_version";
-    if store.setting(KEY)?.as_deref() == Some(vcard::SEARCH_COLUMNS_VERSION) {
+/// Runs `remake` (which returns how many cards it changed) unless the setting `key` already says `version`,
+/// then records `version` and logs what was made: derived data that a newer kartei makes otherwise is made
+/// again once, when the database is first opened by it.
+fn once_per_version(
+    store: &dyn store::Store,
+    key: &str,
+    version: &str,
+    what: &str,
+    remake: impl FnOnce() -> store::Result<usize>,
+) -> store::Result<()> {
+    if store.setting(key)?.as_deref() == Some(version) {
         return Ok(());
     }
     let started = std::time::Instant::now();
+    let made = remake()?;
+    store.set_setting(key, version)?;
+    if made > 0 {
+        tracing::info!(cards = made, elapsed_ms = started.elapsed().as_millis() as u64, "{what} made again");
+    }
+    Ok(())
+}
+
+/// Remakes the stored search columns when they were made with an older folding (a database from an older
+/// kartei), so that a search finds the same cards in old and new contacts.
+fn refresh_search_columns(store: &dyn store::Store) -> store::Result<()> {
     let unreadable = std::sync::atomic::AtomicUsize::new(0);
     let project = |text: &[u8]| {
         let card = vcard::reindex_stored(text);
@@ -71,11 +88,9 @@ fn refresh_search_columns(store: &dyn store::Store) -> store::Result<()> {
         }
         card
     };
-    let made = store.refresh_search_columns(&project)?;
-    store.set_setting(KEY, vcard::SEARCH_COLUMNS_VERSION)?;
-    if made > 0 {
-        tracing::info!(cards = made, elapsed_ms = started.elapsed().as_millis() as u64, "search columns made again");
-    }
+    once_per_version(store, "search_fold_version", vcard::SEARCH_COLUMNS_VERSION, "search columns", || {
+        store.refresh_search_columns(&project)
+    })?;
     let unreadable = unreadable.into_inner();
     if unreadable > 0 {
         tracing::warn!(cards = unreadable, "cards that do not parse kept their old search columns (`kartei check`)");
@@ -87,21 +102,9 @@ fn refresh_search_columns(store: &dyn store::Store) -> store::Result<()> {
 /// otherwise or not at all (a database from before schema v7): without them those cards are compressed again
 /// for every answer, and a frame made with other parameters than today's must not stay.
 fn refresh_card_frames(store: &dyn store::Store) -> store::Result<()> {
-    const KEY: &str = "card_frames_version";
-    if store.setting(KEY)?.as_deref() == Some(body::CARD_FRAMES_VERSION) {
-        return Ok(());
-    }
-    let started = std::time::Instant::now();
-    let changed = store.refresh_card_frames(body::CARD_FRAME_MIN, &body::card_xml_frame)?;
-    store.set_setting(KEY, body::CARD_FRAMES_VERSION)?;
-    if changed > 0 {
-        tracing::info!(
-            cards = changed,
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "cards' zstd frames made again"
-        );
-    }
-    Ok(())
+    once_per_version(store, "card_frames_version", body::CARD_FRAMES_VERSION, "cards' zstd frames", || {
+        store.refresh_card_frames(body::CARD_FRAME_MIN, &body::card_xml_frame)
+    })
 }
 
 /// A running server.

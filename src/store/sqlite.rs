@@ -1069,8 +1069,8 @@ impl Store for SqliteStore {
     }
 
     fn refresh_card_frames(&self, min_size: usize, make: &FrameMaker<'_>) -> Result<usize> {
-        // Read and compressed in batches outside the write lock (a frame costs ~25 µs), each batch written in
-        // one transaction. A card rewritten in between keeps the frame its own write made (the ETag differs).
+        // Read and compressed in batches outside the write lock (compressing is most of the time), each batch
+        // written in one transaction. A card rewritten in between keeps the frame its own write made (the ETag differs).
         const BATCH: i64 = 500;
         let (mut after, mut changed) = (0_i64, 0_usize);
         loop {
