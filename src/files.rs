@@ -356,7 +356,7 @@ async fn proppatch(ctx: &Ctx, path: &str, incoming: RequestBody) -> DavResult<Re
         }
         patches.push(match op {
             PatchOp::Set(e) => {
-                BookPatch::SetDead(DeadProperty { namespace: e.ns.clone(), name: e.name.clone(), xml: e.to_xml() })
+                BookPatch::SetDead(DeadProperty { namespace: e.ns.to_string(), name: e.name.clone(), xml: e.to_xml() })
             }
             PatchOp::Remove(n) => BookPatch::RemoveDead { namespace: n.ns.clone(), name: n.name.clone() },
         });

@@ -6,6 +6,8 @@
 //! only characters XML 1.0 allows (a control character stored in a dead property would make every later
 //! PROPFIND answer unparsable), in names that are XML names.
 
+use std::borrow::Cow;
+
 use quick_xml::escape::resolve_predefined_entity;
 use quick_xml::events::{BytesStart, Event};
 use quick_xml::name::{NamespaceResolver, ResolveResult};
@@ -21,7 +23,8 @@ pub const NS_XML: &str = "http://www.w3.org/XML/1998/namespace";
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Element {
-    pub ns: String,
+    /// Borrowed for the namespaces DAV bodies use (`KNOWN_NAMESPACES`): one allocation less per element.
+    pub ns: Cow<'static, str>,
     pub name: String,
     /// Attributes without a namespace prefix, by local name (DAV and CardDAV use only these).
     pub attrs: Vec<(String, String)>,
@@ -83,7 +86,7 @@ impl Element {
     fn write_xml(&self, out: &mut String, parent_ns: Option<&str>) {
         out.push('<');
         out.push_str(&self.name);
-        if parent_ns != Some(self.ns.as_str()) {
+        if parent_ns != Some(&*self.ns) {
             out.push_str(" xmlns=\"");
             out.push_str(&self.ns);
             out.push('"');
@@ -160,6 +163,11 @@ fn is_xml_char(c: char) -> bool {
 }
 
 fn check_chars(s: &str) -> Result<(), XmlError> {
+    // Most text is ASCII: then only the C0 controls can be wrong, and a byte test says so (the character
+    // walk was the largest part of parsing a multiget's hrefs).
+    if s.is_ascii() && !s.bytes().any(|b| b < 0x20 && !matches!(b, b'\t' | b'\n' | b'\r')) {
+        return Ok(());
+    }
     match s.chars().find(|c| !is_xml_char(*c)) {
         Some(c) => Err(XmlError(format!("character U+{:04X} is not allowed in XML", c as u32))),
         None => Ok(()),
@@ -180,15 +188,29 @@ fn is_name_char(c: char) -> bool {
 }
 
 fn check_name(name: &str) -> Result<(), XmlError> {
+    let ascii_name = name.as_bytes().first().is_some_and(|b| b.is_ascii_alphabetic() || *b == b'_')
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+    if ascii_name {
+        return Ok(());
+    }
     let mut chars = name.chars();
     let valid = chars.next().is_some_and(is_name_start) && chars.all(is_name_char);
     if valid { Ok(()) } else { Err(XmlError(format!("'{}' is not an XML name", name.escape_debug()))) }
 }
 
-fn namespace(ns: ResolveResult) -> Result<String, XmlError> {
+/// The namespaces DAV request bodies use, shared instead of copied into every element.
+const KNOWN_NAMESPACES: [&str; 5] =
+    [super::NS_DAV, super::NS_CARDDAV, super::NS_CALSERVER, "http://apple.com/ns/ical/", "http://me.com/_namespace/"];
+
+fn namespace(ns: ResolveResult) -> Result<Cow<'static, str>, XmlError> {
     let ns = match ns {
-        ResolveResult::Bound(ns) => ns.as_ref().to_string(),
-        ResolveResult::Unbound => String::new(),
+        ResolveResult::Bound(ns) => {
+            if let Some(known) = KNOWN_NAMESPACES.iter().find(|k| **k == ns.as_ref()) {
+                return Ok(Cow::Borrowed(known));
+            }
+            ns.as_ref().to_string()
+        }
+        ResolveResult::Unbound => return Ok(Cow::Borrowed("")),
         ResolveResult::Unknown(prefix) => {
             return Err(XmlError(format!("undeclared namespace prefix '{}'", prefix)));
         }
@@ -198,10 +220,10 @@ fn namespace(ns: ResolveResult) -> Result<String, XmlError> {
     if ns.chars().any(|c| matches!(c, '<' | '>' | '&' | '"' | '\'') || c.is_whitespace() || c.is_control()) {
         return Err(XmlError(format!("namespace '{}' is not a URI", ns.escape_debug())));
     }
-    Ok(ns)
+    Ok(Cow::Owned(ns))
 }
 
-fn start_element(e: &BytesStart, ns: String, resolver: &NamespaceResolver) -> Result<Element, XmlError> {
+fn start_element(e: &BytesStart, ns: Cow<'static, str>, resolver: &NamespaceResolver) -> Result<Element, XmlError> {
     let name = e.local_name().as_ref().to_string();
     check_name(&name)?;
     let mut attrs = Vec::new();
@@ -223,7 +245,7 @@ fn start_element(e: &BytesStart, ns: String, resolver: &NamespaceResolver) -> Re
             let (attr_ns, local) = resolver.resolve_attribute(key);
             let local = local.as_ref().to_string();
             check_name(&local)?;
-            ns_attrs.push((namespace(attr_ns)?, local, value.into_owned()));
+            ns_attrs.push((namespace(attr_ns)?.into_owned(), local, value.into_owned()));
             continue;
         }
         check_name(key.as_ref())?;
@@ -334,6 +356,8 @@ mod tests {
         assert!(e.is("DAV:", "propfind"));
         let prop = e.child("DAV:", "prop").expect("prop");
         assert!(prop.children[0].is("urn:x", "foo"));
+        // The namespaces of DAV bodies are shared, not copied into every element.
+        assert!(matches!(prop.ns, Cow::Borrowed(_)) && matches!(prop.children[0].ns, Cow::Owned(_)));
     }
 
     #[test]
@@ -352,6 +376,8 @@ mod tests {
         assert!(parse(b"<x xmlns=\"DAV:\">&#1;</x>").is_err());
         assert!(parse(b"<x xmlns=\"DAV:\">&#xFFFE;</x>").is_err());
         assert!(parse(b"<x xmlns=\"DAV:\">a\x1bb</x>").is_err());
+        assert!(parse("<x xmlns=\"DAV:\">ä\u{FFFF}</x>".as_bytes()).is_err(), "non-ASCII text is checked in full");
+        assert!(parse("<x\u{2FF0} xmlns=\"DAV:\"/>".as_bytes()).is_err(), "non-ASCII names are checked in full");
         assert!(parse(b"<x xmlns=\"DAV:\"><![CDATA[\x01]]></x>").is_err());
         assert!(parse(b"<x xmlns=\"DAV:\" a=\"\x08\"/>").is_err());
         assert!(parse(b"<x xmlns=\"urn:\x01\"/>").is_err());

@@ -34,7 +34,7 @@ pub fn to_patch(op: &PatchOp) -> Option<(PropName, BookPatch)> {
             } else if name.is(NS_CARDDAV, "addressbook-description") {
                 BookPatch::Description(Some(text))
             } else {
-                BookPatch::SetDead(DeadProperty { namespace: e.ns.clone(), name: e.name.clone(), xml: e.to_xml() })
+                BookPatch::SetDead(DeadProperty { namespace: e.ns.to_string(), name: e.name.clone(), xml: e.to_xml() })
             };
             (name, patch)
         }
@@ -102,7 +102,7 @@ async fn patch_home(ctx: Ctx, user: String, ops: Vec<PatchOp>) -> DavResult<Resp
                 }
                 names.push(PropName::new(&e.ns, &e.name));
                 patches.push(BookPatch::SetDead(DeadProperty {
-                    namespace: e.ns.clone(),
+                    namespace: e.ns.to_string(),
                     name: e.name.clone(),
                     xml: e.to_xml(),
                 }));

@@ -269,7 +269,7 @@ async fn multiget_answers_each_card_once() {
 async fn propnames(alice: &Dav, path: &str) -> Vec<(String, String)> {
     let body = r#"<d:propfind xmlns:d="DAV:"><d:propname/></d:propfind>"#;
     let ms = alice.propfind(path, "0", body).await.multistatus();
-    ms.responses[0].propstats.iter().flat_map(|(_, p)| p.iter().map(|e| (e.ns.clone(), e.name.clone()))).collect()
+    ms.responses[0].propstats.iter().flat_map(|(_, p)| p.iter().map(|e| (e.ns.to_string(), e.name.clone()))).collect()
 }
 
 /// propname lists exactly the properties a resource has (RFC 4918 §9.1): each of them PROPFIND answers
