@@ -669,7 +669,7 @@ impl MultistatusParser {
                         return Err(format!("bad XML: </{}> closes <{}>", e.name().as_ref(), &self.names[start..]));
                     }
                     self.names.truncate(start);
-                    self.end(tag);
+                    self.end(tag)?;
                 }
                 Event::Eof => return Ok(()),
                 _ => {}
@@ -703,10 +703,9 @@ impl MultistatusParser {
         Ok(Some(raw))
     }
 
-    fn end(&mut self, tag: Tag) {
+    fn end(&mut self, tag: Tag) -> Result<(), String> {
         let parent = self.stack.last().copied();
-        let text = String::from_utf8_lossy(&self.text);
-        let text = text.as_ref();
+        let text = std::str::from_utf8(&self.text).map_err(|_| "bad XML: text that is not UTF-8")?;
         match (tag, self.cur.as_mut()) {
             (Tag::Href, Some(r)) if parent == Some(Tag::Response) => r.href = text.trim().to_string(),
             (Tag::Status, Some(r)) if parent == Some(Tag::Response) => r.status = status_code(text),
@@ -728,6 +727,7 @@ impl MultistatusParser {
         }
         self.text.clear();
         self.done = self.stack.is_empty();
+        Ok(())
     }
 
     /// The answer, once the last piece was parsed.
@@ -788,6 +788,7 @@ struct Http {
     base: reqwest::Url,
     /// `Accept-Encoding` for PROPFIND/REPORT, if any.
     accept_encoding: Option<String>,
+    decode_pool: DecodePool,
 }
 
 struct Reply {
@@ -800,15 +801,15 @@ struct Reply {
 trait Decoder: std::io::Write {
     /// What was decoded so far.
     fn decoded(&self) -> &[u8];
-    /// The decoded body, once the stream is known to be whole.
-    fn finish(self: Box<Self>) -> std::io::Result<Vec<u8>>;
+    /// The decoded body, once the stream is known to be whole; what can be reused goes back to `pool`.
+    fn finish(self: Box<Self>, pool: &DecodePool) -> std::io::Result<Vec<u8>>;
 }
 
 impl Decoder for Vec<u8> {
     fn decoded(&self) -> &[u8] {
         self
     }
-    fn finish(self: Box<Self>) -> std::io::Result<Vec<u8>> {
+    fn finish(self: Box<Self>, _: &DecodePool) -> std::io::Result<Vec<u8>> {
         Ok(*self)
     }
 }
@@ -817,29 +818,96 @@ impl Decoder for flate2::write::GzDecoder<Vec<u8>> {
     fn decoded(&self) -> &[u8] {
         self.get_ref()
     }
-    fn finish(self: Box<Self>) -> std::io::Result<Vec<u8>> {
+    fn finish(self: Box<Self>, _: &DecodePool) -> std::io::Result<Vec<u8>> {
         (*self).finish()
     }
 }
 
-impl Decoder for zstd::stream::write::Decoder<'static, Vec<u8>> {
+/// A zstd stream decoded into a growing buffer with a context kept from earlier answers (a long-running
+/// client keeps its decoder): making a context and growing a fresh buffer for every answer was ~5 % of the
+/// client's CPU (BENCHMARKS.md, fifteenth session). Concatenated frames decode as one body.
+struct ZstdStream {
+    ctx: zstd::zstd_safe::DCtx<'static>,
+    out: Vec<u8>,
+    /// Whether the last input ended a frame (no body may end inside one).
+    at_frame_end: bool,
+}
+
+impl std::io::Write for ZstdStream {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let zstd_error = |code| std::io::Error::other(zstd::zstd_safe::get_error_name(code));
+        let mut input = zstd::zstd_safe::InBuffer::around(buf);
+        loop {
+            if self.out.capacity() - self.out.len() < 32 * 1024 {
+                self.out.reserve(128 * 1024);
+            }
+            let start = self.out.len();
+            let mut output = zstd::zstd_safe::OutBuffer::around_pos(&mut self.out, start);
+            let hint = self.ctx.decompress_stream(&mut output, &mut input).map_err(zstd_error)?;
+            let filled = output.pos() == output.capacity();
+            self.at_frame_end = hint == 0;
+            // Done when the input is used up and the output had room left (nothing more is buffered).
+            if input.pos() == buf.len() && !filled {
+                return Ok(buf.len());
+            }
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Decoder for ZstdStream {
     fn decoded(&self) -> &[u8] {
-        self.get_ref()
+        &self.out
     }
-    fn finish(self: Box<Self>) -> std::io::Result<Vec<u8>> {
-        // Fails with "incomplete frame" on a body cut short.
-        (*self).finish()
+    fn finish(self: Box<Self>, pool: &DecodePool) -> std::io::Result<Vec<u8>> {
+        let ZstdStream { ctx, out, at_frame_end } = *self;
+        if let Ok(mut contexts) = pool.zstd.lock() {
+            contexts.push(ctx);
+        }
+        if !at_frame_end {
+            return Err(std::io::Error::other("incomplete frame"));
+        }
+        Ok(out)
     }
 }
 
-/// A decoder for a `Content-Encoding` (`content_coding`; none is `identity`).
-fn decoder_for(coding: Option<&str>) -> Result<Box<dyn Decoder + Send>, String> {
-    Ok(match coding {
-        None => Box::new(Vec::new()),
-        Some("gzip") => Box::new(flate2::write::GzDecoder::new(Vec::new())),
-        Some("zstd") => Box::new(zstd::stream::write::Decoder::new(Vec::new()).map_err(|e| format!("zstd: {e}"))?),
-        Some(other) => return Err(format!("unsupported Content-Encoding {other:?}")),
-    })
+/// Buffers and zstd contexts kept between answers, as a long-running client keeps them.
+#[derive(Default)]
+struct DecodePool {
+    buffers: Mutex<Vec<Vec<u8>>>,
+    zstd: Mutex<Vec<zstd::zstd_safe::DCtx<'static>>>,
+}
+
+impl DecodePool {
+    fn buffer(&self) -> Vec<u8> {
+        self.buffers.lock().ok().and_then(|mut b| b.pop()).unwrap_or_default()
+    }
+
+    /// A decoded body given back once it was read.
+    fn give_back(&self, mut body: Vec<u8>) {
+        body.clear();
+        if let Ok(mut buffers) = self.buffers.lock() {
+            buffers.push(body);
+        }
+    }
+
+    /// A decoder for a `Content-Encoding` (`content_coding`; none is `identity`).
+    fn decoder_for(&self, coding: Option<&str>) -> Result<Box<dyn Decoder + Send>, String> {
+        Ok(match coding {
+            None => Box::new(self.buffer()),
+            Some("gzip") => Box::new(flate2::write::GzDecoder::new(self.buffer())),
+            Some("zstd") => {
+                let mut ctx =
+                    self.zstd.lock().ok().and_then(|mut z| z.pop()).unwrap_or_else(zstd::zstd_safe::DCtx::create);
+                ctx.reset(zstd::zstd_safe::ResetDirective::SessionOnly)
+                    .map_err(|code| format!("zstd: {}", zstd::zstd_safe::get_error_name(code)))?;
+                Box::new(ZstdStream { ctx, out: self.buffer(), at_frame_end: false })
+            }
+            Some(other) => return Err(format!("unsupported Content-Encoding {other:?}")),
+        })
+    }
 }
 
 /// A 207 answer, parsed.
@@ -876,7 +944,7 @@ impl Http {
             base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", args.user, args.password).as_bytes());
         let auth = HeaderValue::from_str(&format!("Basic {credentials}")).map_err(|e| e.to_string())?;
         let accept_encoding = (!args.no_gzip).then(|| args.accept_encoding.clone());
-        Ok(Http { client, auth, base: base.clone(), accept_encoding })
+        Ok(Http { client, auth, base: base.clone(), accept_encoding, decode_pool: DecodePool::default() })
     }
 
     fn card_url(&self, name: &str) -> reqwest::Url {
@@ -924,7 +992,7 @@ impl Http {
             let body = resp.bytes().await.map_err(|e| format!("reading the body failed: {e}"))?;
             return Ok(Reply { status, etag, body });
         }
-        let (body, _) = read_decoded(&mut resp, |_| Ok(())).await?;
+        let (body, _) = read_decoded(&mut resp, &self.decode_pool, |_| Ok(())).await?;
         Ok(Reply { status, etag, body: Bytes::from(body) })
     }
 
@@ -963,7 +1031,7 @@ impl Http {
         let mut parser = MultistatusParser::default();
         // How much of the decoded answer was parsed.
         let mut parsed = 0;
-        let (body, wire) = read_decoded(&mut resp, |decoded| {
+        let (body, wire) = read_decoded(&mut resp, &self.decode_pool, |decoded| {
             let fresh = &decoded[parsed..];
             if let Some(cut) = last_response_end(fresh) {
                 parser.parse(&fresh[..cut], probe)?;
@@ -973,7 +1041,9 @@ impl Http {
         })
         .await?;
         parser.parse(&body[parsed..], probe)?;
-        Ok(Parsed { status, ms: Some(parser.finish()?), wire, raw: body.len() })
+        let raw = body.len();
+        self.decode_pool.give_back(body);
+        Ok(Parsed { status, ms: Some(parser.finish()?), wire, raw })
     }
 }
 
@@ -989,18 +1059,19 @@ fn content_coding(resp: &reqwest::Response) -> Option<String> {
 /// checksum), so a cut-off body is an error.
 async fn read_decoded(
     resp: &mut reqwest::Response,
+    pool: &DecodePool,
     mut each: impl FnMut(&[u8]) -> Result<(), String>,
 ) -> Result<(Vec<u8>, usize), String> {
     let coding = content_coding(resp);
     let bad_body = |e: std::io::Error| format!("bad {} body: {e}", coding.as_deref().unwrap_or_default());
-    let mut decoder = decoder_for(coding.as_deref())?;
+    let mut decoder = pool.decoder_for(coding.as_deref())?;
     let mut wire = 0;
     while let Some(chunk) = resp.chunk().await.map_err(|e| format!("reading the body failed: {e}"))? {
         wire += chunk.len();
         decoder.write_all(&chunk).map_err(bad_body)?;
         each(decoder.decoded())?;
     }
-    Ok((decoder.finish().map_err(bad_body)?, wire))
+    Ok((decoder.finish(pool).map_err(bad_body)?, wire))
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -2148,6 +2219,33 @@ mod tests {
         assert_eq!(last_response_end(b"<response></response>"), Some(21));
         assert_eq!(last_response_end(b"<a:response><a:href>/response></a:href>"), None);
         assert_eq!(last_response_end(b"<a:response></a:responsex>"), None);
+    }
+
+    #[test]
+    fn pooled_zstd_decoding_reads_concatenated_frames_and_refuses_a_cut_body() {
+        let pool = DecodePool::default();
+        let text: Vec<u8> = (0..200_000u32).flat_map(|i| (i % 251).to_le_bytes()).collect();
+        // Two frames, as an answer with a spliced card frame has; the big output overflows any first buffer.
+        let mut body = zstd::bulk::compress(&text[..100_000], 1).expect("compresses");
+        body.extend(zstd::bulk::compress(&text[100_000..], 1).expect("compresses"));
+        for round in 0..3 {
+            let mut decoder = pool.decoder_for(Some("zstd")).expect("a decoder");
+            for piece in body.chunks(7_000) {
+                decoder.write_all(piece).expect("decodes");
+            }
+            let decoded = decoder.finish(&pool).expect("whole");
+            assert!(decoded == text, "round {round}: the decoded body differs");
+            pool.give_back(decoded);
+            assert_eq!(pool.zstd.lock().expect("pool").len(), 1, "the context is kept and reused");
+        }
+        let mut decoder = pool.decoder_for(Some("zstd")).expect("a decoder");
+        decoder.write_all(&body[..body.len() - 10]).expect("decodes so far");
+        assert!(decoder.finish(&pool).is_err(), "a body cut inside a frame is an error");
+        let mut decoder = pool.decoder_for(Some("zstd")).expect("a decoder after a cut body");
+        decoder.write_all(&body).expect("decodes");
+        assert!(decoder.finish(&pool).expect("whole") == text, "a context reused after a cut body starts afresh");
+        let mut decoder = pool.decoder_for(Some("zstd")).expect("a decoder");
+        assert!(decoder.write_all(b"not zstd at all").is_err(), "garbage is refused");
     }
 
     #[test]
