@@ -2,6 +2,8 @@
 //! contacts, such as contracts. It lives outside the address-book home so contact clients never see it, and
 //! a card points to a document with `X-KARTEI-DOCUMENT:<path below /dav/files/{user}/>`.
 
+use std::borrow::Cow;
+
 use crate::app::{AuthUser, Ctx};
 use crate::body::RequestBody;
 use crate::body::{self, Body, stream_body};
@@ -225,7 +227,7 @@ async fn transfer(ctx: &Ctx, path: &str) -> DavResult<Response<Body>> {
     }))
 }
 
-fn live_value(user: &AuthUser, file: &FileEntry, name: &PropName) -> Option<Value> {
+fn live_value(user: &AuthUser, file: &FileEntry, name: &PropName) -> Option<Value<'static>> {
     if name.ns != NS_DAV {
         return None;
     }
@@ -246,7 +248,12 @@ fn live_value(user: &AuthUser, file: &FileEntry, name: &PropName) -> Option<Valu
 const LIVE: &[&str] =
     &["resourcetype", "displayname", "getcontentlength", "getcontenttype", "getetag", "getlastmodified"];
 
-fn answer(user: &AuthUser, file: &FileEntry, dead: &[DeadProperty], request: &PropFind) -> (Vec<Prop>, Vec<PropName>) {
+fn answer<'r>(
+    user: &AuthUser,
+    file: &FileEntry,
+    dead: &[DeadProperty],
+    request: &'r PropFind,
+) -> (Vec<Prop<'r>>, Vec<PropName>) {
     let lookup = |req: &RequestedProp| {
         live_value(user, file, &req.name).or_else(|| {
             dead.iter()
@@ -265,7 +272,7 @@ fn answer(user: &AuthUser, file: &FileEntry, dead: &[DeadProperty], request: &Pr
         PropFind::PropName => {
             for name in all_names() {
                 if live_value(user, file, &name).is_some() || name.ns != NS_DAV {
-                    found.push(Prop { name, value: Value::Empty });
+                    found.push(Prop { name: Cow::Owned(name), value: Value::Empty });
                 }
             }
         }
@@ -275,16 +282,16 @@ fn answer(user: &AuthUser, file: &FileEntry, dead: &[DeadProperty], request: &Pr
             asked.extend(include.iter().cloned());
             for req in &asked {
                 if let Some(value) = lookup(req)
-                    && !found.iter().any(|p: &Prop| p.name == req.name)
+                    && !found.iter().any(|p: &Prop| *p.name == req.name)
                 {
-                    found.push(Prop { name: req.name.clone(), value });
+                    found.push(Prop { name: Cow::Owned(req.name.clone()), value });
                 }
             }
         }
         PropFind::Prop(props) => {
             for req in props {
                 match lookup(req) {
-                    Some(value) => found.push(Prop { name: req.name.clone(), value }),
+                    Some(value) => found.push(Prop { name: Cow::Borrowed(&req.name), value }),
                     None => missing.push(req.name.clone()),
                 }
             }

@@ -1,6 +1,8 @@
 //! Live properties: which ones each kind of resource has and how each is computed (RFC 4918 §15, RFC 6352
 //! §6, RFC 6578, RFC 5397, RFC 3744's privilege sets, CalendarServer's getctag).
 
+use std::borrow::Cow;
+
 use crate::dav::request::{PropFind, RequestedProp};
 use crate::dav::response::{Prop, Value};
 use crate::dav::{NS_CALSERVER, NS_CARDDAV, NS_DAV, PropName};
@@ -67,7 +69,7 @@ fn card_ns(name: &str) -> PropName {
     PropName::new(NS_CARDDAV, name)
 }
 
-fn privileges(writable: bool, collection: bool) -> Value {
+fn privileges(writable: bool, collection: bool) -> Value<'static> {
     let mut x = String::from(
         "<d:privilege><d:read/></d:privilege><d:privilege><d:read-current-user-privilege-set/></d:privilege>",
     );
@@ -81,7 +83,7 @@ fn privileges(writable: bool, collection: bool) -> Value {
     Value::Xml(x)
 }
 
-fn supported_reports(book: bool) -> Value {
+fn supported_reports(book: bool) -> Value<'static> {
     let mut x = String::new();
     if book {
         for r in ["card:addressbook-multiget", "card:addressbook-query", "d:sync-collection"] {
@@ -180,7 +182,7 @@ impl Resource<'_> {
         names
     }
 
-    pub fn value(&self, ctx: &PropContext, req: &RequestedProp) -> Option<Value> {
+    pub fn value(&self, ctx: &PropContext, req: &RequestedProp) -> Option<Value<'_>> {
         let n = &req.name;
         if n.ns == NS_DAV {
             return self.dav_value(ctx, &n.name);
@@ -205,7 +207,7 @@ impl Resource<'_> {
         }
     }
 
-    fn dav_value(&self, ctx: &PropContext, name: &str) -> Option<Value> {
+    fn dav_value(&self, ctx: &PropContext, name: &str) -> Option<Value<'_>> {
         let me = ctx.me;
         let value = match (name, self) {
             ("current-user-principal", _) => Value::Hrefs(vec![router::principal_href(me)]),
@@ -254,7 +256,7 @@ impl Resource<'_> {
         Some(value)
     }
 
-    fn carddav_value(&self, ctx: &PropContext, req: &RequestedProp) -> Option<Value> {
+    fn carddav_value(&self, ctx: &PropContext, req: &RequestedProp) -> Option<Value<'_>> {
         let value = match (req.name.name.as_str(), self) {
             ("addressbook-home-set", Resource::Principal { user, .. }) => Value::Hrefs(vec![router::home_href(user)]),
             ("principal-address", Resource::Principal { .. }) => Value::Empty,
@@ -274,9 +276,10 @@ impl Resource<'_> {
             ("max-image-size", Resource::Book { .. }) => Value::Text(ctx.max_resource_size.to_string()),
             // Stored as a frame, the card is sent as stored: the reader asked for one only if that is what the
             // request wants (`address_data_as_stored`).
-            ("address-data", Resource::Card { body: CardBody::XmlZstd(frame), .. }) => Value::XmlZstd(frame.to_vec()),
+            ("address-data", Resource::Card { body: CardBody::XmlZstd(frame), .. }) => Value::XmlZstd(frame),
             ("address-data", Resource::Card { meta, body: CardBody::Text(body), .. }) => {
-                let spec = req.address_data.clone().unwrap_or_default();
+                let no_spec = Default::default();
+                let spec: &crate::dav::request::AddressDataSpec = req.address_data.as_ref().unwrap_or(&no_spec);
                 let want = spec.version.or(if ctx.prefer_v3 { Some(Version::V3) } else { None });
                 let (bytes, _) = vcard::render(
                     body,
@@ -292,13 +295,13 @@ impl Resource<'_> {
     }
 
     /// Splits a PROPFIND's request into found properties and 404 names.
-    pub fn answer(&self, ctx: &PropContext, request: &PropFind) -> (Vec<Prop>, Vec<PropName>) {
+    pub fn answer<'r>(&'r self, ctx: &PropContext, request: &'r PropFind) -> (Vec<Prop<'r>>, Vec<PropName>) {
         let mut found = Vec::new();
         let mut missing = Vec::new();
         match request {
             PropFind::PropName => {
                 for name in self.all_names(ctx) {
-                    found.push(Prop { name, value: Value::Empty });
+                    found.push(Prop { name: Cow::Owned(name), value: Value::Empty });
                 }
             }
             PropFind::AllProp { include } => {
@@ -311,14 +314,14 @@ impl Resource<'_> {
                 }
                 for req in &asked {
                     if let Some(value) = self.value(ctx, req) {
-                        found.push(Prop { name: req.name.clone(), value });
+                        found.push(Prop { name: Cow::Owned(req.name.clone()), value });
                     }
                 }
             }
             PropFind::Prop(props) => {
                 for req in props {
                     match self.value(ctx, req) {
-                        Some(value) => found.push(Prop { name: req.name.clone(), value }),
+                        Some(value) => found.push(Prop { name: Cow::Borrowed(&req.name), value }),
                         None => missing.push(req.name.clone()),
                     }
                 }

@@ -55,7 +55,7 @@ pub async fn handle(ctx: Ctx, target: Target) -> DavResult<Response<Body>> {
             if let Some(etag) = etag {
                 builder = builder.header(header::ETAG, format!("\"{etag}\""));
             }
-            let body = if head { body::empty() } else { body::full(bytes) };
+            let body = if head { body::empty() } else { body::full(bytes.into_owned()) };
             builder.body(body).map_err(|e| DavError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
         }
         Target::Book(book) => {

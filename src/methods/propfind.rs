@@ -7,7 +7,7 @@ use crate::body::RequestBody;
 use crate::body::{AnswerSink, Coding, stream_body};
 use crate::dav::request::{PropFind, parse_propfind};
 use crate::dav::response::Multistatus;
-use crate::dav::{Depth, NS_CALSERVER, NS_DAV, PropName};
+use crate::dav::{Depth, NS_CALSERVER, NS_DAV};
 use crate::error::{Condition, DavError, DavResult};
 use crate::props::{PropContext, Resource, wants_body};
 use crate::router;
@@ -84,8 +84,8 @@ fn asks_for(request: &PropFind, name: &str) -> bool {
 impl Listing<'_> {
     fn respond<W: AnswerSink>(&self, ms: &mut Multistatus<W>, href: &str, resource: &Resource) -> io::Result<()> {
         let (found, missing) = resource.answer(self.pctx, self.request);
-        let others: Vec<(u16, Vec<PropName>)> = if self.minimal { Vec::new() } else { vec![(404, missing)] };
-        ms.response(href, &found, &others)
+        let others = [(404, missing)];
+        ms.response(href, &found, if self.minimal { &[] } else { &others })
     }
 
     fn write<W: AnswerSink>(
@@ -150,9 +150,10 @@ impl Listing<'_> {
                 if depth_one {
                     let body = if wants_body(self.request) { BodyRead::Text } else { BodyRead::None };
                     let mut failure = None;
+                    let book_href = router::book_href(me, &book.segment);
                     self.store
                         .for_each_card(book.id, body, &mut |meta, body| {
-                            let href = router::card_href(me, &book.segment, &meta.name);
+                            let href = router::member_href(&book_href, &meta.name);
                             match self.respond(ms, &href, &Resource::Card { book, meta, body }) {
                                 Ok(()) => true,
                                 Err(e) => {

@@ -6,7 +6,6 @@ use crate::app::{Ctx, Target};
 use crate::body::RequestBody;
 use crate::body::{AnswerSink, Coding, stream_body};
 use crate::carddav::filter::Filter;
-use crate::dav::PropName;
 use crate::dav::request::{PropFind, Report, parse_report_limited};
 use crate::dav::response::Multistatus;
 use crate::error::{Condition, DavError, DavResult};
@@ -49,6 +48,7 @@ pub async fn handle(ctx: Ctx, target: Target, body: RequestBody) -> DavResult<Re
     };
     let minimal = wants_minimal(&ctx.headers);
     let writer = ReportWriter {
+        book_href: router::book_href(&ctx.user.username, &book.segment),
         store: ctx.store().clone(),
         me: ctx.user.username.clone(),
         max_resource_size: limits.max_resource_size,
@@ -107,6 +107,8 @@ struct ReportWriter {
     minimal: bool,
     coding: Coding,
     book: BookView,
+    /// The book's href, which every member's href starts with (`router::member_href`).
+    book_href: String,
 }
 
 impl ReportWriter {
@@ -126,8 +128,8 @@ impl ReportWriter {
         };
         let resource = Resource::Card { book: &self.book, meta, body };
         let (found, missing) = resource.answer(&pctx, props);
-        let others: Vec<(u16, Vec<PropName>)> = if self.minimal { Vec::new() } else { vec![(404, missing)] };
-        ms.response(href, &found, &others)
+        let others = [(404, missing)];
+        ms.response(href, &found, if self.minimal { &[] } else { &others })
     }
 
     /// What the reads behind these properties need of each card: a zstd answer that sends cards as stored
@@ -143,11 +145,11 @@ impl ReportWriter {
     }
 
     fn card_href(&self, meta: &CardMeta) -> String {
-        router::card_href(&self.me, &self.book.segment, &meta.name)
+        router::member_href(&self.book_href, &meta.name)
     }
 
     fn book_href(&self) -> String {
-        router::book_href(&self.me, &self.book.segment)
+        self.book_href.clone()
     }
 
     /// Streams the named cards in the order asked, each under its href in `hrefs`; names that do not exist get
@@ -204,7 +206,7 @@ impl ReportWriter {
         for href in hrefs {
             match router::card_name_in_book(href, &self.me, &self.book.segment) {
                 Some(name) if seen_names.insert(name.clone()) => {
-                    answered_hrefs.push(router::card_href(&self.me, &self.book.segment, &name));
+                    answered_hrefs.push(router::member_href(&self.book_href, &name));
                     names.push(name);
                 }
                 Some(_) => {}
@@ -298,7 +300,7 @@ impl ReportWriter {
         let mut changed = Vec::new();
         let mut changed_hrefs = Vec::new();
         for change in &changes.changes {
-            let href = router::card_href(&self.me, &self.book.segment, &change.name);
+            let href = router::member_href(&self.book_href, &change.name);
             match change.kind {
                 ChangeKind::Changed => {
                     changed.push(change.name.clone());

@@ -646,18 +646,19 @@ pub fn subset(card: &VCard, names: &[String], without_value: &[String]) -> VCard
 /// The bytes a client gets for a stored card: the stored bytes when no other version (or subset: the names
 /// to keep, and of those the ones to keep without value) is wanted, otherwise a conversion. Returns
 /// `(bytes, converted)`.
-pub fn render(
-    stored: &[u8],
+pub fn render<'a>(
+    stored: &'a [u8],
     stored_version: &str,
     want: Option<Version>,
     props: Option<(&[String], &[String])>,
-) -> (Vec<u8>, bool) {
+) -> (Cow<'a, [u8]>, bool) {
     let same_version = want.is_none_or(|w| w.as_str() == stored_version);
     if same_version && props.is_none() {
-        return (stored.to_vec(), false);
+        // Borrowed: every card of a multiget or export takes this way, and a copy of each showed in profiles.
+        return (Cow::Borrowed(stored), false);
     }
     let Some(card) = parse_stored(stored) else {
-        return (stored.to_vec(), false);
+        return (Cow::Borrowed(stored), false);
     };
     let target = want.or_else(|| Version::parse(stored_version)).unwrap_or(Version::V4);
     let card = match props {
@@ -671,9 +672,9 @@ pub fn render(
     let controls = out.bytes().any(crate::dav::response::is_control);
     if controls || bad_content_line(&out).is_some() || parse_stored(out.as_bytes()).is_none() {
         tracing::warn!(version = %stored_version, "a card could not be converted cleanly; serving it as stored");
-        return (stored.to_vec(), false);
+        return (Cow::Borrowed(stored), false);
     }
-    (out.into_bytes(), true)
+    (Cow::Owned(out.into_bytes()), true)
 }
 
 #[cfg(test)]
@@ -701,7 +702,7 @@ mod tests {
             let to = if version == "4.0" { Version::V3 } else { Version::V4 };
             let (out, converted) = render(text.as_bytes(), version, Some(to), None);
             assert!(converted, "{line}");
-            let out = String::from_utf8(out).expect("utf-8");
+            let out = String::from_utf8(out.into_owned()).expect("utf-8");
             assert!(out.lines().any(|l| l == want), "{version} {line} -> {out}");
         }
         // The stored bytes are never rewritten: validation reads the basic form but keeps the card as sent.
@@ -752,7 +753,7 @@ EMAIL;TYPE=INTERNET,WORK:JM@Example.com\r\nTEL;TYPE=CELL:+49 30 1234\r\nitem1.X-
         let group = "BEGIN:VCARD\r\nVERSION:3.0\r\nUID:g1\r\nFN:Team\r\nX-ADDRESSBOOKSERVER-KIND:group\r\n\
 X-ADDRESSBOOKSERVER-MEMBER:urn:uuid:abc\r\nX-CUSTOM:kept\r\nEND:VCARD\r\n";
         let (v4, converted) = render(group.as_bytes(), "3.0", Some(Version::V4), None);
-        let v4 = String::from_utf8(v4).expect("utf8");
+        let v4 = String::from_utf8(v4.into_owned()).expect("utf8");
         assert!(converted);
         assert!(v4.contains("VERSION:4.0"), "{v4}");
         assert!(v4.contains("KIND:group"), "{v4}");
@@ -760,7 +761,7 @@ X-ADDRESSBOOKSERVER-MEMBER:urn:uuid:abc\r\nX-CUSTOM:kept\r\nEND:VCARD\r\n";
         assert!(!v4.contains("X-ADDRESSBOOKSERVER"), "{v4}");
         assert!(v4.contains("X-CUSTOM:kept"), "{v4}");
         let (back, _) = render(v4.as_bytes(), "4.0", Some(Version::V3), None);
-        let back = String::from_utf8(back).expect("utf8");
+        let back = String::from_utf8(back.into_owned()).expect("utf8");
         assert!(back.contains("X-ADDRESSBOOKSERVER-KIND:group"), "{back}");
         assert!(back.contains("X-ADDRESSBOOKSERVER-MEMBER:urn:uuid:abc"), "{back}");
     }
@@ -770,17 +771,17 @@ X-ADDRESSBOOKSERVER-MEMBER:urn:uuid:abc\r\nX-CUSTOM:kept\r\nEND:VCARD\r\n";
         let v3 = "BEGIN:VCARD\r\nVERSION:3.0\r\nUID:p\r\nFN:P\r\nPHOTO;ENCODING=b;TYPE=JPEG:/9j/4AAQ\r\n\
 PHOTO;ENCODING=b:iVBORw0KGgo=\r\nEND:VCARD\r\n";
         let (v4, _) = render(v3.as_bytes(), "3.0", Some(Version::V4), None);
-        let v4 = String::from_utf8(v4).expect("utf8");
+        let v4 = String::from_utf8(v4.into_owned()).expect("utf8");
         assert!(v4.contains(":data:image/jpeg;base64,/9j/4AAQ\r\n"), "{v4}");
         assert!(v4.contains("PHOTO:data:image/png;base64,iVBORw0KGgo=\r\n"), "{v4}");
         assert!(!v4.contains("\\,") && !v4.contains("ENCODING"), "{v4}");
         let (back, _) = render(v4.as_bytes(), "4.0", Some(Version::V3), None);
-        let back = String::from_utf8(back).expect("utf8");
+        let back = String::from_utf8(back.into_owned()).expect("utf8");
         assert!(back.contains("ENCODING=b") && back.contains("/9j/4AAQ"), "{back}");
         // Thunderbird's 3.0 form: bare base64 without ENCODING.
         let bare = v3.replace("PHOTO;ENCODING=b;TYPE=JPEG:/9j/4AAQ", "PHOTO:/9j/4AAQSkZJRgABAQ==");
         let (v4, _) = render(bare.as_bytes(), "3.0", Some(Version::V4), None);
-        let v4 = String::from_utf8(v4).expect("utf8");
+        let v4 = String::from_utf8(v4.into_owned()).expect("utf8");
         assert!(v4.contains("PHOTO:data:image/jpeg;base64,/9j/4AAQSkZJRgABAQ==\r\n"), "{v4}");
     }
 
@@ -788,10 +789,10 @@ PHOTO;ENCODING=b:iVBORw0KGgo=\r\nEND:VCARD\r\n";
     fn geo_switches_between_pair_and_uri() {
         let v3 = "BEGIN:VCARD\r\nVERSION:3.0\r\nUID:g\r\nFN:G\r\nGEO:45.000000;-87.300003\r\nEND:VCARD\r\n";
         let (v4, _) = render(v3.as_bytes(), "3.0", Some(Version::V4), None);
-        let v4 = String::from_utf8(v4).expect("utf8");
+        let v4 = String::from_utf8(v4.into_owned()).expect("utf8");
         assert!(v4.contains("GEO:geo:45.000000,-87.300003\r\n"), "{v4}");
         let (back, _) = render(v4.as_bytes(), "4.0", Some(Version::V3), None);
-        let back = String::from_utf8(back).expect("utf8");
+        let back = String::from_utf8(back.into_owned()).expect("utf8");
         assert!(back.contains("GEO:45.000000;-87.300003\r\n"), "{back}");
     }
 
