@@ -773,6 +773,10 @@ async fn device_full_sync(http: Arc<Http>) -> Result<(f64, usize), String> {
 fn href_name(href: &str) -> Cow<'_, str> {
     let path = href.trim_end_matches('/');
     let last = path.rsplit('/').next().unwrap_or("");
+    // Most names hold nothing to decode; one search says so faster than the decoder's walk.
+    if memchr::memchr(b'%', last.as_bytes()).is_none() {
+        return Cow::Borrowed(last);
+    }
     percent_encoding::percent_decode_str(last).decode_utf8_lossy()
 }
 
