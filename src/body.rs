@@ -515,10 +515,10 @@ impl Write for ZstdWriter<'_> {
         }
         if !self.staged.is_empty() {
             // The frame outgrew what is sent raw: zstd compresses it from its start.
-            let staged = std::mem::take(&mut self.staged);
+            let mut staged = std::mem::take(&mut self.staged);
             self.compress_all(&staged)?;
-            self.staged = staged;
-            self.staged.clear();
+            staged.clear();
+            self.staged = staged; // its allocation is kept for the next piece
         }
         self.compress_all(data)?;
         Ok(data.len())

@@ -158,9 +158,8 @@ fn push_encoded(out: &mut String, segment: &str) {
     out.extend(utf8_percent_encode(segment, SEGMENT));
 }
 
-/// `/dav/{collection}/` followed by each segment encoded and a slash after each but the last unless
-/// `trailing_slash`.
-fn dav_path(collection: &str, segments: &[&str], trailing_slash: bool) -> String {
+/// `/dav/{collection}/` followed by each segment encoded, each with a slash after it: a collection's href.
+fn dav_path(collection: &str, segments: &[&str]) -> String {
     let mut path = String::with_capacity(8 + collection.len() + segments.iter().map(|s| s.len() + 1).sum::<usize>());
     path.push_str("/dav/");
     path.push_str(collection);
@@ -168,26 +167,24 @@ fn dav_path(collection: &str, segments: &[&str], trailing_slash: bool) -> String
         path.push('/');
         push_encoded(&mut path, segment);
     }
-    if trailing_slash {
-        path.push('/');
-    }
+    path.push('/');
     path
 }
 
 pub fn principal_href(user: &str) -> String {
-    dav_path("principals", &[user], true)
+    dav_path("principals", &[user])
 }
 
 pub fn home_href(user: &str) -> String {
-    dav_path("addressbooks", &[user], true)
+    dav_path("addressbooks", &[user])
 }
 
 pub fn book_href(user: &str, book: &str) -> String {
-    dav_path("addressbooks", &[user, book], true)
+    dav_path("addressbooks", &[user, book])
 }
 
 pub fn card_href(user: &str, book: &str, name: &str) -> String {
-    dav_path("addressbooks", &[user, book, name], false)
+    member_href(&book_href(user, book), name)
 }
 
 /// `card_href` for a member of the book at `book_href` (`book_href(user, book)`): listings and multigets name
