@@ -232,7 +232,10 @@ const HELD_FOR_FRAMES: usize = 128 * 1024;
 impl<W: AnswerSink> Multistatus<W> {
     pub fn begin(out: W) -> io::Result<Self> {
         let flush_at = if out.takes_zstd_frames() { HELD_FOR_FRAMES } else { 32 * 1024 };
-        let mut m = Multistatus { out, buf: Vec::with_capacity(16 * 1024), flush_at, started: false };
+        // Room for one more response past the flush point, so that the buffer is not grown (and copied) by
+        // doubling from a small start in every answer: that was ~0.5 MB of copying per 1,000-card full sync.
+        let buf = Vec::with_capacity(flush_at + 16 * 1024);
+        let mut m = Multistatus { out, buf, flush_at, started: false };
         m.buf.extend_from_slice(MULTISTATUS_START);
         Ok(m)
     }
