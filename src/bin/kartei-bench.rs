@@ -586,8 +586,9 @@ struct MultistatusParser {
     text: Vec<u8>,
     /// An address-data's decoded text.
     data: Vec<u8>,
-    /// The end tag searched for by `card_text`.
-    end_tag: Vec<u8>,
+    /// The end tag searched for by `card_text`, and its searcher: built once, not for every card (building
+    /// one was ~1 % of the client's instructions).
+    end_tag: Option<memchr::memmem::Finder<'static>>,
     propstat_status: Option<u16>,
     propstat_etag: Option<String>,
     propstat_data: Option<(usize, bool)>,
@@ -687,19 +688,25 @@ impl MultistatusParser {
         name: &[u8],
     ) -> Result<Option<&'x [u8]>, String> {
         let rest: &'x [u8] = reader.get_ref();
-        self.end_tag.clear();
-        self.end_tag.extend_from_slice(b"</");
-        self.end_tag.extend_from_slice(name);
-        self.end_tag.push(b'>');
-        let Some(end) = memchr::memmem::find(rest, &self.end_tag) else {
+        let same = |f: &memchr::memmem::Finder| {
+            let tag = f.needle();
+            tag.len() == name.len() + 3 && tag[2..tag.len() - 1] == *name
+        };
+        let finder = match &mut self.end_tag {
+            Some(f) if same(f) => f,
+            other => other.insert(memchr::memmem::Finder::new(&[b"</", name, b">"].concat()).into_owned()),
+        };
+        let tag_len = finder.needle().len();
+        let Some(end) = finder.find(rest) else {
             return Err(format!("bad XML: <{}> is not closed", String::from_utf8_lossy(name)));
         };
         let raw = &rest[..end];
         if memchr::memchr(b'<', raw).is_some() {
             return Ok(None);
         }
-        std::str::from_utf8(raw).map_err(|_| "bad XML: a card's text that is not UTF-8")?;
-        *reader.get_mut() = &rest[end + self.end_tag.len()..];
+        // A vectorized check: the std one was ~4 % of the client's instructions on cards' text (mostly base64).
+        simdutf8::basic::from_utf8(raw).map_err(|_| "bad XML: a card's text that is not UTF-8")?;
+        *reader.get_mut() = &rest[end + tag_len..];
         Ok(Some(raw))
     }
 
@@ -2162,6 +2169,31 @@ mod tests {
         assert_eq!(two.data_len, "BEGIN:VCARD\r\nUID:wrong\r\nEND:VCARD\r\n".len());
         assert!(two.data_has.is_none());
         assert_eq!((gone.status, gone.ok, gone.data_len), (Some(404), false, 0));
+    }
+
+    #[test]
+    fn address_data_is_found_whatever_its_prefix() {
+        // The end tag's searcher is kept between cards; a card under another prefix needs a searcher of its
+        // own (the old one would find no end tag after the second card's start).
+        let card = |prefix: &str, uid: &str| {
+            format!(
+                "<D:response xmlns:{prefix}=\"urn:ietf:params:xml:ns:carddav\"><D:href>/b/{uid}.vcf</D:href><D:propstat>\
+                 <D:prop><{prefix}:address-data>BEGIN:VCARD&#13;\nUID:{uid}&#13;\nEND:VCARD&#13;\n</{prefix}:address-data>\
+                 </D:prop><D:status>HTTP/1.1 200 OK</D:status></D:propstat></D:response>"
+            )
+        };
+        let xml = format!(
+            "<D:multistatus xmlns:D=\"DAV:\">{}{}{}</D:multistatus>",
+            card("C", "a"),
+            card("card", "bb"),
+            card("card", "ccc")
+        );
+        let ms = parse_multistatus(xml.as_bytes(), &|href: &str| {
+            Some(if href.contains("/a.") { "UID:a\r" } else { "UID:" })
+        })
+        .expect("parses");
+        let lens: Vec<_> = ms.responses.iter().map(|r| (r.ok, r.data_len, r.data_has.is_some())).collect();
+        assert_eq!(lens, [(true, 31, true), (true, 32, true), (true, 33, true)]);
     }
 
     #[test]
