@@ -688,12 +688,8 @@ impl MultistatusParser {
         name: &[u8],
     ) -> Result<Option<&'x [u8]>, String> {
         let rest: &'x [u8] = reader.get_ref();
-        let same = |f: &memchr::memmem::Finder| {
-            let tag = f.needle();
-            tag.len() == name.len() + 3 && tag[2..tag.len() - 1] == *name
-        };
         let finder = match &mut self.end_tag {
-            Some(f) if same(f) => f,
+            Some(f) if f.needle().strip_prefix(b"</").and_then(|t| t.strip_suffix(b">")) == Some(name) => f,
             other => other.insert(memchr::memmem::Finder::new(&[b"</", name, b">"].concat()).into_owned()),
         };
         let tag_len = finder.needle().len();
