@@ -1,13 +1,29 @@
 #!/usr/bin/env python3
-"""Prints the markdown tables of BENCHMARKS.md from kartei-bench JSON reports: bench/table.py DIR [PEER-DIR]."""
+"""Prints the markdown tables of BENCHMARKS.md from kartei-bench JSON reports: bench/table.py DIR [PEER-DIR].
+
+Reports of the interleaved mode (bench/versus.sh, `"mode": "versus"`) get a table of their own."""
 import glob, json, os, sys
 
 def load(d):
-    out = {}
+    out, versus = {}, []
     for path in sorted(glob.glob(os.path.join(d, "*.json"))):
         r = json.load(open(path))
-        out[(r["label"], r["n"])] = r
-    return out
+        if r.get("mode") == "versus":
+            versus.append(r)
+        else:
+            out[(r["label"], r["n"])] = r
+    return out, versus
+
+def versus_table(reports):
+    """One row per interleaved run: each side's median over the rounds, and the rounds' ratios."""
+    print("| N | rounds | A | B | A first / median ms | B first / median ms | B / A per round: 25th / median / 75th (min–max) | B / A first sync |")
+    print("|" + "---|" * 8)
+    for r in reports:
+        a, b = r["a"], r["b"]
+        lo, hi = min(r["ratio_each"]), max(r["ratio_each"])
+        print(f'| {r["n"]:,} | {r["rounds"]} | {a["label"]} | {b["label"]} | '
+              f'{a["full_sync_ms"]:.1f} / {a["full_sync_median_ms"]:.1f} | {b["full_sync_ms"]:.1f} / {b["full_sync_median_ms"]:.1f} | '
+              f'{r["ratio_p25"]:.1f}× / **{r["ratio_median"]:.1f}×** / {r["ratio_p75"]:.1f}× ({lo:.1f}–{hi:.1f}×) | {r["ratio_first"]:.1f}× |')
 
 def ph(r, key):
     return next(p for p in r["phases"] if p["key"] == key)
@@ -47,9 +63,16 @@ def table(rows):
         print("| " + " | ".join(r) + " |")
 
 if __name__ == "__main__":
-    runs = {}
+    runs, versus = {}, []
     for d in sys.argv[1:]:
-        runs.update(load(d))
+        single, interleaved = load(d)
+        runs.update(single)
+        versus += interleaved
+    if versus:
+        versus_table(versus)
+        if not runs:
+            sys.exit(0)
+        print()
     table([row(r) for _, r in sorted(runs.items(), key=lambda kv: (kv[0][1], kv[0][0]))])
     # Ratios at N = 1,000 against the peers (peer time / kartei time, or kartei rate / peer rate).
     k = runs.get(("kartei self-signed", 1000))

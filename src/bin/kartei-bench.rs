@@ -13,6 +13,10 @@
 //! With `--devices D` an eighth phase has D devices, each on its own connection, make an initial full sync
 //! (phases 2 + 3) of the book at the same time, as when dozens of phones are set up at once.
 //!
+//! With `--versus-url` (and `--versus-user`, `--versus-password`) it compares two books, usually two servers:
+//! both get the same cards, then their full syncs (phases 2 + 3) alternate for `--rounds` rounds, and it
+//! reports the ratio of each round's two times (`bench/versus.sh`).
+//!
 //! With `--pid` it reports the server's peak RSS per phase (VmHWM, reset before each phase through
 //! /proc/PID/clear_refs when allowed); with `--data-dir` the size of the server's data on disk.
 //!
@@ -96,6 +100,44 @@ struct Args {
     /// A label for the report (server name, TLS mode).
     #[arg(long, default_value = "")]
     label: String,
+    /// Interleaved comparison with a second address book, usually another server's: both get the same cards
+    /// (phase 1), then are full-synced (phases 2 + 3) in alternation for `--rounds` rounds, so that both are
+    /// timed under the same machine conditions. The other phases do not run.
+    #[arg(long)]
+    versus_url: Option<String>,
+    #[arg(long, default_value = "")]
+    versus_user: String,
+    #[arg(long, default_value = "")]
+    versus_password: String,
+    /// Accept any TLS certificate from the second server.
+    #[arg(long)]
+    versus_insecure: bool,
+    /// The second server's process id, for its CPU per full sync.
+    #[arg(long)]
+    versus_pid: Option<u32>,
+    #[arg(long, default_value = "")]
+    versus_label: String,
+    /// Rounds of the interleaved comparison; each syncs both books once, in turn first.
+    #[arg(long, default_value_t = 20)]
+    rounds: usize,
+}
+
+impl Args {
+    /// The options that point at the second book of `--versus-url`.
+    fn versus(&self) -> Option<Args> {
+        let url = self.versus_url.clone()?;
+        Some(Args {
+            url,
+            user: self.versus_user.clone(),
+            password: self.versus_password.clone(),
+            insecure: self.versus_insecure,
+            pid: self.versus_pid,
+            data_dir: None,
+            label: self.versus_label.clone(),
+            versus_url: None,
+            ..self.clone()
+        })
+    }
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -1189,6 +1231,17 @@ fn cpu_delta_ms(before: Option<(u64, u64)>, after: Option<(u64, u64)>) -> Option
     ((coarse - exact).abs() <= 20.0).then_some(exact)
 }
 
+/// A server's CPU per round over a window of `rounds` full syncs: the exact figure of its live threads when
+/// the ticks of all its threads agree with it, else (threads that ended, as Radicale's thread per request)
+/// the ticks, which over a window of many syncs are precise enough.
+fn cpu_per_round(before: Option<(u64, u64)>, after: Option<(u64, u64)>, rounds: usize) -> Option<f64> {
+    let (before, after) = (before?, after?);
+    let exact = after.0.saturating_sub(before.0) as f64 / 1e6;
+    let ticks = after.1.saturating_sub(before.1) as f64 / 1e6;
+    let total = if (ticks - exact).abs() <= 20.0 + ticks * 0.05 { exact } else { ticks };
+    Some(total / rounds.max(1) as f64)
+}
+
 /// Resets the peak RSS (VmHWM) to the current RSS; false when the kernel or permissions refuse.
 fn reset_peak(pid: u32) -> bool {
     std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok()
@@ -1892,30 +1945,30 @@ impl Bench {
     }
 }
 
-async fn run(args: Args) -> Result<Value, String> {
+/// Connects to the book of `args.url`, checks that it answers as a collection, and generates the cards.
+/// Also returns how long generating the cards took (ms).
+async fn open_bench(args: &Args) -> Result<(Bench, reqwest::Url, f64), String> {
     if args.n < 20 {
         return Err("-n must be at least 20 (the sync phase modifies and deletes 15 existing cards)".into());
     }
-    let mut url = reqwest::Url::parse(&args.url).map_err(|e| format!("--url: {e}"))?;
+    let mut url = reqwest::Url::parse(&args.url).map_err(|e| format!("--url {}: {e}", args.url))?;
     if !url.path().ends_with('/') {
         let p = format!("{}/", url.path());
         url.set_path(&p);
     }
-    let http = Arc::new(Http::new(&args, &url)?);
+    let http = Arc::new(Http::new(args, &url)?);
 
     // The collection must answer before anything is timed.
     let probe = http.dav("PROPFIND", "0", PROPFIND_BODY.into()).await?;
     if probe.status.as_u16() != 207 {
         return Err(format!("PROPFIND Depth 0 on {url} answered {} (is the URL an address book?)", probe.status));
     }
-
     let gen_start = Instant::now();
     let model = Model::new(args.seed, args.n + 5);
     let gen_ms = ms(gen_start.elapsed());
     let model = model.with_paths(&http);
-    let startup_peak = args.pid.and_then(|pid| read_status_kb(pid, "VmHWM:"));
     let peak_reset_works = args.pid.is_some_and(reset_peak);
-    let mut bench = Bench {
+    let bench = Bench {
         args: args.clone(),
         http,
         model: Arc::new(Mutex::new(model)),
@@ -1924,6 +1977,16 @@ async fn run(args: Args) -> Result<Value, String> {
         peak_reset_works,
         quiet: false,
     };
+    Ok((bench, url, gen_ms))
+}
+
+async fn run(args: Args) -> Result<Value, String> {
+    if args.versus_url.is_some() {
+        return run_versus(args).await;
+    }
+    let startup_peak = args.pid.and_then(|pid| read_status_kb(pid, "VmHWM:"));
+    let (mut bench, url, gen_ms) = open_bench(&args).await?;
+    let peak_reset_works = bench.peak_reset_works;
     {
         eprintln!(
             "kartei-bench: {} cards, concurrency {}, {} ({}){}",
@@ -2036,6 +2099,102 @@ async fn run(args: Args) -> Result<Value, String> {
     Ok(report)
 }
 
+/// `--versus-url`: both books get the same cards, then full syncs alternate between them. Round r syncs the
+/// first book first when r is even and the second first when odd, so neither always follows the other's
+/// work. The two syncs of a round run within a second of each other, under the same machine conditions; the
+/// median of the rounds' ratios is what this mode is for, as the shared machine's speed drifts by tens of
+/// percent between minutes (BENCHMARKS.md, seventeenth session).
+async fn run_versus(args: Args) -> Result<Value, String> {
+    let Some(peer_args) = args.versus() else {
+        return Err("--versus-url is missing".into());
+    };
+    if args.rounds == 0 {
+        return Err("--rounds must be at least 1".into());
+    }
+    let (mut a, url_a, _) = open_bench(&args).await?;
+    let (mut b, url_b, _) = open_bench(&peer_args).await?;
+    let name =
+        |args: &Args, url: &reqwest::Url| if args.label.is_empty() { url.to_string() } else { args.label.clone() };
+    let (name_a, name_b) = (name(&args, &url_a), name(&peer_args, &url_b));
+    eprintln!("kartei-bench: {} cards; {} and {} full-synced in turn, {} rounds", args.n, name_a, name_b, args.rounds);
+    eprintln!("{name_a}:");
+    a.upload().await;
+    eprintln!("{name_b}:");
+    b.upload().await;
+    // The first full sync of each is recorded with its phases; the rounds follow.
+    eprintln!("{name_a}:");
+    let first_a = a.propfind().await + a.multiget().await;
+    eprintln!("{name_b}:");
+    let first_b = b.propfind().await + b.multiget().await;
+    let mut each: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    let mut ratios = Vec::with_capacity(args.rounds);
+    // Each server's CPU over all the rounds: it idles while the other one is synced.
+    let cpu_before = [args.pid.and_then(cpu_ns), peer_args.pid.and_then(cpu_ns)];
+    for round in 0..args.rounds {
+        let mut wall = [0.0; 2];
+        for k in if round % 2 == 0 { [0, 1] } else { [1, 0] } {
+            let (w, _) = if k == 0 { a.unrecorded_full_sync().await } else { b.unrecorded_full_sync().await };
+            wall[k] = w;
+            each[k].push(w);
+        }
+        ratios.push(wall[1] / wall[0]);
+    }
+    let cpu = [
+        cpu_per_round(cpu_before[0], args.pid.and_then(cpu_ns), args.rounds),
+        cpu_per_round(cpu_before[1], peer_args.pid.and_then(cpu_ns), args.rounds),
+    ];
+    let pct = |v: &[f64], p: f64| Lat(v.to_vec()).pct(p);
+    let side = |bench: &Bench, name: &str, url: &reqwest::Url, first: f64, each: &[f64], cpu: Option<f64>| {
+        json!({
+            "label": name, "url": url.as_str(), "phases": bench.phases, "full_sync_ms": first,
+            "full_sync_median_ms": pct(each, 0.5), "full_sync_each_ms": each, "full_sync_server_cpu_ms": cpu,
+        })
+    };
+    for (name, first, each, cpu) in [(&name_a, first_a, &each[0], cpu[0]), (&name_b, first_b, &each[1], cpu[1])] {
+        let cpu = cpu.map(|c| format!("; server CPU {c:.1} ms per sync")).unwrap_or_default();
+        eprintln!(
+            "{name}: first full sync {first:.1} ms; over the rounds {:.1} / {:.1} / {:.1} ms (25th / median / 75th){cpu}",
+            pct(each, 0.25),
+            pct(each, 0.5),
+            pct(each, 0.75)
+        );
+    }
+    let (median_a, median_b) = (pct(&each[0], 0.5), pct(&each[1], 0.5));
+    eprintln!(
+        "{name_b} / {name_a}, per round: {:.2}x / {:.2}x / {:.2}x (25th / median / 75th; {:.2}x to {:.2}x); first sync \
+         {:.2}x; ratio of the medians {:.2}x",
+        pct(&ratios, 0.25),
+        pct(&ratios, 0.5),
+        pct(&ratios, 0.75),
+        pct(&ratios, 0.0),
+        pct(&ratios, 1.0),
+        first_b / first_a,
+        median_b / median_a
+    );
+    let failures: Vec<String> = [(&name_a, &a.failures), (&name_b, &b.failures)]
+        .iter()
+        .flat_map(|(name, f)| f.iter().map(move |f| format!("{name}: {f}")))
+        .collect();
+    eprintln!("{} failed checks", failures.len());
+    Ok(json!({
+        "mode": "versus",
+        "n": args.n,
+        "c": args.c,
+        "seed": args.seed,
+        "accept_encoding": (!args.no_gzip).then_some(&args.accept_encoding),
+        "rounds": args.rounds,
+        "a": side(&a, &name_a, &url_a, first_a, &each[0], cpu[0]),
+        "b": side(&b, &name_b, &url_b, first_b, &each[1], cpu[1]),
+        "ratio_each": ratios,
+        "ratio_median": pct(&ratios, 0.5),
+        "ratio_p25": pct(&ratios, 0.25),
+        "ratio_p75": pct(&ratios, 0.75),
+        "ratio_of_medians": median_b / median_a,
+        "ratio_first": first_b / first_a,
+        "failures": failures,
+    }))
+}
+
 /// Times kartei's password verification (Argon2id with kartei's parameters) on this machine.
 fn time_argon2() -> ExitCode {
     let Ok(hash) = kartei::auth::hash_password("correct horse battery staple") else {
@@ -2104,6 +2263,18 @@ fn main() -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Over the rounds of `--versus-url`: a server whose threads live on is measured exactly; one whose ticks
+    /// show far more than its live threads did (a thread per request) is measured by the ticks.
+    #[test]
+    fn cpu_per_round_falls_back_to_ticks_when_threads_ended() {
+        let ms = 1_000_000;
+        let kartei = cpu_per_round(Some((0, 0)), Some((203 * ms, 210 * ms)), 20).expect("known");
+        assert!((kartei - 10.15).abs() < 1e-9, "{kartei}");
+        let radicale = cpu_per_round(Some((5 * ms, 0)), Some((19 * ms, 3_000 * ms)), 20).expect("known");
+        assert!((radicale - 150.0).abs() < 1e-9, "{radicale}");
+        assert_eq!(cpu_per_round(None, Some((1, 1)), 20), None);
+    }
 
     /// The server-CPU figure: this process's own CPU grows by about the time it spins, and a reading whose
     /// two ways disagree (threads that came and went) is reported as unknown rather than too low.
