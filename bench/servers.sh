@@ -58,9 +58,14 @@ kartei_start() {
 # peer_start PEER WORK: starts radicale or xandikos (pip-installed when missing) over HTTPS with its own
 # self-signed certificate and htpasswd Basic auth (bcrypt, cost 5 like `htpasswd -B`; Radicale with
 # cache_logins on, Xandikos has no login cache) for the user `bench` with a random password. Sets PEER_PID,
-# PEER_BOOK (an empty address book), PEER_DATA, PEER_USER and PEER_PASSWORD.
+# PEER_BOOK (an empty address book), PEER_DATA, PEER_USER and PEER_PASSWORD. With PEER_TLS=off Radicale
+# serves plain HTTP instead; Xandikos cannot (it allows --htpasswd only with --autocert).
 peer_start() {
-  local peer=$1 work=$2 port
+  local peer=$1 work=$2 port scheme=https ssl=True
+  if [ "${PEER_TLS:-on}" = off ]; then
+    [ "$peer" = radicale ] || { echo "$peer serves htpasswd logins only over HTTPS" >&2; return 1; }
+    scheme=http ssl=False
+  fi
   python3 -c "import $peer, bcrypt" 2>/dev/null || python3 -m pip install --quiet "$peer" bcrypt
   port=$(free_port)
   PEER_USER=bench
@@ -75,7 +80,7 @@ peer_start() {
       cat > "$work/radicale.conf" <<CONF
 [server]
 hosts = 127.0.0.1:$port
-ssl = True
+ssl = $ssl
 certificate = $work/cert.pem
 key = $work/key.pem
 [auth]
@@ -93,8 +98,8 @@ CONF
       python3 -m radicale --config "$work/radicale.conf" > "$work/server.log" 2>&1 &
       PEER_PID=$!
       SERVER_PIDS+=("$PEER_PID")
-      PEER_BOOK="https://127.0.0.1:$port/$PEER_USER/contacts/"
-      peer_wait_up "https://127.0.0.1:$port/$PEER_USER/"
+      PEER_BOOK="$scheme://127.0.0.1:$port/$PEER_USER/contacts/"
+      peer_wait_up "$scheme://127.0.0.1:$port/$PEER_USER/"
       curl -sfk -u "$PEER_USER:$PEER_PASSWORD" -X MKCOL -H 'Content-Type: application/xml' "$PEER_BOOK" --data \
         '<?xml version="1.0"?><d:mkcol xmlns:d="DAV:" xmlns:c="urn:ietf:params:xml:ns:carddav"><d:set><d:prop><d:resourcetype><d:collection/><c:addressbook/></d:resourcetype><d:displayname>Bench</d:displayname></d:prop></d:set></d:mkcol>' >/dev/null
       ;;
