@@ -2,9 +2,10 @@
 # Runs kartei-bench against Radicale and Xandikos: bench/run-peers.sh [N] [C] [radicale|xandikos|both]
 #
 # Both run on a random loopback port over HTTPS (self-signed) with htpasswd Basic auth; see peer_start in
-# bench/servers.sh. Installs them with pip when missing. JSON reports go to $RESULTS (default
-# target/bench-results). NO_BUILD=1 skips the build, KEEP=1 keeps the servers' data directories, BENCH=path
-# runs another bench client, BENCH_ARGS="--full-syncs 5" passes more options to kartei-bench.
+# bench/servers.sh; PEER_TLS=off runs Radicale over plain HTTP (Xandikos cannot). Installs them with pip
+# when missing. JSON reports go to $RESULTS (default target/bench-results). NO_BUILD=1 skips the build,
+# KEEP=1 keeps the servers' data directories, BENCH=path runs another bench client, BENCH_ARGS="--full-syncs
+# 5" passes more options to kartei-bench.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/servers.sh
@@ -23,11 +24,13 @@ BENCH=${BENCH:-target/release/kartei-bench}
 for PEER in $WHICH; do
   WORK=$(mktemp -d /tmp/peer-bench.XXXXXX)
   peer_start "$PEER" "$WORK"
-  OUT="$RESULTS/$PEER-n$N-c$C.json"
+  SCHEME=https SUFFIX=
+  [ "${PEER_TLS:-on}" = off ] && SCHEME=http SUFFIX=-http
+  OUT="$RESULTS/$PEER-n$N-c$C$SUFFIX.json"
   set +e
   # --insecure: the bench need not verify the peer's throwaway certificate.
   "$BENCH" --url "$PEER_BOOK" --user "$PEER_USER" --password="$PEER_PASSWORD" -n "$N" -c "$C" --pid "$PEER_PID" \
-    --data-dir "$PEER_DATA" --insecure --label "$PEER https" --json ${BENCH_ARGS:-} > "$OUT"
+    --data-dir "$PEER_DATA" --insecure --label "$PEER $SCHEME" --json ${BENCH_ARGS:-} > "$OUT"
   STATUS=$?
   set -e
   stop_server "$PEER_PID"

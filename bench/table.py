@@ -62,24 +62,13 @@ def table(rows):
     for r in rows:
         print("| " + " | ".join(r) + " |")
 
-if __name__ == "__main__":
-    runs, versus = {}, []
-    for d in sys.argv[1:]:
-        single, interleaved = load(d)
-        runs.update(single)
-        versus += interleaved
-    if versus:
-        versus_table(versus)
-        if not runs:
-            sys.exit(0)
-        print()
-    table([row(r) for _, r in sorted(runs.items(), key=lambda kv: (kv[0][1], kv[0][0]))])
-    # Ratios at N = 1,000 against the peers (peer time / kartei time, or kartei rate / peer rate).
-    k = runs.get(("kartei self-signed", 1000))
-    peers = [r for (label, n), r in runs.items() if n == 1000 and not label.startswith("kartei")]
+def ratio_table(runs, kartei_label, scheme):
+    k = runs.get((kartei_label, 1000))
+    peers = [r for (label, n), r in runs.items() if n == 1000 and label.endswith(" " + scheme)
+             and not label.startswith("kartei")]
     if k and peers:
         print()
-        print("| at N = 1,000 | kartei self-signed | " + " | ".join(p["label"] for p in peers) + " | " +
+        print(f"| at N = 1,000 | {kartei_label} | " + " | ".join(p["label"] for p in peers) + " | " +
               " | ".join(f'kartei ×faster than {p["label"].split()[0]}' for p in peers) + " |")
         print("|" + "---|" * (2 + 2 * len(peers)))
         def metric(name, f, rate):
@@ -100,3 +89,21 @@ if __name__ == "__main__":
         metric("5 query (median)", lambda r: ph(r, "query")["median_ms"], False)
         metric("6 GET", lambda r: ph(r, "get")["req_per_s"], True)
         metric("7 If-Match PUT", lambda r: ph(r, "update")["req_per_s"], True)
+
+
+if __name__ == "__main__":
+    runs, versus = {}, []
+    for d in sys.argv[1:]:
+        single, interleaved = load(d)
+        runs.update(single)
+        versus += interleaved
+    if versus:
+        versus_table(versus)
+        if not runs:
+            sys.exit(0)
+        print()
+    table([row(r) for _, r in sorted(runs.items(), key=lambda kv: (kv[0][1], kv[0][0]))])
+    # Ratios at N = 1,000 against the peers (peer time / kartei time, or kartei rate / peer rate), each kartei
+    # run against the peers run the same way: HTTPS (kartei self-signed) or plain HTTP (kartei off).
+    for mode, scheme in (("self-signed", "https"), ("off", "http")):
+        ratio_table(runs, f"kartei {mode}", scheme)
