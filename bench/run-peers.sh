@@ -24,13 +24,13 @@ BENCH=${BENCH:-target/release/kartei-bench}
 for PEER in $WHICH; do
   WORK=$(mktemp -d /tmp/peer-bench.XXXXXX)
   peer_start "$PEER" "$WORK"
-  SCHEME=https SUFFIX=
-  [ "${PEER_TLS:-on}" = off ] && SCHEME=http SUFFIX=-http
+  SUFFIX=
+  [ "$PEER_SCHEME" = http ] && SUFFIX=-http
   OUT="$RESULTS/$PEER-n$N-c$C$SUFFIX.json"
   set +e
   # --insecure: the bench need not verify the peer's throwaway certificate.
   "$BENCH" --url "$PEER_BOOK" --user "$PEER_USER" --password="$PEER_PASSWORD" -n "$N" -c "$C" --pid "$PEER_PID" \
-    --data-dir "$PEER_DATA" --insecure --label "$PEER $SCHEME" --json ${BENCH_ARGS:-} > "$OUT"
+    --data-dir "$PEER_DATA" --insecure --label "$PEER $PEER_SCHEME" --json ${BENCH_ARGS:-} > "$OUT"
   STATUS=$?
   set -e
   stop_server "$PEER_PID"

@@ -58,14 +58,15 @@ kartei_start() {
 # peer_start PEER WORK: starts radicale or xandikos (pip-installed when missing) over HTTPS with its own
 # self-signed certificate and htpasswd Basic auth (bcrypt, cost 5 like `htpasswd -B`; Radicale with
 # cache_logins on, Xandikos has no login cache) for the user `bench` with a random password. Sets PEER_PID,
-# PEER_BOOK (an empty address book), PEER_DATA, PEER_USER and PEER_PASSWORD. With PEER_TLS=off Radicale
-# serves plain HTTP instead; Xandikos cannot (it allows --htpasswd only with --autocert).
+# PEER_BOOK (an empty address book), PEER_DATA, PEER_USER, PEER_PASSWORD and PEER_SCHEME. With PEER_TLS=off
+# Radicale serves plain HTTP instead; Xandikos cannot (it allows --htpasswd only with --autocert).
 peer_start() {
   local peer=$1 work=$2 port scheme=https ssl=True
   if [ "${PEER_TLS:-on}" = off ]; then
     [ "$peer" = radicale ] || { echo "$peer serves htpasswd logins only over HTTPS" >&2; return 1; }
     scheme=http ssl=False
   fi
+  PEER_SCHEME=$scheme
   python3 -c "import $peer, bcrypt" 2>/dev/null || python3 -m pip install --quiet "$peer" bcrypt
   port=$(free_port)
   PEER_USER=bench

@@ -2,9 +2,10 @@
 # Full syncs of kartei and a peer in turn: bench/versus.sh [N] [radicale|xandikos|kartei:BINARY] [ROUNDS]
 #
 # Starts kartei (self-signed HTTPS, or plain HTTP with TLS=off; a fresh data directory) and the peer (see
-# side by side, uploads the same N cards to both, then full-syncs (PROPFIND Depth 1 + multigets of 100)
-# kartei and the peer alternately for ROUNDS rounds (default 20) with `kartei-bench --versus-url`. Both are
-# timed within the same second, so the machine's drift between minutes cancels out of each round's ratio.
+# peer_start in bench/servers.sh) side by side, uploads the same N cards to both, then full-syncs (PROPFIND
+# Depth 1 + multigets of 100) kartei and the peer alternately for ROUNDS rounds (default 20) with
+# `kartei-bench --versus-url`. Both are timed within the same second, so the machine's drift between minutes
+# cancels out of each round's ratio.
 # `kartei:BINARY` as the peer runs another kartei build the same way: an A/B of two builds of the server.
 # TLS=off runs both over plain HTTP (kartei with `[tls] mode = "off"`, as behind a TLS-terminating proxy;
 # Radicale with `ssl = False`): the issue's targets may be stated with HTTPS off or on.

@@ -210,7 +210,7 @@ fn main() -> ExitCode {
 
 /// One malloc arena for the whole server instead of glibc's default of up to eight per core. Answers are produced
 /// on tokio's blocking threads, a different one almost every time, and each thread with an arena of its own
-/// faulted in its own working set: ~1,500 page faults and ~4 ms of CPU in the first 1,000-card full sync after
+/// faulted in its own working set: ~1,500 page faults and ~5 ms of CPU in the first 1,000-card full sync after
 /// a start or a quiet spell (later syncs none). With one arena that sync took 24 % less time, the later ones
 /// the same, and peak RSS fell from 43 to 35 MB (BENCHMARKS.md, nineteenth session). Small allocations do not
 /// take the arena's lock (glibc's per-thread cache). An operator's own `MALLOC_ARENA_MAX` wins.

@@ -1214,10 +1214,9 @@ fn cpu_ns(pid: u32) -> Option<(u64, u64)> {
         let text = std::fs::read_to_string(task.path().join("schedstat")).ok()?;
         threads += text.split_whitespace().next()?.parse::<u64>().ok()?;
     }
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name, which is in parentheses and may hold spaces: utime and stime are the
-    // 12th and 13th of them. USER_HZ is 100 on Linux.
-    let mut fields = stat.rsplit_once(')')?.1.split_whitespace().skip(11);
+    // utime and stime are the 12th and 13th fields after the command name. USER_HZ is 100 on Linux.
+    let stat = proc_stat(pid)?;
+    let mut fields = stat.split_whitespace().skip(11);
     let ticks: u64 = fields.next()?.parse::<u64>().ok()? + fields.next()?.parse::<u64>().ok()?;
     Some((threads, ticks * 10_000_000))
 }
@@ -1242,10 +1241,15 @@ fn cpu_per_round(before: Option<(u64, u64)>, after: Option<(u64, u64)>, rounds: 
     Some(total / rounds.max(1) as f64)
 }
 
-/// The minor page faults of a process so far (`minflt`, the 10th field of `/proc/PID/stat`).
-fn minor_faults(pid: u32) -> Option<u64> {
+/// `/proc/PID/stat` after the command name, which is in parentheses and may hold spaces.
+fn proc_stat(pid: u32) -> Option<String> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(')')?.1.split_whitespace().nth(7)?.parse().ok()
+    Some(stat.rsplit_once(')')?.1.to_string())
+}
+
+/// The minor page faults of a process so far (`minflt`, the 8th field after the command name).
+fn minor_faults(pid: u32) -> Option<u64> {
+    proc_stat(pid)?.split_whitespace().nth(7)?.parse().ok()
 }
 
 /// Resets the peak RSS (VmHWM) to the current RSS; false when the kernel or permissions refuse.
@@ -2289,8 +2293,7 @@ mod tests {
         assert_eq!(cpu_per_round(None, Some((1, 1)), 20), None);
     }
 
-    /// The server-CPU figure: this process's own CPU grows by about the time it spins, and a reading whose
-    /// two ways disagree (threads that came and went) is reported as unknown rather than too low.
+    /// The page-fault count of the first full sync: touching fresh pages shows in this process's own count.
     #[test]
     fn minor_faults_grow_when_fresh_memory_is_touched() {
         let before = minor_faults(std::process::id()).expect("own /proc/self/stat");
@@ -2304,6 +2307,8 @@ mod tests {
         assert_eq!(fresh.iter().filter(|&&b| b == 1).count(), 2048);
     }
 
+    /// The server-CPU figure: this process's own CPU grows by about the time it spins, and a reading whose
+    /// two ways disagree (threads that came and went) is reported as unknown rather than too low.
     #[test]
     fn cpu_per_sync_is_measured_or_unknown() {
         let pid = std::process::id();
